@@ -1,0 +1,69 @@
+# roadseg: every target sets itself up (virtual environment, package) when needed.
+#   make train CONFIG=configs/quick.yaml [RESUME=1]    train (resume from the last checkpoint)
+#   make submit [CONFIG=...] [CKPT=...] [DATA=...]    write submissions/<run>-<dataset>.csv
+#   make test | make lint | make data
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/quick.yaml
+RUN := $(basename $(notdir $(CONFIG)))
+CKPT ?= runs/$(RUN)/checkpoints/best.ckpt
+DATA ?=
+RESUME ?=
+SHARED ?= ../shared/data
+KAGGLE_COMPETITION ?= ethz-cil-road-segmentation-2023
+STAMP := $(VENV)/.installed
+
+.PHONY: help install data train submit test lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install roadseg with its dev tools
+
+data:  ## link ../shared/data into data/, or download the competition with the Kaggle API
+	@mkdir -p data
+	@if [ -d "$(SHARED)" ]; then \
+		for d in "$(SHARED)"/*/; do ln -sfn "$$(cd "$$d" && pwd)" "data/$$(basename "$$d")"; done; \
+		echo "linked $$(ls -d "$(SHARED)"/*/ | wc -l) datasets from $(SHARED) into data/:"; ls data; \
+	elif [ -f "$$HOME/.kaggle/kaggle.json" ] || [ -n "$$KAGGLE_USERNAME" ]; then \
+		$(MAKE) --no-print-directory $(STAMP) && $(BIN)/python -m pip install -q kaggle && \
+		$(BIN)/kaggle competitions download -c $(KAGGLE_COMPETITION) -p data/ && \
+		mkdir -p data/cil-2022 && unzip -q -o "data/$(KAGGLE_COMPETITION).zip" -d data/cil-2022 && \
+		echo "downloaded $(KAGGLE_COMPETITION) into data/cil-2022"; \
+	else \
+		echo "No data found. Either:"; \
+		echo "  - put the datasets in $(SHARED) (or run: make data SHARED=/path/to/datasets), or"; \
+		echo "  - get a Kaggle API token (kaggle.com > Settings > API > Create New Token), save it as"; \
+		echo "    ~/.kaggle/kaggle.json, join the competition, then: make data KAGGLE_COMPETITION=<slug>"; \
+		echo "  - or unpack the competition's zip yourself into data/cil-2022 (training/, test/)."; \
+		exit 2; \
+	fi
+
+train: $(STAMP)  ## train CONFIG (default configs/quick.yaml); RESUME=1 continues its last checkpoint
+	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
+	$(BIN)/roadseg fit --config $(CONFIG) $(if $(RESUME),--ckpt_path last)
+
+submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best) into submissions/
+	$(BIN)/roadseg submit --ckpt $(CKPT) $(if $(DATA),--data $(DATA))
+
+test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shared/data)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check roadseg tests
+	$(BIN)/ruff format --check roadseg tests
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix roadseg tests
+	$(BIN)/ruff format roadseg tests
+
+clean:  ## remove runs/ and generated submissions (keeps .venv and data/)
+	rm -rf runs submissions/*.csv

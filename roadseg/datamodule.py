@@ -1,0 +1,90 @@
+"""RoadDataModule: the tile index, a seeded validation split, and the data loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
+from roadseg.errors import RoadsegError
+from roadseg.index import scan_many, split_train_val
+from roadseg.io import MASK_THRESHOLD
+
+
+class RoadDataModule(pl.LightningDataModule):
+    """Road tiles from one main dataset root (plus optional extra training roots).
+
+    Args:
+        root: the main dataset (any layout :func:`roadseg.index.scan` knows); its
+            labelled tiles are split into training and validation.
+        extra_roots: more labelled datasets used for training only.
+        val_fraction: share of the main dataset's labelled tiles held out for validation.
+        seed: seed of the validation split and of the training windows.
+        crop_size: side of the random training windows.
+        batch_size: training windows per batch (validation uses whole tiles).
+        samples_per_epoch: training windows per epoch (default: one per training tile).
+        augment: augmentation preset (``none``, ``d4``, ``geometric``, ``full``).
+        num_workers: data loader worker processes.
+        cache: keep decoded tiles (up to 4096x4096) in memory.
+        mask_threshold: a mask pixel is road when its grey level in [0, 1] is above this.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str = "data/cil-2022",
+        extra_roots: list[str] | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        crop_size: int = 256,
+        batch_size: int = 8,
+        samples_per_epoch: int | None = None,
+        augment: str = "d4",
+        num_workers: int = 2,
+        cache: bool = True,
+        mask_threshold: float = MASK_THRESHOLD,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.index: pd.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.index is not None:
+            return
+        hp = self.hparams
+        frame = scan_many([hp.root, *(hp.extra_roots or [])])
+        self.index = split_train_val(frame, val_fraction=hp.val_fraction, seed=hp.seed)
+        if self.frame("train").empty:
+            raise RoadsegError("no labelled training tiles here", Path(hp.root))
+
+    def frame(self, stage: str) -> pd.DataFrame:
+        """Index rows of one stage: ``train``, ``val`` or ``test``."""
+        assert self.index is not None, "call setup() first"
+        return self.index[self.index["stage"] == stage].reset_index(drop=True)
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=True, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        frame = self.frame("train")
+        dataset = RandomWindowDataset(frame, crop_size=hp.crop_size, augment=hp.augment,
+                                      mask_threshold=hp.mask_threshold, cache=hp.cache)
+        sampler = SeededSampler(len(frame), samples_per_epoch=hp.samples_per_epoch, seed=hp.seed)
+        return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        frame = self.frame("val")
+        if frame.empty:
+            return []
+        same_size = frame[["height", "width"]].drop_duplicates().shape[0] == 1
+        dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold, cache=self.hparams.cache)
+        return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

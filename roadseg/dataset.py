@@ -1,0 +1,139 @@
+"""Datasets over a tile index: random augmented windows for training, whole tiles for evaluation.
+
+Samples are dicts: ``image`` float32 ``(3, H, W)`` in [0, 1], ``mask`` float32
+``(1, H, W)`` in {0, 1}, ``patches`` float32 ``(1, rows, cols)`` (the competition's
+patch labels from the raw grey mask, evaluation only), ``tile_id`` and ``index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset, Sampler
+
+from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey, read_raster
+from roadseg.patches import patch_labels
+from roadseg.transforms import build_transform
+
+
+class TileReader:
+    """Reads windows of a tile's image and mask; small rasters are decoded once and kept."""
+
+    def __init__(self, frame: pd.DataFrame, *, cache_max_pixels: int = 4096 * 4096):
+        self.frame = frame.reset_index(drop=True)
+        self.cache_max_pixels = cache_max_pixels
+        self._cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def raw(self, i: int, column: str, window: Window | None) -> np.ndarray:
+        """Raw ``(bands, h, w)`` pixels of the tile's image or mask, whole or one window."""
+        row = self.frame.iloc[i]
+        if row.height * row.width > self.cache_max_pixels:
+            return read_raster(row[column], window)
+        key = (i, column)
+        if key not in self._cache:
+            self._cache[key] = read_raster(row[column])
+        arr = self._cache[key]
+        if window is None:
+            return arr
+        r, c = int(window.row_off), int(window.col_off)
+        return arr[:, r : r + int(window.height), c : c + int(window.width)]
+
+    def image(self, i: int, window: Window | None = None) -> np.ndarray:
+        return image_to_rgb(self.raw(i, "image", window), self.frame.iloc[i]["image"])
+
+    def mask_grey(self, i: int, window: Window | None = None) -> np.ndarray:
+        return mask_to_grey(self.raw(i, "mask", window), self.frame.iloc[i]["mask"])
+
+
+class RandomWindowDataset(Dataset):
+    """Training samples: a random ``crop_size`` window of a tile, augmented.
+
+    Keys are ``(tile index, sample seed)`` pairs from :class:`SeededSampler`, so a
+    sample's window and augmentation depend only on the seed: runs are repeatable and
+    a resumed run sees the same data as an uninterrupted one.
+    """
+
+    def __init__(self, frame: pd.DataFrame, *, crop_size: int, augment: str = "d4",
+                 mask_threshold: float = MASK_THRESHOLD, cache: bool = True):
+        self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
+        self.crop_size = crop_size
+        self.transform = build_transform(augment)
+        self.mask_threshold = mask_threshold
+
+    def __len__(self) -> int:
+        return len(self.reader.frame)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        i, seed = key
+        row = self.reader.frame.iloc[i]
+        rng = np.random.default_rng(seed)
+        ch, cw = min(self.crop_size, row.height), min(self.crop_size, row.width)
+        window = Window(int(rng.integers(0, row.width - cw + 1)), int(rng.integers(0, row.height - ch + 1)), cw, ch)
+        image = self.reader.image(i, window).transpose(1, 2, 0)  # HxWx3
+        mask = binarize_mask(self.reader.mask_grey(i, window), self.mask_threshold)[0]
+        if (ch, cw) != (self.crop_size, self.crop_size):  # tile smaller than the crop
+            pad = ((0, self.crop_size - ch), (0, self.crop_size - cw))
+            image = np.pad(image, (*pad, (0, 0)), mode="reflect")
+            mask = np.pad(mask, pad, mode="reflect")
+        self.transform.set_random_seed(seed)
+        out = self.transform(image=image, mask=mask)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"][None])),
+            "tile_id": int(row.tile_id),
+            "index": i,
+        }
+
+
+class TileDataset(Dataset):
+    """Evaluation samples: whole tiles, not augmented, with the competition's patch labels."""
+
+    def __init__(self, frame: pd.DataFrame, *, mask_threshold: float = MASK_THRESHOLD, cache: bool = True):
+        self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
+        self.mask_threshold = mask_threshold
+
+    def __len__(self) -> int:
+        return len(self.reader.frame)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.reader.frame.iloc[i]
+        sample = {"image": torch.from_numpy(self.reader.image(i)), "tile_id": int(row.tile_id), "index": i}
+        if isinstance(row["mask"], str):
+            grey = self.reader.mask_grey(i)
+            sample["mask"] = torch.from_numpy(binarize_mask(grey, self.mask_threshold))
+            sample["patches"] = torch.from_numpy(patch_labels(grey).astype(np.float32)[None])
+        return sample
+
+
+class SeededSampler(Sampler):
+    """Yields ``(tile index, sample seed)`` keys: ``samples_per_epoch`` of them per epoch.
+
+    Tiles are drawn in a shuffled order (repeated as needed) and each key's seed is a
+    function of (seed, epoch, position), so the same epoch always yields the same keys.
+    """
+
+    def __init__(self, n_tiles: int, *, samples_per_epoch: int | None = None, seed: int = 0):
+        self.n_tiles = n_tiles
+        self.samples_per_epoch = samples_per_epoch or n_tiles
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def keys(self, epoch: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        reps = -(-self.samples_per_epoch // self.n_tiles)
+        order = np.concatenate([rng.permutation(self.n_tiles) for _ in range(reps)])[: self.samples_per_epoch]
+        seeds = rng.integers(0, 2**31 - 1, size=self.samples_per_epoch)
+        return list(zip(order.tolist(), seeds.tolist(), strict=True))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.keys(self.epoch))

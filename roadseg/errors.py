@@ -1,0 +1,16 @@
+"""The one exception type for problems a user can cause and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RoadsegError(Exception):
+    """A problem with the user's input, configuration or environment.
+
+    The CLI prints it as one line (``path: problem``) and exits with status 2.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)

@@ -1,0 +1,67 @@
+"""Metrics: patch F1 as the leaderboard computes it, and pixel IoU, precision, recall.
+
+Counts are accumulated on the device (no host sync per step) and summed across
+processes by torchmetrics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+
+from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD
+
+
+def patch_labels_torch(mask: torch.Tensor, patch_size: int = PATCH_SIZE, threshold: float = PATCH_THRESHOLD) -> torch.Tensor:
+    """Patch labels of a ``(B, 1, H, W)`` mask in [0, 1]: ``(B, 1, rows, cols)``, same rule as
+    :func:`roadseg.patches.patch_labels` (partial edge patches average what they have)."""
+    means = F.avg_pool2d(mask.float(), patch_size, stride=patch_size, ceil_mode=True)
+    return (means > threshold).float()
+
+
+def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    return 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+
+
+class RoadMetrics(Metric):
+    """Patch F1/precision/recall and pixel IoU/F1/precision/recall from probabilities.
+
+    ``update(prob, mask, patches=None)``: ``prob`` and ``mask`` ``(B, 1, H, W)``;
+    ``patches`` the true patch labels from the raw grey mask when known (else they are
+    computed from ``mask``). Predicted pixels are road where ``prob > pixel_threshold``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, pixel_threshold: float = 0.5, patch_threshold: float = PATCH_THRESHOLD):
+        super().__init__()
+        self.pixel_threshold = pixel_threshold
+        self.patch_threshold = patch_threshold
+        for name in ("tp", "fp", "fn", "patch_tp", "patch_fp", "patch_fn"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, prob: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor | None = None) -> None:
+        pred = (prob > self.pixel_threshold).float()
+        truth = mask.float()
+        self.tp += (pred * truth).sum()
+        self.fp += (pred * (1 - truth)).sum()
+        self.fn += ((1 - pred) * truth).sum()
+        pred_p = patch_labels_torch(pred, threshold=self.patch_threshold)
+        true_p = patch_labels_torch(truth) if patches is None else patches.float()
+        self.patch_tp += (pred_p * true_p).sum()
+        self.patch_fp += (pred_p * (1 - true_p)).sum()
+        self.patch_fn += ((1 - pred_p) * true_p).sum()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        tp, fp, fn = self.tp, self.fp, self.fn
+        ptp, pfp, pfn = self.patch_tp, self.patch_fp, self.patch_fn
+        return {
+            "patch_f1": _f1(ptp, pfp, pfn),
+            "patch_precision": ptp / (ptp + pfp).clamp(min=1),
+            "patch_recall": ptp / (ptp + pfn).clamp(min=1),
+            "iou": tp / (tp + fp + fn).clamp(min=1),
+            "pixel_f1": _f1(tp, fp, fn),
+            "precision": tp / (tp + fp).clamp(min=1),
+            "recall": tp / (tp + fn).clamp(min=1),
+        }

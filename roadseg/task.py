@@ -1,0 +1,110 @@
+"""RoadSegTask: the LightningModule that trains any registered model on road masks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from roadseg.losses import get_loss
+from roadseg.metrics import RoadMetrics
+from roadseg.models import create_model
+
+
+class RoadSegTask(pl.LightningModule):
+    """Trains a segmentation model; one shared step for training, validation and test.
+
+    Args:
+        model: registered model name (``roadseg models`` lists them).
+        model_args: keyword arguments of the model (encoder, encoder_weights, ...).
+        loss: loss name (``bce``, ``dice``, ``bce+dice``).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: epochs of linear warm-up before the cosine decay.
+        channels_last: run the network in channels-last memory format (faster convolutions
+            on recent CPUs and on GPUs with mixed precision).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "unet",
+        model_args: dict[str, Any] | None = None,
+        loss: str = "bce+dice",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: int = 0,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model, **(model_args or {}))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = get_loss(loss)
+        self.train_metrics = RoadMetrics()
+        self.val_metrics = RoadMetrics()
+        self.test_metrics = RoadMetrics()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Road logits ``(B, 1, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]."""
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.model(image)
+
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(torch.sigmoid(logits.detach()), batch["mask"], batch.get("patches"))
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
+                 batch_size=batch["image"].shape[0])
+        return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = {f"{stage}_{name}": value.float() for name, value in metrics.compute().items()}
+        shown = {f"{stage}_patch_f1"} if stage == "val" else set()
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_epoch_metrics("val")
+        else:
+            self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = min(int(hp.warmup_epochs * per_epoch), total - 1)
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

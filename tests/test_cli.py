@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from roadseg.cli import main
+from roadseg.submission import read_submission
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+SUBCOMMANDS = ["submit", "validate-submission", "masks-to-submission", "index", "models"]
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for name in ["fit", "validate", "test", *SUBCOMMANDS]:
+        assert f"    {name}" in out
+
+
+@pytest.mark.parametrize("command", [*SUBCOMMANDS, "fit"])
+def test_each_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: roadseg" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+    assert main(["index", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("roadseg: error: ") and "missing: dataset folder not found" in err
+    assert main(["submit", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt: checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(Exception, match="dataset folder not found"):
+        main(["index", str(tmp_path / "missing"), "--debug"])
+
+
+def _fit_args(config: Path, root: Path, run_dir: Path) -> list[str]:
+    return [
+        "fit", "--config", str(config), "--data.root", str(root), "--data.crop_size", "32",
+        "--data.batch_size", "2", "--data.num_workers", "0", "--data.samples_per_epoch", "4",
+        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_runs_through_the_cli(config, cil_root, tmp_path):
+    assert main([*_fit_args(config, cil_root, tmp_path / "run"), "--trainer.fast_dev_run", "true"]) == 0
+
+
+def test_train_submit_and_resume(cil_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run), "--trainer.max_epochs", "1"]
+    assert main(args) == 0
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert ckpt.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "val_patch_f1" in (run / "metrics.csv").read_text().splitlines()[0]
+
+    out = tmp_path / "sub.csv"
+    assert main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 0  # data from the checkpoint
+    frame = read_submission(out)
+    assert len(frame) == 2 * 16 and frame.id.iloc[0] == "144_0_0"
+    assert "wrote" in capsys.readouterr().out
+
+    assert main(args) == 2  # a fresh run would overwrite this one: refused
+    assert "resume it with `--ckpt_path last`" in capsys.readouterr().err
+    assert main([*args[:-1], "2", "--ckpt_path", "last"]) == 0  # resumed to a second epoch
+    metrics = (run / "metrics.csv").read_text()
+    assert sorted({line.split(",")[0] for line in metrics.splitlines()[1:]}) == ["0", "1"]

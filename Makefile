@@ -1,6 +1,7 @@
 # roadseg: every target sets itself up (virtual environment, package) when needed.
-#   make train CONFIG=configs/quick.yaml [RESUME=1]    train (resume from the last checkpoint)
-#   make submit [CONFIG=...] [CKPT=...] [DATA=...]    write submissions/<run>-<dataset>.csv
+#   make train CONFIG=configs/quick.yaml [RESUME=1]    train, then tune thresholds on validation
+#   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [UPLOAD=1]
+#                                                     write submissions/<run>-<dataset>.csv
 #   make test | make lint | make data
 
 PYTHON ?= python3
@@ -11,6 +12,8 @@ RUN := $(basename $(notdir $(CONFIG)))
 CKPT ?= runs/$(RUN)/checkpoints/best.ckpt
 DATA ?=
 RESUME ?=
+TTA ?=
+UPLOAD ?=
 SHARED ?= ../shared/data
 KAGGLE_COMPETITION ?= ethz-cil-road-segmentation-2023
 STAMP := $(VENV)/.installed
@@ -47,12 +50,14 @@ data:  ## link ../shared/data into data/, or download the competition with the K
 		exit 2; \
 	fi
 
-train: $(STAMP)  ## train CONFIG (default configs/quick.yaml); RESUME=1 continues its last checkpoint
+train: $(STAMP)  ## train CONFIG (default configs/quick.yaml), tune its thresholds; RESUME=1 continues
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
 	$(BIN)/roadseg fit --config $(CONFIG) $(if $(RESUME),--ckpt_path last)
+	$(BIN)/roadseg tune --ckpt runs/$(RUN)/checkpoints/best.ckpt
 
-submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best) into submissions/
-	$(BIN)/roadseg submit --ckpt $(CKPT) $(if $(DATA),--data $(DATA))
+submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, UPLOAD=1 to send it
+	$(BIN)/roadseg submit --ckpt $(CKPT) $(if $(DATA),--data $(DATA)) $(if $(TTA),--tta) \
+		$(if $(UPLOAD),--upload --competition $(KAGGLE_COMPETITION))
 
 test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shared/data)
 	$(BIN)/python -m pytest

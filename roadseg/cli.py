@@ -7,7 +7,9 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from roadseg import __version__
@@ -21,7 +23,7 @@ LIGHTNING_COMMANDS = {
 
 
 def _run_lightning(argv: list[str]) -> None:
-    from jsonargparse import Namespace
+    from jsonargparse import ArgumentError, Namespace
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
@@ -33,11 +35,15 @@ def _run_lightning(argv: list[str]) -> None:
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({
-                "checkpoint.monitor": "val_patch_f1", "checkpoint.mode": "max",
-                "checkpoint.save_last": True, "checkpoint.filename": "best",
-                "checkpoint.enable_version_counter": False,
-            })
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val_patch_f1",
+                    "checkpoint.mode": "max",
+                    "checkpoint.save_last": True,
+                    "checkpoint.filename": "best",
+                    "checkpoint.enable_version_counter": False,
+                }
+            )
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
@@ -54,57 +60,165 @@ def _run_lightning(argv: list[str]) -> None:
                     root,
                 )
             if cfg.trainer.logger in (None, True):
-                resume_from = last if cfg.get("ckpt_path") == "last" else Path(cfg.get("ckpt_path") or last)
-                resume_step = _global_step(resume_from) if resuming and resume_from.is_file() else None
+                resume_from = (
+                    last if cfg.get("ckpt_path") == "last" else Path(cfg.get("ckpt_path") or last)
+                )
+                resume_step = (
+                    _global_step(resume_from) if resuming and resume_from.is_file() else None
+                )
                 cfg.trainer.logger = Namespace(
                     class_path="roadseg.logger.RunCSVLogger",
                     init_args=Namespace(save_dir=str(root), resume_step=resume_step),
                 )
 
-    RoadSegCLI(
-        RoadSegTask,
-        RoadDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "roadseg", "fit": {"prog": "roadseg fit"}},
-        args=argv,
-    )
+    # roadseg passes its own argv on; Lightning's warning about sys.argv is noise here.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    no_exit = {"exit_on_error": False}
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    try:
+        RoadSegCLI(
+            RoadSegTask,
+            RoadDataModule,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "prog": "roadseg",
+                **no_exit,
+                **{c: {"prog": f"roadseg {c}", **no_exit} for c in LIGHTNING_COMMANDS},
+            },
+            args=argv,
+        )
+    except ArgumentError as err:  # a config or option the parser refuses
+        raise RoadsegError(
+            f"{_squash(err)} (roadseg {argv[0]} --help lists the options)", config
+        ) from err
+    except RuntimeError as err:
+        if "Error(s) in loading state_dict" in str(err):
+            ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+            raise RoadsegError(
+                "checkpoint is from another model (its weights do not fit this config's model)",
+                ckpt,
+            ) from err
+        raise
+    except RoadsegError as err:
+        if err.path is None and config:  # e.g. an unknown model name: name the config it came from
+            raise RoadsegError(str(err), config) from err
+        raise
 
 
 def _global_step(ckpt: Path) -> int:
     import torch
 
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    return int(
+        torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0)
+    )
+
+
+def _predictor(args: argparse.Namespace):
+    """The Predictor over the checkpoints named by ``--ckpt`` (an ensemble when several)."""
+    from roadseg.predict import Predictor, load_task, read_checkpoint
+
+    ckpts = [read_checkpoint(p) for p in args.ckpt]
+    tasks = [load_task(p, ckpt=c) for p, c in zip(args.ckpt, ckpts, strict=True)]
+    predictor = Predictor(
+        tasks, window=args.window, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+        device=args.device, precision=args.precision, progress=not args.quiet,
+    )  # fmt: skip
+    return predictor, ckpts
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
     from roadseg.index import scan
-    from roadseg.predict import Predictor, load_task, read_checkpoint
-    from roadseg.submission import tile_rows, validate_submission, write_submission
     from roadseg.patches import patch_labels
+    from roadseg.submission import tile_rows, validate_submission, write_submission
 
-    ckpt_path = Path(args.ckpt)
+    predictor, ckpts = _predictor(args)
+    ckpt_path = Path(args.ckpt[0])
     data = args.data
     if data is None:
-        data = (read_checkpoint(ckpt_path).get("datamodule_hyper_parameters") or {}).get("root")
+        data = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
         if data is None:
-            raise RoadsegError("checkpoint does not say which data it was trained on; pass --data", ckpt_path)
+            raise RoadsegError(
+                "checkpoint does not say which data it was trained on; pass --data", ckpt_path
+            )
     frame = scan(data)
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     if test.empty:
-        raise RoadsegError("no unlabelled test images found (expected test/images/ or a folder of images)", data)
-    run = ckpt_path.resolve().parent.parent.name if ckpt_path.parent.name == "checkpoints" else ckpt_path.stem
-    out = Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
-    predictor = Predictor([load_task(ckpt_path)], device=args.device, batch_size=args.batch_size)
+        raise RoadsegError(
+            "no unlabelled test images found (expected test/images/ or a folder of images)", data
+        )
+    run = (
+        ckpt_path.resolve().parent.parent.name
+        if ckpt_path.parent.name == "checkpoints"
+        else ckpt_path.stem
+    )
+    out = (
+        Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
+    )
 
     def rows():
-        for row, prob in predictor.predict_index(test, progress=not args.quiet):
-            labels = patch_labels((prob > args.pixel_threshold).astype("float32"), threshold=args.patch_threshold)
-            yield from tile_rows(int(row["tile_id"]), labels)
+        for row, prob in predictor.predict_index(test):
+            road = (prob > args.pixel_threshold).astype("float32")
+            yield from tile_rows(
+                int(row["tile_id"]), patch_labels(road, threshold=args.patch_threshold)
+            )
 
     write_submission(rows(), out)
     report = validate_submission(out, test)
     print(f"wrote {out}: {report}")
+    if args.upload:
+        from roadseg.kaggle import upload
+
+        print(upload(out, args.competition, args.message or f"roadseg {run}"))
+
+
+def _thresholds(args: argparse.Namespace) -> tuple[float, float, str]:
+    """(pixel, patch, where from): the command line, else the tuned file, else the defaults."""
+    from roadseg.thresholds import Thresholds, thresholds_path
+
+    tuned_file = thresholds_path(args.ckpt[0])
+    tuned = Thresholds.load(tuned_file) if tuned_file.is_file() else None
+    default = Thresholds()
+    pixel = args.pixel_threshold
+    patch = getattr(args, "patch_threshold", None)
+    origin = "command line" if pixel is not None or patch is not None else "defaults"
+    if tuned is not None and pixel is None and patch is None:
+        origin = f"tuned on validation, {tuned_file}"
+    base = tuned if tuned is not None else default
+    return (
+        base.pixel if pixel is None else pixel,
+        base.patch if patch is None else patch,
+        origin,
+    )
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from roadseg.thresholds import ValidationScores, thresholds_path, validation_frame
+
+    predictor, ckpts = _predictor(args)
+    val = validation_frame(ckpts[0])
+    probs = [prob for _, prob in predictor.predict_index(val)]
+    scores = ValidationScores(probs, list(val["mask"]))
+    tuned = scores.tune()
+    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}, TTA {'on' if args.tta else 'off'}"
+    print(f"validation patch F1 on {len(val)} tiles ({setup}):")
+    print(f"  default thresholds (pixel 0.5, patch 0.25): {scores.f1():.4f}")
+    print(
+        f"  tuned thresholds (pixel {tuned.pixel:g}, patch {tuned.patch:g}): {tuned.val_patch_f1:.4f}"
+    )
+    if not args.dry_run:
+        out = thresholds_path(args.ckpt[0])
+        tuned.save(out)
+        print(f"wrote {out} (roadseg submit uses it unless thresholds are given)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    predictor, _ = _predictor(args)
+    pixel, _, _ = _thresholds(args)
+    predictor.predict_scene(
+        args.scene, args.out, output=args.output, threshold=pixel, chunk=args.chunk
+    )
+    print(f"wrote {args.out}")
 
 
 def _cmd_validate_submission(args: argparse.Namespace) -> None:
@@ -124,17 +238,37 @@ def _cmd_index(args: argparse.Namespace) -> None:
     from roadseg.index import scan
 
     frame = scan(args.root)
+    if args.check:
+        from roadseg.index import check_tiles
+
+        check_tiles(frame, progress=not args.quiet)
     summary = frame.groupby(["source", "split"]).agg(
-        tiles=("tile_id", "size"), first_id=("tile_id", "min"), last_id=("tile_id", "max"),
-        sizes=("height", lambda s: ", ".join(sorted({f"{h}x{w}" for h, w in zip(s, frame.loc[s.index, "width"], strict=True)}))),
+        tiles=("tile_id", "size"),
+        first_id=("tile_id", "min"),
+        last_id=("tile_id", "max"),
+        sizes=(
+            "height",
+            lambda s: ", ".join(
+                sorted({f"{h}x{w}" for h, w in zip(s, frame.loc[s.index, "width"], strict=True)})
+            ),
+        ),
     )
     print(summary.to_string())
+    if args.check:
+        print(f"checked {len(frame)} tiles: all readable")
     if args.csv:
         from roadseg.io import atomic_path
 
         with atomic_path(args.csv) as tmp:
             frame.to_csv(tmp, index=False)
         print(f"wrote {args.csv}")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from roadseg.experiments import run_plan
+
+    table = run_plan(args.plan, args.out, only=args.only.split(",") if args.only else None)
+    print(f"wrote {Path(args.out) / 'table.md'} ({len(table)} runs)")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -144,6 +278,36 @@ def _cmd_models(args: argparse.Namespace) -> None:
     for name in sorted(MODELS):
         model = create_model(name)
         print(f"{name:<16} {sum(p.numel() for p in model.parameters()):>12,}")
+
+
+def _add_predictor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        action="append",
+        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt); repeat for an ensemble",
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)"
+    )
+    p.add_argument("--window", type=int, default=1024, help="prediction window side (default 1024)")
+    p.add_argument(
+        "--overlap", type=int, default=128, help="overlap of neighbouring windows (default 128)"
+    )
+    p.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="road probability threshold (default: tuned, else 0.5)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 on CUDA, fp32 on CPU",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,47 +322,132 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in LIGHTNING_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
 
-    p = sub.add_parser("submit", help="predict the test tiles with a checkpoint and write a submission CSV",
-                       description="Predict every test tile at full resolution, reduce to 16x16 patch labels "
-                       "(a patch is road when more than 25%% of its pixels are), write the CSV atomically "
-                       "and validate it.")
-    p.add_argument("--ckpt", required=True, help="trained checkpoint (runs/<run>/checkpoints/best.ckpt)")
-    p.add_argument("--data", help="dataset root with test/images, or a folder of test images "
-                   "(default: the data the checkpoint was trained on)")
+    p = sub.add_parser(
+        "submit",
+        help="predict the test tiles with a checkpoint and write a submission CSV",
+        description="Predict every test tile at full resolution, reduce to 16x16 patch labels "
+        "(a patch is road when more than 25% of its pixels are), write the CSV atomically "
+        "and validate it.",
+    )
+    _add_predictor_args(p)
+    p.add_argument(
+        "--data",
+        help="dataset root with test/images, or a folder of test images "
+        "(default: the data the checkpoint was trained on)",
+    )
     p.add_argument("--out", help="CSV to write (default: submissions/<run>-<dataset>.csv)")
-    p.add_argument("--pixel-threshold", type=float, default=0.5, help="road probability threshold (default 0.5)")
-    p.add_argument("--patch-threshold", type=float, default=0.25, help="road share of a patch (default 0.25)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--patch-threshold",
+        type=float,
+        help="road share of a patch (default: tuned, else 0.25)",
+    )
+    p.add_argument(
+        "--upload", action="store_true", help="send the CSV to Kaggle (needs an API token)"
+    )
+    p.add_argument(
+        "--competition",
+        default=os.environ.get("KAGGLE_COMPETITION", "ethz-cil-road-segmentation-2023"),
+        help="Kaggle competition slug (default: $KAGGLE_COMPETITION or %(default)s)",
+    )
+    p.add_argument("--message", help="submission message (default: roadseg <run>)")
     p.set_defaults(func=_cmd_submit)
 
-    p = sub.add_parser("validate-submission", help="check a CSV against the test tiles it covers",
-                       description="Check the header, that every patch id of every test tile is present "
-                       "exactly once, that no other id is, and that every prediction is 0 or 1.")
+    p = sub.add_parser(
+        "tune",
+        help="find the thresholds that maximise validation patch F1 and store them by the checkpoint",
+        description="Predict the validation tiles of the checkpoint's own split, search the pixel "
+        "and patch thresholds on a grid, print the patch F1 at the default and at the tuned "
+        "thresholds, and write <ckpt>.thresholds.json, which submit then uses.",
+    )
+    _add_predictor_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict a raster of any size (a GeoTIFF scene) into a GeoTIFF",
+        description="Stream a raster chunk by chunk through overlapping windows into a tiled, "
+        "compressed GeoTIFF with the input's CRS and transform; memory stays flat however "
+        "large the scene. Input nodata stays nodata.",
+    )
+    p.add_argument("scene", help="input raster (GeoTIFF, PNG, ...)")
+    p.add_argument("--out", required=True, help="GeoTIFF to write")
+    _add_predictor_args(p)
+    p.add_argument(
+        "--output",
+        choices=["prob", "mask"],
+        default="prob",
+        help="prob: float32 road probability (nodata -1); mask: uint8 0/1 (nodata 255)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=2048, help="side of the chunks read and written (default 2048)"
+    )
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "validate-submission",
+        help="check a CSV against the test tiles it covers",
+        description="Check the header, that every patch id of every test tile is present "
+        "exactly once, that no other id is, and that every prediction is 0 or 1.",
+    )
     p.add_argument("file", help="submission CSV")
-    p.add_argument("--images", required=True, help="folder of test images, or a dataset root with test/images")
+    p.add_argument(
+        "--images", required=True, help="folder of test images, or a dataset root with test/images"
+    )
     p.set_defaults(func=_cmd_validate_submission)
 
-    p = sub.add_parser("masks-to-submission", help="turn a folder of mask images into a submission CSV",
-                       description="Exactly what the competition's mask_to_submission.py does: grey levels "
-                       "scaled to [0, 1], a 16x16 patch is 1 when its mean is above 0.25, the tile id is "
-                       "the last number in the file name.")
+    p = sub.add_parser(
+        "masks-to-submission",
+        help="turn a folder of mask images into a submission CSV",
+        description="Exactly what the competition's mask_to_submission.py does: grey levels "
+        "scaled to [0, 1], a 16x16 patch is 1 when its mean is above 0.25, the tile id is "
+        "the last number in the file name.",
+    )
     p.add_argument("mask_dir", help="folder of mask images (white = road)")
     p.add_argument("--out", required=True, help="CSV to write")
-    p.add_argument("--patch-threshold", type=float, default=0.25, help="road share of a patch (default 0.25)")
+    p.add_argument(
+        "--patch-threshold", type=float, default=0.25, help="road share of a patch (default 0.25)"
+    )
     p.set_defaults(func=_cmd_masks_to_submission)
 
-    p = sub.add_parser("index", help="show the tiles roadseg finds under a dataset root",
-                       description="Scan a dataset root (CIL 2020/2022 layout, images/ + groundtruth/, "
-                       "or a plain folder of images) and summarise its tiles.")
+    p = sub.add_parser(
+        "index",
+        help="show the tiles roadseg finds under a dataset root",
+        description="Scan a dataset root (CIL 2020/2022 layout, images/ + groundtruth/, "
+        "or a plain folder of images) and summarise its tiles.",
+    )
     p.add_argument("root", help="dataset root")
     p.add_argument("--csv", help="also write the full tile index to this CSV")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="decode every image and mask (finds corrupt files, "
+        "0/1 or colour masks, out-of-range values) before a run does",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser(
+        "experiment",
+        help="train every run of an experiment plan and collect the results table",
+        description="Each run of the plan (a YAML file under configs/plans) trains in a child "
+        "process into OUT/runs/<name>; finished runs are skipped, interrupted ones resume. "
+        "The best validation epoch of each run goes into OUT/table.csv and OUT/table.md.",
+    )
+    p.add_argument("plan", help="plan file, e.g. configs/plans/methods-cpu.yaml")
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--only", help="comma-separated run names to train (default: all)")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _squash(err: BaseException, limit: int = 300) -> str:
+    """A multi-line message as one line, cut at ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(err: BaseException) -> str:

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
 from roadseg.errors import RoadsegError
-from roadseg.index import scan_many, split_train_val
+from roadseg.folds import split_stages
+from roadseg.index import scan_many
 from roadseg.io import MASK_THRESHOLD
 
 
@@ -21,7 +22,11 @@ class RoadDataModule(pl.LightningDataModule):
         root: the main dataset (any layout :func:`roadseg.index.scan` knows); its
             labelled tiles are split into training and validation.
         extra_roots: more labelled datasets used for training only.
-        val_fraction: share of the main dataset's labelled tiles held out for validation.
+        split: ``random`` (a seeded ``val_fraction`` of the tiles) or ``geographic`` (fold
+            ``fold`` of ``folds`` spatial-block folds, so neighbouring tiles stay together).
+        val_fraction: share of the main dataset's labelled tiles held out (random split).
+        folds: number of geographic folds.
+        fold: the geographic fold used for validation.
         seed: seed of the validation split and of the training windows.
         crop_size: side of the random training windows.
         batch_size: training windows per batch (validation uses whole tiles).
@@ -37,7 +42,10 @@ class RoadDataModule(pl.LightningDataModule):
         *,
         root: str = "data/cil-2022",
         extra_roots: list[str] | None = None,
+        split: str = "random",
         val_fraction: float = 0.2,
+        folds: int = 5,
+        fold: int = 0,
         seed: int = 0,
         crop_size: int = 256,
         batch_size: int = 8,
@@ -56,7 +64,8 @@ class RoadDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         frame = scan_many([hp.root, *(hp.extra_roots or [])])
-        self.index = split_train_val(frame, val_fraction=hp.val_fraction, seed=hp.seed)
+        self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction, seed=hp.seed,
+                                  folds=hp.folds, fold=hp.fold)  # fmt: skip
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
 
@@ -67,14 +76,20 @@ class RoadDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=True, **kwargs)
+        return DataLoader(
+            dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=True, **kwargs
+        )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         frame = self.frame("train")
-        dataset = RandomWindowDataset(frame, crop_size=hp.crop_size, augment=hp.augment,
-                                      mask_threshold=hp.mask_threshold, cache=hp.cache)
+        dataset = RandomWindowDataset(
+            frame,
+            crop_size=hp.crop_size,
+            augment=hp.augment,
+            mask_threshold=hp.mask_threshold,
+            cache=hp.cache,
+        )
         sampler = SeededSampler(len(frame), samples_per_epoch=hp.samples_per_epoch, seed=hp.seed)
         return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)
 
@@ -83,7 +98,9 @@ class RoadDataModule(pl.LightningDataModule):
         if frame.empty:
             return []
         same_size = frame[["height", "width"]].drop_duplicates().shape[0] == 1
-        dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold, cache=self.hparams.cache)
+        dataset = TileDataset(
+            frame, mask_threshold=self.hparams.mask_threshold, cache=self.hparams.cache
+        )
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)
 
     def test_dataloader(self) -> DataLoader:

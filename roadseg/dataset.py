@@ -2,7 +2,8 @@
 
 Samples are dicts: ``image`` float32 ``(3, H, W)`` in [0, 1], ``mask`` float32
 ``(1, H, W)`` in {0, 1}, ``patches`` float32 ``(1, rows, cols)`` (the competition's
-patch labels from the raw grey mask, evaluation only), ``tile_id`` and ``index``.
+patch labels from the raw grey mask, evaluation only), ``tile_id``, ``index`` and (training)
+``seed``, the sample seed that chose its window and augmentation.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from rasterio.windows import Window
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey, read_raster
 from roadseg.patches import patch_labels
@@ -57,8 +59,15 @@ class RandomWindowDataset(Dataset):
     a resumed run sees the same data as an uninterrupted one.
     """
 
-    def __init__(self, frame: pd.DataFrame, *, crop_size: int, augment: str = "d4",
-                 mask_threshold: float = MASK_THRESHOLD, cache: bool = True):
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        *,
+        crop_size: int,
+        augment: str = "d4",
+        mask_threshold: float = MASK_THRESHOLD,
+        cache: bool = True,
+    ):
         self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
         self.crop_size = crop_size
         self.transform = build_transform(augment)
@@ -72,7 +81,12 @@ class RandomWindowDataset(Dataset):
         row = self.reader.frame.iloc[i]
         rng = np.random.default_rng(seed)
         ch, cw = min(self.crop_size, row.height), min(self.crop_size, row.width)
-        window = Window(int(rng.integers(0, row.width - cw + 1)), int(rng.integers(0, row.height - ch + 1)), cw, ch)
+        window = Window(
+            int(rng.integers(0, row.width - cw + 1)),
+            int(rng.integers(0, row.height - ch + 1)),
+            cw,
+            ch,
+        )
         image = self.reader.image(i, window).transpose(1, 2, 0)  # HxWx3
         mask = binarize_mask(self.reader.mask_grey(i, window), self.mask_threshold)[0]
         if (ch, cw) != (self.crop_size, self.crop_size):  # tile smaller than the crop
@@ -86,13 +100,16 @@ class RandomWindowDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(out["mask"][None])),
             "tile_id": int(row.tile_id),
             "index": i,
+            "seed": seed,
         }
 
 
 class TileDataset(Dataset):
     """Evaluation samples: whole tiles, not augmented, with the competition's patch labels."""
 
-    def __init__(self, frame: pd.DataFrame, *, mask_threshold: float = MASK_THRESHOLD, cache: bool = True):
+    def __init__(
+        self, frame: pd.DataFrame, *, mask_threshold: float = MASK_THRESHOLD, cache: bool = True
+    ):
         self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
         self.mask_threshold = mask_threshold
 
@@ -101,7 +118,11 @@ class TileDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.reader.frame.iloc[i]
-        sample = {"image": torch.from_numpy(self.reader.image(i)), "tile_id": int(row.tile_id), "index": i}
+        sample = {
+            "image": torch.from_numpy(self.reader.image(i)),
+            "tile_id": int(row.tile_id),
+            "index": i,
+        }
         if isinstance(row["mask"], str):
             grey = self.reader.mask_grey(i)
             sample["mask"] = torch.from_numpy(binarize_mask(grey, self.mask_threshold))
@@ -109,31 +130,53 @@ class TileDataset(Dataset):
         return sample
 
 
-class SeededSampler(Sampler):
+class SeededSampler(DistributedSampler):
     """Yields ``(tile index, sample seed)`` keys: ``samples_per_epoch`` of them per epoch.
 
     Tiles are drawn in a shuffled order (repeated as needed) and each key's seed is a
     function of (seed, epoch, position), so the same epoch always yields the same keys.
+    Under distributed training each process takes every ``num_replicas``-th key from
+    its ``rank`` on (the list padded to a multiple of ``num_replicas``), so processes see
+    different samples. Being a ``DistributedSampler``, Lightning uses it as it is and calls
+    ``set_epoch`` on it.
     """
 
-    def __init__(self, n_tiles: int, *, samples_per_epoch: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        n_tiles: int,
+        *,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        # DistributedSampler.__init__ needs a dataset and a process group; set its fields here.
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
         self.n_tiles = n_tiles
         self.samples_per_epoch = samples_per_epoch or n_tiles
         self.seed = seed
         self.epoch = 0
+        self.shuffle, self.drop_last = True, False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.samples_per_epoch
+        return -(-self.samples_per_epoch // self.num_replicas)
 
     def keys(self, epoch: int) -> list[tuple[int, int]]:
+        """Every process's keys of one epoch, in order."""
         rng = np.random.default_rng([self.seed, epoch])
         reps = -(-self.samples_per_epoch // self.n_tiles)
-        order = np.concatenate([rng.permutation(self.n_tiles) for _ in range(reps)])[: self.samples_per_epoch]
+        order = np.concatenate([rng.permutation(self.n_tiles) for _ in range(reps)])[
+            : self.samples_per_epoch
+        ]
         seeds = rng.integers(0, 2**31 - 1, size=self.samples_per_epoch)
         return list(zip(order.tolist(), seeds.tolist(), strict=True))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self.keys(self.epoch))
+        keys = self.keys(self.epoch)
+        keys += keys[: len(self) * self.num_replicas - len(keys)]  # pad: every process, same count
+        return iter(keys[self.rank :: self.num_replicas])

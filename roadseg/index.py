@@ -42,7 +42,11 @@ def list_rasters(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise RoadsegError("folder not found", folder)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")]
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+    ]
     if not files:
         raise RoadsegError(f"no images ({', '.join(RASTER_SUFFIXES)}) in this folder", folder)
     return sorted(files, key=lambda p: (tile_id(p), p.name))
@@ -54,21 +58,37 @@ def _rows(images: list[Path], masks: list[Path] | None, source: str, split: str)
         image_stems = {p.stem for p in images}
         orphans = sorted(m for m in masks if m.stem not in image_stems)
         if orphans:
-            raise RoadsegError(f"mask without an image ({len(orphans)} such masks in all)", orphans[0])
+            raise RoadsegError(f"mask without an image ({len(orphans)} in all)", orphans[0])
     rows = []
     for image in images:
         mask = None
         if masks is not None:
             mask = by_stem.get(image.stem)
             if mask is None:
-                raise RoadsegError(f"image without a mask (expected {image.stem}.* in {masks[0].parent if masks else 'the mask folder'})", image)
+                raise RoadsegError(
+                    f"image without a mask (expected {image.stem}.* in {masks[0].parent if masks else 'the mask folder'})",
+                    image,
+                )
         bands, height, width = raster_shape(image)
+        if bands not in (1, 3, 4):
+            raise RoadsegError(
+                f"image has {bands} bands; roadseg reads greyscale (1), RGB (3) or RGBA (4)", image
+            )
         if mask is not None:
             _, mh, mw = raster_shape(mask)
             if (mh, mw) != (height, width):
                 raise RoadsegError(f"mask is {mw}x{mh} but its image is {width}x{height}", mask)
-        rows.append(dict(tile_id=tile_id(image), image=str(image), mask=None if mask is None else str(mask),
-                         source=source, split=split, height=height, width=width))
+        rows.append(
+            dict(
+                tile_id=tile_id(image),
+                image=str(image),
+                mask=None if mask is None else str(mask),
+                source=source,
+                split=split,
+                height=height,
+                width=width,
+            )
+        )
     return rows
 
 
@@ -80,7 +100,9 @@ def scan(root: str | Path) -> pd.DataFrame:
     """Index every tile under a dataset root (any known layout; see module doc)."""
     root = Path(root)
     if not root.is_dir():
-        raise RoadsegError("dataset folder not found (run `make data`, or point the config at your data)", root)
+        raise RoadsegError(
+            "dataset folder not found (run `make data`, or point the config at your data)", root
+        )
     source = root.resolve().name
     rows: list[dict] = []
     if (root / "training" / "images").is_dir():  # CIL competition layout
@@ -113,12 +135,26 @@ def _check_unique_ids(frame: pd.DataFrame) -> None:
         )
 
 
+def check_tiles(frame: pd.DataFrame, *, progress: bool = True) -> None:
+    """Decode every image and mask of an index; raise RoadsegError at the first bad one."""
+    from tqdm.auto import tqdm
+
+    from roadseg.io import read_image, read_mask_grey
+
+    for row in tqdm(list(frame.itertuples()), desc="checking", unit="tile", disable=not progress):
+        read_image(row.image)
+        if isinstance(row.mask, str):
+            read_mask_grey(row.mask)
+
+
 def scan_many(roots: list[str | Path]) -> pd.DataFrame:
     """Index several roots into one table (the first is the main dataset, the rest extras)."""
     return pd.concat([scan(r) for r in roots], ignore_index=True)
 
 
-def split_train_val(frame: pd.DataFrame, *, val_fraction: float, seed: int, val_source: str | None = None) -> pd.DataFrame:
+def split_train_val(
+    frame: pd.DataFrame, *, val_fraction: float, seed: int, val_source: str | None = None
+) -> pd.DataFrame:
     """Add a ``stage`` column (``train``/``val``/``test``): a seeded random validation split.
 
     Only tiles of ``val_source`` (default: the first source) can go to validation; the

@@ -49,7 +49,9 @@ def _check_complete(path: Path) -> None:
     if head != magic[0]:
         raise RoadsegError(f"not a readable raster image (the file is not a {kind} inside)", path)
     if magic[1] not in tail:
-        raise RoadsegError(f"truncated or corrupt {kind} file (no end marker); download or export it again", path)
+        raise RoadsegError(
+            f"truncated or corrupt {kind} file (no end marker); download or export it again", path
+        )
 
 
 @contextlib.contextmanager
@@ -119,9 +121,23 @@ def read_image(path: str | Path, window: Window | None = None) -> np.ndarray:
 
 
 def mask_to_grey(arr: np.ndarray, path: str | Path) -> np.ndarray:
-    """Raw mask pixels ``(bands, H, W)`` as float32 grey ``(H, W)`` in [0, 1] (first band)."""
+    """Raw mask pixels ``(bands, H, W)`` as float32 grey ``(H, W)`` in [0, 1].
+
+    Refuses masks that would silently train on nothing: 0/1-valued 8-bit masks (every
+    pixel below the > 127 road rule) and colour masks whose channels differ.
+    """
     if arr.shape[0] not in (1, 3, 4):
         raise RoadsegError(f"mask has {arr.shape[0]} bands; expected a single grey band", path)
+    if arr.shape[0] > 1 and not (np.array_equal(arr[0], arr[1]) and np.array_equal(arr[0], arr[2])):
+        raise RoadsegError(
+            "colour mask (its red, green and blue differ); save it as grey, white = road", path
+        )
+    if arr.dtype == np.uint8 and arr.max() == 1:
+        raise RoadsegError(
+            "mask holds only the values 0 and 1; roadseg reads white (255) as road: "
+            "multiply it by 255 (e.g. mask * 255) before training",
+            path,
+        )
     return _scale_to_unit(arr[0], path)
 
 
@@ -135,7 +151,9 @@ def binarize_mask(grey: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.nda
     return (grey > threshold).astype(np.float32)[None]
 
 
-def read_mask(path: str | Path, window: Window | None = None, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+def read_mask(
+    path: str | Path, window: Window | None = None, threshold: float = MASK_THRESHOLD
+) -> np.ndarray:
     """A training mask as float32 ``(1, H, W)`` in {0, 1} (road where grey > 127 of 255)."""
     return binarize_mask(read_mask_grey(path, window), threshold)
 
@@ -164,8 +182,13 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     ):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(
-            tmp, "w", driver="PNG", width=arr.shape[2], height=arr.shape[1],
-            count=arr.shape[0], dtype="uint8",
+            tmp,
+            "w",
+            driver="PNG",
+            width=arr.shape[2],
+            height=arr.shape[1],
+            count=arr.shape[0],
+            dtype="uint8",
         ) as dst:
             dst.write(arr.astype(np.uint8))
         # GDAL's PNG driver writes an .aux.xml sidecar for some inputs; it is not wanted.

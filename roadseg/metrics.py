@@ -13,7 +13,9 @@ from torchmetrics import Metric
 from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD
 
 
-def patch_labels_torch(mask: torch.Tensor, patch_size: int = PATCH_SIZE, threshold: float = PATCH_THRESHOLD) -> torch.Tensor:
+def patch_labels_torch(
+    mask: torch.Tensor, patch_size: int = PATCH_SIZE, threshold: float = PATCH_THRESHOLD
+) -> torch.Tensor:
     """Patch labels of a ``(B, 1, H, W)`` mask in [0, 1]: ``(B, 1, rows, cols)``, same rule as
     :func:`roadseg.patches.patch_labels` (partial edge patches average what they have)."""
     means = F.avg_pool2d(mask.float(), patch_size, stride=patch_size, ceil_mode=True)
@@ -39,9 +41,13 @@ class RoadMetrics(Metric):
         self.pixel_threshold = pixel_threshold
         self.patch_threshold = patch_threshold
         for name in ("tp", "fp", "fn", "patch_tp", "patch_fp", "patch_fn"):
-            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
 
-    def update(self, prob: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor | None = None) -> None:
+    def update(
+        self, prob: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor | None = None
+    ) -> None:
         pred = (prob > self.pixel_threshold).float()
         truth = mask.float()
         self.tp += (pred * truth).sum()

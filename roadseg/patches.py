@@ -33,12 +33,16 @@ def patch_means(mask: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
     return sums / np.outer(row_len, col_len)
 
 
-def patch_labels(mask: np.ndarray, patch_size: int = PATCH_SIZE, threshold: float = PATCH_THRESHOLD) -> np.ndarray:
+def patch_labels(
+    mask: np.ndarray, patch_size: int = PATCH_SIZE, threshold: float = PATCH_THRESHOLD
+) -> np.ndarray:
     """Patch labels ``(rows, cols)`` uint8: 1 where the patch mean is above ``threshold``."""
     return (patch_means(mask, patch_size) > threshold).astype(np.uint8)
 
 
-def labels_to_mask(labels: np.ndarray, height: int, width: int, patch_size: int = PATCH_SIZE) -> np.ndarray:
+def labels_to_mask(
+    labels: np.ndarray, height: int, width: int, patch_size: int = PATCH_SIZE
+) -> np.ndarray:
     """Patch labels back to a pixel mask ``(height, width)`` uint8 in {0, 1}."""
     full = np.kron(labels.astype(np.uint8), np.ones((patch_size, patch_size), dtype=np.uint8))
     return full[:height, :width]

@@ -1,21 +1,28 @@
-"""Prediction: trained checkpoints -> road probability maps of whole tiles.
+"""The one predictor: trained models -> road probabilities for tiles and scenes of any size.
 
-The model pads each tile to its stride (reflect) and crops back, so a tile of any
-size is predicted at full resolution in one pass.
+Images go through overlapping windows (reflect-padded to the network's stride by the
+model itself), batched, optionally with the 8 flips/rotations of test-time
+augmentation, and blended with a smooth window weight, so overlaps leave no seams.
+Several models form an ensemble (mean probability). Scenes are streamed chunk by chunk
+from and to GeoTIFF, so memory stays flat however large the raster is.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import rasterio
 import torch
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from roadseg.errors import RoadsegError
-from roadseg.io import read_image
+from roadseg.io import atomic_path, image_to_rgb, read_image
 from roadseg.task import RoadSegTask
 
 
@@ -36,70 +43,237 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # torch raises many types for a bad file
         raise RoadsegError(f"not a readable checkpoint ({type(err).__name__})", path) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise RoadsegError("not a roadseg training checkpoint (no state_dict/hyper_parameters)", path)
+        raise RoadsegError(
+            "not a roadseg training checkpoint (no state_dict/hyper_parameters)", path
+        )
     return ckpt
 
 
-def load_task(path: str | Path, device: str | torch.device = "cpu") -> RoadSegTask:
-    """A trained RoadSegTask from its checkpoint, in eval mode (no pretrained weights fetched)."""
-    ckpt = read_checkpoint(path)
+def load_task(
+    path: str | Path, device: str | torch.device = "cpu", ckpt: dict | None = None
+) -> RoadSegTask:
+    """A trained RoadSegTask from its checkpoint, in eval mode (no pretrained weights fetched).
+
+    ``ckpt``: the checkpoint's contents when already read (``read_checkpoint``).
+    """
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hparams = dict(ckpt["hyper_parameters"])
     model_args = dict(hparams.get("model_args") or {})
     if "encoder_weights" in model_args:
         model_args["encoder_weights"] = None  # the checkpoint holds the trained weights
     hparams["model_args"] = model_args
-    hparams.pop("_instantiator", None)
+    task = RoadSegTask(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     try:
-        task = RoadSegTask(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        task.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise RoadsegError(f"checkpoint does not fit its model ({str(err).splitlines()[0]})", path) from err
+        result = task.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # shapes differ
+        detail = next(
+            (ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "shapes differ"
+        )
+        raise RoadsegError(
+            f"checkpoint's weights do not fit the model it names ({detail})", path
+        ) from err
+    if result.missing_keys or result.unexpected_keys:
+        first = (result.missing_keys or result.unexpected_keys)[0]
+        raise RoadsegError(
+            f"checkpoint's weights do not fit the model it names ({len(result.missing_keys)} tensors missing, "
+            f"{len(result.unexpected_keys)} unexpected, first: {first}); was it trained with another model?",
+            path,
+        )
     return task.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
 
 
+def window_starts(size: int, window: int, step: int) -> list[int]:
+    """Start offsets of windows covering ``size`` pixels; the last one ends at the edge."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window, step))
+    return [*starts, size - window]
+
+
+def blend_weight(height: int, width: int) -> np.ndarray:
+    """A smooth window weight ``(height, width)``, highest in the centre and never zero."""
+
+    def ramp(n: int) -> np.ndarray:
+        return np.sin(np.pi * (np.arange(n) + 0.5) / n) + 1e-3
+
+    return np.outer(ramp(height), ramp(width)).astype(np.float32)
+
+
+def d4_forward(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 symmetries of the square (k // 4 flips, k % 4 quarter turns)."""
+    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def d4_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`d4_forward`."""
+    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
 class Predictor:
-    """Runs one or more trained models over whole tiles; averages their probabilities.
+    """Runs one or more trained models over images of any size.
 
     Args:
-        models: trained networks mapping ``(B, 3, H, W)`` in [0, 1] to logits.
+        models: trained networks mapping ``(B, 3, H, W)`` in [0, 1] to logits of the same size.
+        window: side of the square windows; an image that fits in one is run whole.
+        overlap: pixels shared by neighbouring windows (blended smoothly).
+        batch_size: windows per forward pass.
+        tta: average over the 8 flips/rotations (D4).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        batch_size: tiles of equal size predicted together.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
+        progress: show progress bars.
     """
 
-    def __init__(self, models: list[torch.nn.Module], *, device: str = "auto", batch_size: int = 4):
+    def __init__(
+        self,
+        models: list[torch.nn.Module],
+        *,
+        window: int = 1024,
+        overlap: int = 128,
+        batch_size: int = 4,
+        tta: bool = False,
+        device: str = "auto",
+        precision: str = "auto",
+        progress: bool = True,
+    ):
         if not models:
             raise RoadsegError("Predictor needs at least one model")
+        if not 0 <= overlap < window:
+            raise RoadsegError(
+                f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
+            )
         self.device = pick_device(device)
         self.models = [m.to(self.device).eval() for m in models]
-        self.batch_size = batch_size
+        self.window, self.overlap, self.batch_size, self.tta = window, overlap, batch_size, tta
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("bf16", "fp32"):
+            raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
+        self.precision = precision
+        self.progress = progress
 
     @classmethod
     def from_checkpoints(cls, paths: list[str | Path], **kwargs) -> Predictor:
+        """A predictor over the ensemble of these checkpoints."""
         return cls([load_task(p) for p in paths], **kwargs)
 
     @torch.inference_mode()
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Road probabilities ``(B, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]."""
         x = images.to(self.device, non_blocking=True)
-        prob = torch.stack([torch.sigmoid(m(x)) for m in self.models]).mean(0)
-        return prob[:, 0].float().cpu()
+        views = range(8) if self.tta else range(1)
+        total = torch.zeros(x.shape[0], *x.shape[-2:], device=self.device)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            for model in self.models:
+                for k in views:
+                    logits = model(d4_forward(x, k)).float()
+                    total += torch.sigmoid(d4_inverse(logits, k))[:, 0]
+        return (total / (len(self.models) * len(views))).cpu()
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """Road probabilities ``(H, W)`` float32 of one image ``(3, H, W)`` in [0, 1]."""
-        return self.predict_batch(torch.from_numpy(image)[None])[0].numpy()
+        _, h, w = image.shape
+        if h <= self.window and w <= self.window:
+            return self.predict_batch(torch.from_numpy(np.ascontiguousarray(image))[None])[
+                0
+            ].numpy()
+        win_h, win_w = min(self.window, h), min(self.window, w)
+        step = self.window - self.overlap
+        boxes = [
+            (r, c) for r in window_starts(h, win_h, step) for c in window_starts(w, win_w, step)
+        ]
+        weight = blend_weight(win_h, win_w)
+        total = np.zeros((h, w), np.float32)
+        norm = np.zeros((h, w), np.float32)
+        for start in range(0, len(boxes), self.batch_size):
+            chunk = boxes[start : start + self.batch_size]
+            batch = np.stack([image[:, r : r + win_h, c : c + win_w] for r, c in chunk])
+            probs = self.predict_batch(torch.from_numpy(batch)).numpy()
+            for (r, c), prob in zip(chunk, probs, strict=True):
+                total[r : r + win_h, c : c + win_w] += prob * weight
+                norm[r : r + win_h, c : c + win_w] += weight
+        return total / norm
 
-    def predict_index(self, frame: pd.DataFrame, *, progress: bool = True) -> Iterator[tuple[pd.Series, np.ndarray]]:
-        """``(index row, probabilities (H, W))`` for every tile of an index, in its order."""
-        bar = tqdm(total=len(frame), desc="predicting", unit="tile", disable=not progress)
+    def predict_index(self, frame: pd.DataFrame) -> Iterator[tuple[pd.Series, np.ndarray]]:
+        """``(index row, probabilities (H, W))`` for every tile of an index, in its order.
+
+        Tiles of equal size that fit in one window are batched together.
+        """
         rows = [row for _, row in frame.iterrows()]
+        bar = tqdm(total=len(rows), desc="predicting", unit="tile", disable=not self.progress)
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             images = [read_image(r["image"]) for r in chunk]
-            if len({im.shape for im in images}) == 1:
-                probs = self.predict_batch(torch.from_numpy(np.stack(images))).numpy()
+            fits = all(im.shape[1] <= self.window and im.shape[2] <= self.window for im in images)
+            if fits and len({im.shape for im in images}) == 1:
+                probs = list(self.predict_batch(torch.from_numpy(np.stack(images))).numpy())
             else:
                 probs = [self.predict_image(im) for im in images]
-            for row, prob in zip(chunk, probs, strict=True):
-                yield row, prob
+            yield from zip(chunk, probs, strict=True)
             bar.update(len(chunk))
         bar.close()
+
+    def predict_scene(
+        self,
+        src_path: str | Path,
+        out_path: str | Path,
+        *,
+        output: str = "prob",
+        threshold: float = 0.5,
+        chunk: int = 2048,
+    ) -> None:
+        """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory).
+
+        The output keeps the input's CRS and transform, is tiled and compressed, and is
+        nodata wherever the input is. ``output``: ``prob`` (float32 in [0, 1], nodata -1)
+        or ``mask`` (uint8 {0, 1}, nodata 255, road where probability > ``threshold``).
+        Each chunk is predicted with ``overlap // 2`` pixels of context on each side.
+        """
+        if output not in ("prob", "mask"):
+            raise RoadsegError(f"unknown output {output!r}; use prob or mask")
+        margin = self.overlap // 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(src_path) as src:
+                profile = {
+                    "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
+                    "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
+                    "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+                    "dtype": "float32" if output == "prob" else "uint8",
+                    "nodata": -1.0 if output == "prob" else 255,
+                }  # fmt: skip
+                chunks = [
+                    Window(c, r, min(chunk, src.width - c), min(chunk, src.height - r))
+                    for r in range(0, src.height, chunk)
+                    for c in range(0, src.width, chunk)
+                ]
+                bar = tqdm(chunks, desc="predicting", unit="chunk", disable=not self.progress)
+                with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+                    for win in bar:
+                        prob, valid = self._predict_chunk(src, win, margin)
+                        if output == "mask":
+                            values = (prob > threshold).astype(np.uint8)
+                        else:
+                            values = prob.astype(np.float32)
+                        values[~valid] = profile["nodata"]
+                        dst.write(values[None], window=win)
+
+    def _predict_chunk(self, src, win: Window, margin: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and validity ``(h, w)`` of one chunk, read with ``margin`` of context."""
+        r0, c0 = max(0, win.row_off - margin), max(0, win.col_off - margin)
+        r1 = min(src.height, win.row_off + win.height + margin)
+        c1 = min(src.width, win.col_off + win.width + margin)
+        outer = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            raw = src.read(window=outer)
+            valid = src.dataset_mask(window=outer) > 0
+        except rasterio.errors.RasterioIOError as err:
+            raise RoadsegError(f"truncated or corrupt raster ({err})", src.name) from err
+        image = image_to_rgb(raw, src.name)
+        prob = self.predict_image(image)
+        rs, cs = win.row_off - r0, win.col_off - c0
+        inner = (slice(rs, rs + win.height), slice(cs, cs + win.width))
+        return prob[inner], valid[inner]

@@ -26,7 +26,11 @@ HEADER = ("id", "prediction")
 
 def patch_ids(tile: int, height: int, width: int, patch_size: int = PATCH_SIZE) -> list[str]:
     """Ids of a tile's patches in the competition's order (columns outer, rows inner)."""
-    return [f"{tile:03d}_{x}_{y}" for x in range(0, width, patch_size) for y in range(0, height, patch_size)]
+    return [
+        f"{tile:03d}_{x}_{y}"
+        for x in range(0, width, patch_size)
+        for y in range(0, height, patch_size)
+    ]
 
 
 def tile_rows(tile: int, labels: np.ndarray, patch_size: int = PATCH_SIZE) -> list[tuple[str, int]]:
@@ -98,14 +102,22 @@ def validate_submission(path: str | Path, images: str | Path | pd.DataFrame) -> 
     have, want = set(ids), set(expected)
     missing = [i for i in expected if i not in have]
     if missing:
-        raise RoadsegError(f"{len(missing)} ids missing (first: {missing[0]}); expected {len(expected):,} rows", path)
+        raise RoadsegError(
+            f"{len(missing)} ids missing (first: {missing[0]}); expected {len(expected):,} rows",
+            path,
+        )
     extra = [i for i in ids if i not in want]
     if extra:
         raise RoadsegError(f"{len(extra)} ids that no test tile has (first: {extra[0]})", path)
     bad = frame[~frame["prediction"].isin(["0", "1"])]
     if len(bad):
-        raise RoadsegError(f"prediction {bad['prediction'].iloc[0]!r} for {bad['id'].iloc[0]}; only 0 or 1 allowed", path)
-    return SubmissionReport(rows=len(frame), tiles=len(index), road_fraction=float((frame["prediction"] == "1").mean()))
+        raise RoadsegError(
+            f"prediction {bad['prediction'].iloc[0]!r} for {bad['id'].iloc[0]}; only 0 or 1 allowed",
+            path,
+        )
+    return SubmissionReport(
+        rows=len(frame), tiles=len(index), road_fraction=float((frame["prediction"] == "1").mean())
+    )
 
 
 def _test_index(images: str | Path) -> pd.DataFrame:
@@ -116,7 +128,9 @@ def _test_index(images: str | Path) -> pd.DataFrame:
     return test
 
 
-def masks_to_submission(mask_dir: str | Path, out: str | Path, *, threshold: float = PATCH_THRESHOLD) -> int:
+def masks_to_submission(
+    mask_dir: str | Path, out: str | Path, *, threshold: float = PATCH_THRESHOLD
+) -> int:
     """A folder of mask images -> submission CSV, as the competition's own script does it.
 
     Grey levels are scaled to [0, 1] and not binarised; a patch is 1 when its mean is

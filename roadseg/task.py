@@ -60,12 +60,20 @@ class RoadSegTask(pl.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(torch.sigmoid(logits.detach()), batch["mask"], batch.get("patches"))
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=batch["image"].shape[0])
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=on_step,
+            batch_size=batch["image"].shape[0],
+        )
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
+        if not metrics.update_called:  # e.g. no training steps (scikit-learn baselines)
+            return
         values = {f"{stage}_{name}": value.float() for name, value in metrics.compute().items()}
         shown = {f"{stage}_patch_f1"} if stage == "val" else set()
         self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
@@ -84,7 +92,36 @@ class RoadSegTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    @property
+    def sklearn_net(self) -> torch.nn.Module | None:
+        """The network when scikit-learn fits it (the linear patch baselines), else None."""
+        net = getattr(self.model, "net", self.model)
+        return net if getattr(net, "sklearn_fitted", False) else None
+
+    def on_train_start(self) -> None:
+        if self.sklearn_net is not None and self.current_epoch == 0:
+            self._fit_sklearn(self.sklearn_net)
+
+    def _fit_sklearn(self, net: torch.nn.Module) -> None:
+        """Fit a linear patch classifier on the patch features of every whole training tile."""
+        from roadseg.dataset import TileDataset
+        from roadseg.models.patch_cnn import patch_features
+
+        dataset = TileDataset(self.trainer.datamodule.frame("train"))
+        features, labels = [], []
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            h, w = (s // 16 * 16 for s in sample["image"].shape[-2:])
+            feats = patch_features(sample["image"][None, :, :h, :w])[0]  # F, rows, cols
+            features.append(feats.flatten(1).T)
+            labels.append(sample["patches"][0, : h // 16, : w // 16].flatten())
+        net.fit_sklearn(
+            torch.cat(features), torch.cat(labels), seed=self.trainer.datamodule.hparams.seed
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.sklearn_net is not None:  # fitted once by scikit-learn: no gradient steps
+            return None
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -107,4 +144,7 @@ class RoadSegTask(pl.LightningModule):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -24,8 +24,11 @@ def _d4() -> list[A.BasicTransform]:
 def _geometric() -> list[A.BasicTransform]:
     return _d4() + [
         A.Affine(
-            scale=(0.8, 1.2), rotate=(-180, 180), translate_percent=(-0.05, 0.05),
-            border_mode=cv2.BORDER_REFLECT_101, p=0.7,
+            scale=(0.8, 1.2),
+            rotate=(-180, 180),
+            translate_percent=(-0.05, 0.05),
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=0.7,
         )
     ]
 
@@ -44,5 +47,7 @@ PRESETS = {"none": list, "d4": _d4, "geometric": _geometric, "full": _full}
 def build_transform(name: str) -> A.Compose:
     """The albumentations pipeline of a preset; images are float32 HxWx3 in [0, 1]."""
     if name not in PRESETS:
-        raise RoadsegError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise RoadsegError(
+            f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}"
+        )
     return A.Compose(PRESETS[name]())

@@ -33,8 +33,16 @@ def write_raster(path: Path, array: np.ndarray, **profile) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver=driver, width=arr.shape[2], height=arr.shape[1],
-                           count=arr.shape[0], dtype=arr.dtype, **profile) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver=driver,
+            width=arr.shape[2],
+            height=arr.shape[1],
+            count=arr.shape[0],
+            dtype=arr.dtype,
+            **profile,
+        ) as dst:
             dst.write(arr)
     return path
 
@@ -58,7 +66,9 @@ def road_tile(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def make_cil_dataset(root: Path, *, n_train: int = 6, n_test: int = 2, size: int = 64, first_test: int = 144) -> Path:
+def make_cil_dataset(
+    root: Path, *, n_train: int = 6, n_test: int = 2, size: int = 64, first_test: int = 144
+) -> Path:
     """A tiny dataset in the CIL 2022 layout (RGBA images, {0,255} masks)."""
     for i in range(1, n_train + 1):
         image, mask = road_tile(size, i)

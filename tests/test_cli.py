@@ -3,10 +3,20 @@ from pathlib import Path
 import pytest
 
 from roadseg.cli import main
+from roadseg.errors import RoadsegError
+from roadseg.kaggle import upload
 from roadseg.submission import read_submission
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-SUBCOMMANDS = ["submit", "validate-submission", "masks-to-submission", "index", "models"]
+SUBCOMMANDS = [
+    "submit",
+    "tune",
+    "predict",
+    "validate-submission",
+    "masks-to-submission",
+    "index",
+    "models",
+]
 
 
 def test_help_lists_every_command(capsys):
@@ -29,7 +39,11 @@ def test_each_command_explains_itself(command, capsys):
 def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert main(["index", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("roadseg: error: ") and "missing: dataset folder not found" in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("roadseg: error: ")
+        and "missing: dataset folder not found" in err
+    )
     assert main(["submit", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
     assert "none.ckpt: checkpoint not found" in capsys.readouterr().err
     with pytest.raises(Exception, match="dataset folder not found"):
@@ -38,28 +52,52 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
 
 def _fit_args(config: Path, root: Path, run_dir: Path) -> list[str]:
     return [
-        "fit", "--config", str(config), "--data.root", str(root), "--data.crop_size", "32",
-        "--data.batch_size", "2", "--data.num_workers", "0", "--data.samples_per_epoch", "4",
-        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run_dir),
-        "--trainer.enable_progress_bar", "false",
+        "fit",
+        "--config",
+        str(config),
+        "--data.root",
+        str(root),
+        "--data.crop_size",
+        "32",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_epoch",
+        "4",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
     ]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_runs_through_the_cli(config, cil_root, tmp_path):
-    assert main([*_fit_args(config, cil_root, tmp_path / "run"), "--trainer.fast_dev_run", "true"]) == 0
+    assert (
+        main([*_fit_args(config, cil_root, tmp_path / "run"), "--trainer.fast_dev_run", "true"])
+        == 0
+    )
 
 
 def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     run = tmp_path / "run"
-    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run), "--trainer.max_epochs", "1"]
+    args = [
+        *_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run),
+        "--trainer.max_epochs",
+        "1",
+    ]
     assert main(args) == 0
     ckpt = run / "checkpoints" / "best.ckpt"
     assert ckpt.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert "val_patch_f1" in (run / "metrics.csv").read_text().splitlines()[0]
 
     out = tmp_path / "sub.csv"
-    assert main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 0  # data from the checkpoint
+    assert (
+        main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 0
+    )  # data from the checkpoint
     frame = read_submission(out)
     assert len(frame) == 2 * 16 and frame.id.iloc[0] == "144_0_0"
     assert "wrote" in capsys.readouterr().out
@@ -69,3 +107,14 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     assert main([*args[:-1], "2", "--ckpt_path", "last"]) == 0  # resumed to a second epoch
     metrics = (run / "metrics.csv").read_text()
     assert sorted({line.split(",")[0] for line in metrics.splitlines()[1:]}) == ["0", "1"]
+
+
+def test_upload_without_a_token_says_what_to_run_later(tmp_path, monkeypatch):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+    with pytest.raises(
+        RoadsegError,
+        match=r"sub.csv: no Kaggle API token .* later: kaggle competitions submit -c cil-x -f .*sub.csv -m 'first try'",
+    ):
+        upload(tmp_path / "sub.csv", "cil-x", "first try")

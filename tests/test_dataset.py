@@ -29,9 +29,20 @@ def test_window_is_read_from_a_large_geotiff_without_the_rest(tmp_path):
     size = 3000
     image = np.zeros((3, size, size), np.uint8)
     image[:, :, 1500:] = 200
-    write_raster(tmp_path / "scene" / "images" / "scene_1.tif", image, tiled=True, blockxsize=256, blockysize=256)
-    write_raster(tmp_path / "scene" / "groundtruth" / "scene_1.tif", (image[0] > 0).astype(np.uint8) * 255,
-                 tiled=True, blockxsize=256, blockysize=256)
+    write_raster(
+        tmp_path / "scene" / "images" / "scene_1.tif",
+        image,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
+    write_raster(
+        tmp_path / "scene" / "groundtruth" / "scene_1.tif",
+        (image[0] > 0).astype(np.uint8) * 255,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     frame = scan(tmp_path / "scene")
     dataset = RandomWindowDataset(frame, crop_size=128, augment="none")
     dataset.reader.cache_max_pixels = 2048 * 2048  # this scene counts as large: windows only

@@ -8,8 +8,13 @@ from tests.conftest import make_cil_dataset, road_tile, write_raster
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("satimage_144.png", 144), ("satImage_007.png", 7), ("test_10.png", 10), ("img-1002.png", 1002),
-     ("v2_tile_3_0045.tif", 45)],
+    [
+        ("satimage_144.png", 144),
+        ("satImage_007.png", 7),
+        ("test_10.png", 10),
+        ("img-1002.png", 1002),
+        ("v2_tile_3_0045.tif", 45),
+    ],
 )
 def test_tile_id_is_the_last_run_of_digits_in_the_file_name(name, expected):
     assert tile_id(f"/data/cil-2022/run7/{name}") == expected
@@ -53,7 +58,9 @@ def test_mask_without_image(cil_root):
 
 
 def test_image_and_mask_of_different_sizes(cil_root):
-    write_raster(cil_root / "training" / "groundtruth" / "satimage_4.png", np.zeros((32, 64), np.uint8))
+    write_raster(
+        cil_root / "training" / "groundtruth" / "satimage_4.png", np.zeros((32, 64), np.uint8)
+    )
     with pytest.raises(RoadsegError, match=r"satimage_4.png: mask is 64x32 but its image is 64x64"):
         scan(cil_root)
 
@@ -86,9 +93,14 @@ def test_validation_split_is_seeded_and_extras_only_train(tmp_path):
 
 
 def test_real_datasets_are_indexed(shared_data):
-    counts = {name: scan(shared_data / name).groupby("split").size().to_dict()
-              for name in ("cil-2022", "cil-2020", "massachusetts-400")}
-    assert counts == {"cil-2022": {"test": 144, "train": 120}, "cil-2020": {"test": 94, "train": 80},
-                      "massachusetts-400": {"train": 100}}
+    counts = {
+        name: scan(shared_data / name).groupby("split").size().to_dict()
+        for name in ("cil-2022", "cil-2020", "massachusetts-400")
+    }
+    assert counts == {
+        "cil-2022": {"test": 144, "train": 120},
+        "cil-2020": {"test": 94, "train": 80},
+        "massachusetts-400": {"train": 100},
+    }
     cil2020 = scan(shared_data / "cil-2020")
     assert set(cil2020[cil2020.split == "test"].height) == {608}

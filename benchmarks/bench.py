@@ -1,0 +1,266 @@
+"""roadseg benchmarks: where the time goes, measured. Prints a table and writes JSON.
+
+    python benchmarks/bench.py [--data ../shared/data] [--out benchmarks/out/bench.json]
+                               [--device auto] [--model quick|resnet34-384] [--only data,train,...]
+
+1. data: augmented training crops per second in one worker process (rasterio read +
+   albumentations + collation), with and without the decoded-tile cache;
+2. train: images per second of the whole Lightning pipeline against the same model's
+   bare forward+backward loop on random tensors (the ceiling), per precision and
+   memory format;
+3. predict: test tiles per second without and with TTA, and seconds for a test set;
+4. scene: seconds and peak memory (RSS of a child process) of streaming two GeoTIFF
+   sizes through ``roadseg predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from roadseg.datamodule import RoadDataModule  # noqa: E402
+from roadseg.dataset import RandomWindowDataset, SeededSampler  # noqa: E402
+from roadseg.index import scan  # noqa: E402
+from roadseg.predict import Predictor  # noqa: E402
+from roadseg.task import RoadSegTask  # noqa: E402
+
+MODELS = {
+    # name: (model_args, crop, batch)
+    "quick": ({"encoder": "timm-tf_efficientnet_lite0", "decoder_channels": [64, 32, 16, 16, 8]}, 256, 8),
+    "resnet34-384": ({"encoder": "resnet34"}, 384, 32),
+}
+
+
+def timed(fn, *, warmup: int, repeat: int) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeat
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_data(data: Path, crop: int, batches: int = 20) -> list[dict]:
+    frame = scan(data / "cil-2022").query("split == 'train'")
+    rows = []
+    for augment in ("d4", "full"):
+        for cache in (False, True):
+            dataset = RandomWindowDataset(frame, crop_size=crop, augment=augment, cache=cache)
+            sampler = SeededSampler(len(frame), samples_per_epoch=8 * batches * 2, seed=0)
+            loader = DataLoader(dataset, sampler=sampler, batch_size=8, num_workers=1)
+            it = iter(loader)
+            for _ in range(batches // 2):  # warm-up (and fill the cache)
+                next(it)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            seconds = time.perf_counter() - start
+            rows.append({"augment": augment, "cache": cache, "crops_per_s_per_worker": 8 * batches / seconds})
+    return rows
+
+
+def bench_train(data: Path, model_name: str, device: str, steps: int) -> list[dict]:
+    model_args, crop, batch = MODELS[model_name]
+    on_gpu = device == "cuda"
+    precisions = ["32-true", "bf16-mixed"]
+    rows = []
+    for precision in precisions:
+        for channels_last in (False, True):
+            task = RoadSegTask(model="unet", model_args=model_args, channels_last=channels_last)
+            bare = bare_loop(task, batch, crop, device, precision, steps)
+            dm = RoadDataModule(root=str(data / "cil-2022"), crop_size=crop, batch_size=batch,
+                                samples_per_epoch=batch * (steps + 3), num_workers=8 if on_gpu else 1,
+                                augment="d4")  # fmt: skip
+            timer = StepTimer(skip=3)
+            trainer = pl.Trainer(
+                accelerator="gpu" if on_gpu else "cpu", devices=1, precision=precision, max_epochs=1,
+                limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, callbacks=[timer],
+            )  # fmt: skip
+            trainer.fit(RoadSegTask(model="unet", model_args=model_args, channels_last=channels_last), dm)
+            pipeline = batch / timer.seconds_per_step
+            rows.append({
+                "precision": precision, "channels_last": channels_last, "batch": batch, "crop": crop,
+                "bare_img_per_s": bare, "pipeline_img_per_s": pipeline, "pipeline_share": pipeline / bare,
+            })  # fmt: skip
+    return rows
+
+
+def bare_loop(task: RoadSegTask, batch: int, crop: int, device: str, precision: str, steps: int) -> float:
+    """Images per second of forward+backward+step on random tensors (no data, no Lightning)."""
+    model = task.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 3, crop, crop, device=device)
+    y = (torch.rand(batch, 1, crop, crop, device=device) > 0.8).float()
+    bf16 = precision.startswith("bf16")
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = task.loss_fn(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / timed(step, warmup=3, repeat=steps)
+
+
+class StepTimer(pl.Callback):
+    """Seconds per training step, after ``skip`` warm-up steps."""
+
+    def __init__(self, skip: int):
+        self.skip, self.start, self.count = skip, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.skip:
+            sync()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx >= self.skip:
+            self.count += 1
+            sync()
+            self.end = time.perf_counter()
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (self.end - self.start) / self.count
+
+
+def bench_predict(data: Path, model_name: str, device: str, tiles: int) -> list[dict]:
+    model_args, _, _ = MODELS[model_name]
+    task = RoadSegTask(model="unet", model_args=model_args).eval()
+    rows = []
+    for dataset, size, total in (("cil-2022", 400, 144), ("cil-2020", 608, 94)):
+        frame = scan(data / dataset).query("split == 'test'").head(tiles)
+        for tta in (False, True):
+            predictor = Predictor([task], tta=tta, device=device, batch_size=8 if device == "cuda" else 4,
+                                  progress=False)  # fmt: skip
+            list(predictor.predict_index(frame.head(min(4, tiles))))  # warm-up
+            start = time.perf_counter()
+            list(predictor.predict_index(frame))
+            sync()
+            seconds = time.perf_counter() - start
+            rows.append({"tiles": f"{dataset} {size}x{size}", "tta": tta, "tiles_per_s": len(frame) / seconds,
+                         "test_set_tiles": total, "test_set_s": total * seconds / len(frame),
+                         "measured_tiles": len(frame)})  # fmt: skip
+    return rows
+
+
+def write_scene(path: Path, size: int) -> None:
+    """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:2056", "transform": from_origin(2_600_000, 1_200_000, 0.5, 0.5),
+               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, size, 512):
+            h = min(512, size - r)
+            strip = np.full((3, h, size), 90, np.uint8)
+            strip[:, :, ::400] = 200  # vertical roads every 400 px
+            if r % 400 < 512:
+                strip[:, (400 - r % 400) % 400 : (400 - r % 400) % 400 + 8, :] = 200
+            strip += rng.integers(0, 20, strip.shape, dtype=np.uint8)
+            dst.write(strip, window=rasterio.windows.Window(0, r, size, h))
+
+
+def bench_scene(model_name: str, device: str, sizes: list[int]) -> list[dict]:
+    model_args, _, _ = MODELS[model_name]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / "model.ckpt"
+        task = RoadSegTask(model="unet", model_args=model_args)
+        torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+        for size in sizes:
+            scene = tmp / f"scene_{size}.tif"
+            write_scene(scene, size)
+            command = [sys.executable, "-m", "roadseg", "predict", str(scene), "--out", str(tmp / "out.tif"),
+                       "--ckpt", str(ckpt), "--device", device, "--quiet"]  # fmt: skip
+            probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                     "subprocess.run(sys.argv[1:], check=True); "
+                     "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+            out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True,
+                                 text=True, cwd=REPO).stdout.split()  # fmt: skip
+            seconds, max_rss_kb = float(out[-2]), int(out[-1])
+            rows.append({"scene": f"{size}x{size}", "megapixels": size * size / 1e6, "seconds": seconds,
+                         "megapixels_per_s": size * size / 1e6 / seconds, "peak_rss_mb": max_rss_kb / 1024})  # fmt: skip
+            scene.unlink()
+    return rows
+
+
+def table(title: str, rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [f"\n{title}", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "bench.json")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--model", default=None, choices=list(MODELS),
+                        help="default: resnet34-384 on a GPU, quick on a CPU")  # fmt: skip
+    parser.add_argument("--only", default="data,train,predict,scene", help="comma-separated sections")
+    parser.add_argument("--train-steps", type=int, default=None)
+    parser.add_argument("--predict-tiles", type=int, default=None, help="tiles measured per test set")
+    parser.add_argument("--scene-sizes", default=None, help="e.g. 2000,4000")
+    args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    gpu = device == "cuda"
+    model = args.model or ("resnet34-384" if gpu else "quick")
+    only = set(args.only.split(","))
+    machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    result = {"machine": machine, "device": device, "model": model, "torch": torch.__version__}
+    print(f"roadseg benchmarks on {machine} ({device}), model {model}")
+    sections = [
+        ("data", "data pipeline: augmented crops/s in one worker", lambda: bench_data(args.data, MODELS[model][1])),
+        ("train", "training: whole pipeline vs bare forward+backward loop",
+         lambda: bench_train(args.data, model, device, args.train_steps or (30 if gpu else 6))),
+        ("predict", "inference on the test tiles",
+         lambda: bench_predict(args.data, model, device, args.predict_tiles or (144 if gpu else 12))),
+        ("scene", "GeoTIFF scenes streamed through roadseg predict",
+         lambda: bench_scene(model, device, [int(s) for s in (args.scene_sizes or ("4000,16000" if gpu else "2000,4000")).split(",")])),
+    ]  # fmt: skip
+    for name, title, run in sections:
+        if name in only:
+            result[name] = run()
+            print(table(title, result[name]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Experiment plans: many training runs under one budget, collected into a results table.
+
+A plan is a YAML file::
+
+    budget:            # CLI overrides applied to every run (the scale of the plan)
+      trainer.max_time: "00:00:03:00"
+      data.crop_size: 192
+    runs:
+      - name: unet
+        config: configs/unet.yaml
+        args: {model.model_args.encoder_weights: null}   # this run's own overrides
+
+Each run trains with ``roadseg fit`` in a child process into ``<out>/runs/<name>``; a run
+that finished is skipped, one that was interrupted resumes from its last checkpoint. The
+table (``<out>/table.csv`` and ``table.md``) holds each run's best validation epoch:
+patch F1, pixel IoU, precision, recall, parameters and training minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from roadseg.errors import RoadsegError
+from roadseg.io import atomic_path
+
+METRICS = {
+    "val_patch_f1": "patch_f1",
+    "val_iou": "iou",
+    "val_precision": "precision",
+    "val_recall": "recall",
+}
+
+
+def load_plan(path: str | Path) -> dict:
+    """Read and check a plan file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RoadsegError("plan not found", path)
+    plan = yaml.safe_load(path.read_text()) or {}
+    runs = plan.get("runs") or []
+    if not runs or not all(isinstance(r, dict) and "name" in r and "config" in r for r in runs):
+        raise RoadsegError("a plan needs runs: a list of {name, config, args}", path)
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise RoadsegError("two runs of the plan share a name", path)
+    return plan
+
+
+def _cli_args(overrides: dict) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        args += [
+            f"--{key}",
+            "null"
+            if value is None
+            else json.dumps(value)
+            if isinstance(value, list | dict)
+            else str(value),
+        ]
+    return args
+
+
+def run_plan(
+    plan_path: str | Path, out: str | Path, *, only: list[str] | None = None
+) -> pd.DataFrame:
+    """Train every run of a plan (skipping finished ones) and write the results table."""
+    plan = load_plan(plan_path)
+    out = Path(out)
+    for run in plan["runs"]:
+        if only and run["name"] not in only:
+            continue
+        _train(run, plan.get("budget") or {}, out / "runs" / run["name"])
+    table = collect(plan, out)
+    write_table(table, out)
+    return table
+
+
+def _train(run: dict, budget: dict, run_dir: Path) -> None:
+    done = run_dir / "done.json"
+    if done.is_file():
+        print(f"[{run['name']}] done already: {done}")
+        return
+    resume = ["--ckpt_path", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
+    command = [
+        sys.executable, "-m", "roadseg", "fit", "--config", run["config"],
+        *_cli_args({**budget, **(run.get("args") or {})}),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *resume,
+    ]  # fmt: skip
+    print(
+        f"[{run['name']}] {'resuming' if resume else 'training'}: {' '.join(command[2:])}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise RoadsegError(
+            f"run {run['name']!r} failed (exit {result.returncode}); rerun to resume it", run_dir
+        )
+    with atomic_path(done) as tmp:  # a resumed run's time counts from its resumption
+        tmp.write_text(
+            json.dumps({"seconds": time.perf_counter() - start, "resumed": bool(resume)})
+        )
+
+
+def collect(plan: dict, out: Path) -> pd.DataFrame:
+    """One row per finished run: its best validation epoch's metrics, size and time."""
+    rows = []
+    for run in plan["runs"]:
+        run_dir = out / "runs" / run["name"]
+        if not (run_dir / "done.json").is_file():
+            continue
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        val = metrics.dropna(subset=["val_patch_f1"])
+        best = val.loc[val["val_patch_f1"].idxmax()]
+        ckpt = torch.load(
+            run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+        )
+        params = sum(
+            t.numel()
+            for k, t in ckpt["state_dict"].items()
+            if "running_" not in k and "num_batches" not in k
+        )
+        done = json.loads((run_dir / "done.json").read_text())
+        rows.append({
+            "run": run["name"], **{short: float(best[key]) for key, short in METRICS.items()},
+            "parameters": params, "train_minutes": done["seconds"] / 60, "best_epoch": int(best["epoch"]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """``table.csv`` and ``table.md`` in ``out``, written atomically."""
+    with atomic_path(out / "table.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    shown = table.copy()
+    for col in METRICS.values():
+        shown[col] = shown[col].map("{:.3f}".format)
+    shown["parameters"] = shown["parameters"].map("{:,}".format)
+    shown["train_minutes"] = shown["train_minutes"].map("{:.1f}".format)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(markdown_table(shown))
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (numbers right-aligned)."""
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) or frame[c].astype(str).str.match(r"^[\d.,-]+$").all()
+               for c in frame.columns]  # fmt: skip
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

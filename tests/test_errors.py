@@ -1,0 +1,238 @@
+"""Every row of docs/errors.md: the bad input is made, the command run, and the message the
+docs show must be exactly what the user sees (``python -m tests.test_errors`` prints the table)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roadseg.cli import main
+from tests.conftest import make_cil_dataset, road_tile, write_raster
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def _cil(tmp: Path) -> Path:
+    return make_cil_dataset(tmp / "data" / "cil", n_train=3, n_test=1, size=32)
+
+
+def _unlink(rel: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (_cil(tmp) / rel).unlink()
+
+    return setup
+
+
+def _replace(rel: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        make(_cil(tmp) / rel)
+
+    return setup
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _checkpoint(tmp: Path, *, foreign: bool) -> None:
+    from roadseg.models import create_model
+
+    weights = create_model("linknet" if foreign else "unet", encoder="resnet18").state_dict()
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in weights.items()},
+            "hyper_parameters": {"model": "unet", "model_args": {"encoder": "resnet18"}},
+        },
+        tmp / "model.ckpt",
+    )
+
+
+def _submission(tmp: Path, edit: Callable[[list[str]], list[str]]) -> None:
+    write_raster(tmp / "test" / "satimage_144.png", np.zeros((3, 32, 32), np.uint8))
+    rows = ["id,prediction", *(f"144_{x}_{y},0" for x in (0, 16) for y in (0, 16))]
+    (tmp / "sub.csv").write_text("\n".join(edit(rows)) + "\n")
+
+
+def _config(tmp: Path, text: str) -> None:
+    (tmp / "bad.yaml").write_text(text)
+
+
+def _trained_run(tmp: Path) -> None:
+    (tmp / "runs" / "quick" / "checkpoints").mkdir(parents=True)
+    (tmp / "runs" / "quick" / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing data folder": (lambda t: None, "roadseg index data/cil"),
+    "empty data folder": (
+        lambda t: (t / "data" / "cil").mkdir(parents=True),
+        "roadseg index data/cil",
+    ),
+    "image without a mask": (
+        _unlink("training/groundtruth/satimage_2.png"),
+        "roadseg index data/cil",
+    ),
+    "mask without an image": (_unlink("training/images/satimage_2.png"), "roadseg index data/cil"),
+    "image and mask of different sizes": (
+        _replace(
+            "training/groundtruth/satimage_1.png",
+            lambda p: write_raster(p, np.zeros((16, 32), np.uint8)),
+        ),
+        "roadseg index data/cil",
+    ),
+    "truncated PNG": (
+        _replace("training/images/satimage_3.png", _truncate),
+        "roadseg index data/cil",
+    ),
+    "corrupt TIFF": (
+        lambda t: (
+            (t / "scenes").mkdir()
+            or (t / "scenes" / "scene_1.tif").write_bytes(b"II*\x00" + b"\x00" * 60)
+        ),
+        "roadseg index scenes",
+    ),
+    "a file that is not an image": (
+        _replace("test/images/satimage_144.png", lambda p: p.write_text("<html>")),
+        "roadseg index data/cil",
+    ),
+    "2-band raster": (
+        lambda t: write_raster(t / "scenes" / "scene_1.tif", np.zeros((2, 8, 8), np.uint8)),
+        "roadseg index scenes",
+    ),
+    "float raster outside [0, 1]": (
+        lambda t: write_raster(t / "scenes" / "scene_1.tif", np.full((3, 8, 8), 2.5, np.float32)),
+        "roadseg index scenes --check --quiet",
+    ),
+    "mask of 0/1 values": (
+        _replace(
+            "training/groundtruth/satimage_1.png",
+            lambda p: write_raster(p, (road_tile(32, 1)[1] // 255).astype(np.uint8)),
+        ),
+        "roadseg index data/cil --check --quiet",
+    ),
+    "colour mask": (
+        _replace(
+            "training/groundtruth/satimage_1.png",
+            lambda p: write_raster(
+                p, np.stack([np.full((32, 32), v, np.uint8) for v in (255, 0, 0)])
+            ),
+        ),
+        "roadseg index data/cil --check --quiet",
+    ),
+    "two tiles with the same id": (
+        _replace("test/images/satimage_0144.png", lambda p: write_raster(p, road_tile(32, 0)[0])),
+        "roadseg index data/cil",
+    ),
+    "config with an unknown key": (
+        lambda t: _config(t, "model:\n  learning_rate: 0.1\n"),
+        "roadseg fit --config bad.yaml",
+    ),
+    "config with an unknown model": (
+        lambda t: _config(t, "model:\n  model: unet3\n"),
+        "roadseg fit --config bad.yaml",
+    ),
+    "fresh run into a trained run's folder": (
+        lambda t: _config(t, "trainer:\n  default_root_dir: runs/quick\n") or _trained_run(t),
+        "roadseg fit --config bad.yaml",
+    ),
+    "checkpoint from another model": (
+        lambda t: _checkpoint(t, foreign=True),
+        "roadseg submit --ckpt model.ckpt --data test",
+    ),
+    "file that is no checkpoint": (
+        lambda t: (t / "model.ckpt").write_text("weights"),
+        "roadseg submit --ckpt model.ckpt",
+    ),
+    "missing checkpoint": (
+        lambda t: None,
+        "roadseg submit --ckpt runs/quick/checkpoints/best.ckpt",
+    ),
+    "submission with a wrong header": (
+        lambda t: _submission(t, lambda r: ["Id,Prediction", *r[1:]]),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "submission with a missing id": (
+        lambda t: _submission(t, lambda r: r[:-1]),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "submission with a duplicated id": (
+        lambda t: _submission(t, lambda r: [*r, r[1]]),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "submission with an extra id": (
+        lambda t: _submission(t, lambda r: [*r, "145_0_0,1"]),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "submission with a value other than 0/1": (
+        lambda t: _submission(t, lambda r: [*r[:-1], "144_16_16,0.7"]),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "tile size not a multiple of 16 (handled)": (
+        lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),
+        "roadseg masks-to-submission masks --out sub.csv",
+    ),
+}
+
+
+def run_case(name: str, tmp: Path) -> tuple[int, str]:
+    """Make the case's bad input under ``tmp``, run its command there: (exit status, output)."""
+    setup, command = CASES[name]
+    setup(tmp)
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(shlex.split(command)[1:])
+    finally:
+        os.chdir(cwd)
+    text = err.getvalue() if status else out.getvalue()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Seed set")]
+    return status, lines[-1] if lines else ""
+
+
+def doc_rows() -> dict[str, tuple[str, str, int]]:
+    """The table of docs/errors.md: case -> (command, message, exit status)."""
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`roadseg"):
+            rows[cells[0]] = (
+                cells[1].strip("`").strip(),
+                cells[2].strip("`").strip(),
+                int(cells[3]),
+            )
+    return rows
+
+
+def test_the_doc_has_a_row_for_every_case_and_no_other():
+    assert sorted(doc_rows()) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_user_sees_what_the_doc_says(name, tmp_path):
+    command, message, status = doc_rows()[name]
+    assert command == CASES[name][1]
+    got_status, got = run_case(name, tmp_path)
+    assert (got_status, got) == (status, message)
+    if status:
+        assert re.match(r"roadseg: error: \S+: ", got), "an error names its file first"
+
+
+if __name__ == "__main__":  # print the table rows for docs/errors.md
+    import tempfile
+
+    for name in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            status, message = run_case(name, Path(tmp))
+        print(f"| {name} | `{CASES[name][1]}` | `` {message} `` | {status} |")

@@ -156,12 +156,13 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
     )
 
+    pixel, patch, origin = _thresholds(args)
+    print(f"thresholds: pixel {pixel:g}, patch {patch:g} ({origin})")
+
     def rows():
         for row, prob in predictor.predict_index(test):
-            road = (prob > args.pixel_threshold).astype("float32")
-            yield from tile_rows(
-                int(row["tile_id"]), patch_labels(road, threshold=args.patch_threshold)
-            )
+            road = (prob > pixel).astype("float32")
+            yield from tile_rows(int(row["tile_id"]), patch_labels(road, threshold=patch))
 
     write_submission(rows(), out)
     report = validate_submission(out, test)

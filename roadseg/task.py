@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from roadseg.losses import get_loss
 from roadseg.metrics import RoadMetrics
 from roadseg.models import create_model
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor (checkpoints load with weights_only)."""
+    name, keys, pos, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
 
 
 class RoadSegTask(pl.LightningModule):
@@ -129,6 +142,26 @@ class RoadSegTask(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not restore random states on resume; stochastic layers (dropout, the
+        # encoders' drop-path) would then draw other numbers than an uninterrupted run.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+        random.setstate(states["python"])
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,11 +1,16 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
+from rasterio.transform import from_origin
 
 from roadseg.cli import main
 from roadseg.errors import RoadsegError
 from roadseg.kaggle import upload
 from roadseg.submission import read_submission
+from roadseg.thresholds import Thresholds
+from tests.conftest import road_tile, write_raster
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 SUBCOMMANDS = [
@@ -94,13 +99,29 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     assert ckpt.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert "val_patch_f1" in (run / "metrics.csv").read_text().splitlines()[0]
 
+    assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
+    tuned = Thresholds.load(f"{ckpt}.thresholds.json")
+    assert "validation patch F1 on 1 tiles" in capsys.readouterr().out and 0 < tuned.pixel < 1
+
     out = tmp_path / "sub.csv"
-    assert (
-        main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 0
-    )  # data from the checkpoint
+    # data from the checkpoint, thresholds from tune
+    assert main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet", "--tta"]) == 0
     frame = read_submission(out)
     assert len(frame) == 2 * 16 and frame.id.iloc[0] == "144_0_0"
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned on validation" in printed
+    assert "wrote" in printed
+
+    scene = write_raster(
+        tmp_path / "scene.tif", road_tile(100, 5)[0][:3], crs="EPSG:32632",
+        transform=from_origin(500_000, 5_000_000, 1, 1),
+    )  # fmt: skip
+    predict = ["predict", str(scene), "--out", str(tmp_path / "roads.tif"), "--ckpt", str(ckpt),
+               "--output", "mask", "--window", "64", "--overlap", "16", "--quiet"]  # fmt: skip
+    assert main(predict) == 0
+    with rasterio.open(tmp_path / "roads.tif") as roads:
+        assert roads.crs.to_epsg() == 32632 and roads.shape == (100, 100)
+        assert set(np.unique(roads.read(1))) <= {0, 1}
 
     assert main(args) == 2  # a fresh run would overwrite this one: refused
     assert "resume it with `--ckpt_path last`" in capsys.readouterr().err

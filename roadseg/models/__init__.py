@@ -76,4 +76,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         return MODELS[name](**kwargs)
     except TypeError as err:
+        if "argument" not in str(err):  # a bug, not a wrong option: show it as it is
+            raise
         raise RoadsegError(f"model {name!r}: {err}") from err

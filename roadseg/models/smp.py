@@ -95,7 +95,8 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) ->
             if any(k.startswith(prefix) for k in source):
                 source = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
                 break
-    missing, unexpected = encoder.load_state_dict(source, strict=False)
+    missing = [k for k in target if k not in source]  # smp encoders' load_state_dict returns None
+    encoder.load_state_dict(source, strict=False)
     if missing:
         raise RoadsegError(
             f"weights do not fit encoder {encoder_name}: {len(missing)} tensors missing (first: {missing[0]})",
@@ -126,6 +127,11 @@ def smp_network(arch: str, *, encoder: str, encoder_weights: str | None, **kwarg
         ) from err
     if encoder_weights is not None and not online:
         load_encoder_weights(net.encoder, encoder, encoder_weights)
+    # smp's EfficientNet encoders keep timm's head (conv_head, bn2) but never call it; frozen,
+    # it takes no optimiser state and DDP needs no search for unused parameters.
+    for name in ("conv_head", "bn2"):
+        if isinstance(getattr(net.encoder, name, None), nn.Module):
+            getattr(net.encoder, name).requires_grad_(False)
     return net
 
 

@@ -18,7 +18,7 @@ SHARED ?= ../shared/data
 KAGGLE_COMPETITION ?= ethz-cil-road-segmentation-2023
 STAMP := $(VENV)/.installed
 
-.PHONY: help install data train submit test lint format clean
+.PHONY: help install data train submit test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,13 +62,16 @@ submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best); 
 test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shared/data)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)  ## benchmarks: data pipeline, training vs bare loop, inference, scenes (prints, writes JSON)
+	$(BIN)/python benchmarks/bench.py --data $(SHARED)
+
 lint: $(STAMP)  ## ruff lint and format check
-	$(BIN)/ruff check roadseg tests
-	$(BIN)/ruff format --check roadseg tests
+	$(BIN)/ruff check roadseg tests benchmarks
+	$(BIN)/ruff format --check roadseg tests benchmarks
 
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff check --fix roadseg tests
-	$(BIN)/ruff format roadseg tests
+	$(BIN)/ruff check --fix roadseg tests benchmarks
+	$(BIN)/ruff format roadseg tests benchmarks
 
 clean:  ## remove runs/ and generated submissions (keeps .venv and data/)
 	rm -rf runs submissions/*.csv

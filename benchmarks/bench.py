@@ -40,7 +40,11 @@ from roadseg.task import RoadSegTask  # noqa: E402
 
 MODELS = {
     # name: (model_args, crop, batch)
-    "quick": ({"encoder": "timm-tf_efficientnet_lite0", "decoder_channels": [64, 32, 16, 16, 8]}, 256, 8),
+    "quick": (
+        {"encoder": "timm-tf_efficientnet_lite0", "decoder_channels": [64, 32, 16, 16, 8]},
+        256,
+        8,
+    ),
     "resnet34-384": ({"encoder": "resnet34"}, 384, 32),
 }
 
@@ -77,7 +81,13 @@ def bench_data(data: Path, crop: int, batches: int = 20) -> list[dict]:
             for _ in range(batches):
                 next(it)
             seconds = time.perf_counter() - start
-            rows.append({"augment": augment, "cache": cache, "crops_per_s_per_worker": 8 * batches / seconds})
+            rows.append(
+                {
+                    "augment": augment,
+                    "cache": cache,
+                    "crops_per_s_per_worker": 8 * batches / seconds,
+                }
+            )
     return rows
 
 
@@ -99,7 +109,9 @@ def bench_train(data: Path, model_name: str, device: str, steps: int) -> list[di
                 limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, callbacks=[timer],
             )  # fmt: skip
-            trainer.fit(RoadSegTask(model="unet", model_args=model_args, channels_last=channels_last), dm)
+            trainer.fit(
+                RoadSegTask(model="unet", model_args=model_args, channels_last=channels_last), dm
+            )
             pipeline = batch / timer.seconds_per_step
             rows.append({
                 "precision": precision, "channels_last": channels_last, "batch": batch, "crop": crop,
@@ -108,7 +120,9 @@ def bench_train(data: Path, model_name: str, device: str, steps: int) -> list[di
     return rows
 
 
-def bare_loop(task: RoadSegTask, batch: int, crop: int, device: str, precision: str, steps: int) -> float:
+def bare_loop(
+    task: RoadSegTask, batch: int, crop: int, device: str, precision: str, steps: int
+) -> float:
     """Images per second of forward+backward+step on random tensors (no data, no Lightning)."""
     model = task.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -224,22 +238,34 @@ def table(title: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "bench.json")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--model", default=None, choices=list(MODELS),
                         help="default: resnet34-384 on a GPU, quick on a CPU")  # fmt: skip
-    parser.add_argument("--only", default="data,train,predict,scene", help="comma-separated sections")
+    parser.add_argument(
+        "--only", default="data,train,predict,scene", help="comma-separated sections"
+    )
     parser.add_argument("--train-steps", type=int, default=None)
-    parser.add_argument("--predict-tiles", type=int, default=None, help="tiles measured per test set")
+    parser.add_argument(
+        "--predict-tiles", type=int, default=None, help="tiles measured per test set"
+    )
     parser.add_argument("--scene-sizes", default=None, help="e.g. 2000,4000")
     args = parser.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     gpu = device == "cuda"
     model = args.model or ("resnet34-384" if gpu else "quick")
     only = set(args.only.split(","))
-    machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name()
+        if gpu
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     result = {"machine": machine, "device": device, "model": model, "torch": torch.__version__}
     print(f"roadseg benchmarks on {machine} ({device}), model {model}")
     sections = [

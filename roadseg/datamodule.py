@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
@@ -77,7 +78,11 @@ class RoadDataModule(pl.LightningDataModule):
     def _loader(self, dataset, **kwargs) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
-            dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=True, **kwargs
+            dataset,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -68,9 +68,14 @@ def lovasz(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def patch_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE of the mean logit of each 16x16 patch against the competition's patch label."""
+    """BCE of the mean logit of each 16x16 patch against the competition's patch label,
+    road patches weighted by the batch's background/road ratio (balanced classes, as the
+    scikit-learn baselines use): unweighted, a patch classifier learns to say "no road"."""
     patch_logits = F.avg_pool2d(logits, PATCH_SIZE, ceil_mode=True)
-    return F.binary_cross_entropy_with_logits(patch_logits, patch_labels_torch(target))
+    truth = patch_labels_torch(target)
+    positives = truth.sum()
+    pos_weight = ((truth.numel() - positives) / positives.clamp(min=1)).clamp(min=1.0)
+    return F.binary_cross_entropy_with_logits(patch_logits, truth, pos_weight=pos_weight.detach())
 
 
 def patch_f1(logits: torch.Tensor, target: torch.Tensor, sharpness: float = 20.0) -> torch.Tensor:

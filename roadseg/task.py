@@ -38,6 +38,8 @@ class RoadSegTask(pl.LightningModule):
         warmup_epochs: epochs of linear warm-up before the cosine decay.
         channels_last: run the network in channels-last memory format (faster convolutions
             on recent CPUs and on GPUs with mixed precision).
+        compile: compile the network with ``torch.compile`` (in place, so checkpoints keep
+            their plain parameter names); pays off on long GPU runs.
     """
 
     def __init__(
@@ -50,12 +52,15 @@ class RoadSegTask(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_epochs: int = 0,
         channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, **(model_args or {}))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
         self.loss_fn = get_loss(loss)
         self.train_metrics = RoadMetrics()
         self.val_metrics = RoadMetrics()

@@ -91,3 +91,13 @@ def test_dlinknet_centre_sums_its_chain():
     x = torch.rand(1, 4, 8, 8)
     y1 = centre.convs[0](x)
     assert torch.allclose(centre(x), x + y1 + centre.convs[1](y1))
+
+
+@pytest.mark.parametrize(("window", "extent"), [(64, 61), (96, 93)])
+def test_context_cnn_sees_a_window_centred_on_its_patch(window, extent):
+    net = create_model("context_cnn", window=window).net.eval()
+    x = torch.zeros(1, 3, 320, 320, requires_grad=True)
+    net(x)[0, 0, 160, 160].backward()  # the patch of rows and columns 160..175
+    rows = torch.nonzero(x.grad[0].abs().sum((0, 2)))[:, 0]
+    assert rows.max().item() - rows.min().item() + 1 == extent
+    assert (rows.min().item() + rows.max().item()) / 2 == pytest.approx(167.5, abs=0.5)

@@ -2,7 +2,8 @@
 
 - :class:`PatchCNN` sees the 16x16 patch alone: conv -> pool -> conv -> pool -> fully
   connected (LeNet style), with dropout.
-- :class:`ContextCNN` classifies each patch from a larger window centred on it.
+- :class:`ContextCNN` classifies each patch from a larger window centred on it (fully
+  convolutional, so neighbouring windows share their computation).
 - :class:`PatchFeatureLinear` is a linear classifier on hand-made patch features
   (trained by scikit-learn: logistic regression or a linear SVM).
 
@@ -75,8 +76,15 @@ class PatchCNN(_WindowClassifier):
         return self.classifier(self.features(windows))
 
 
-class ContextCNN(_WindowClassifier):
-    """CNN that classifies a patch from a ``window`` x ``window`` neighbourhood centred on it."""
+class ContextCNN(nn.Module):
+    """CNN that classifies each 16x16 patch from a window of about ``window`` pixels around it.
+
+    Fully convolutional (the efficient form of a sliding-window classifier): four stages
+    of two 3x3 convolutions and a 2x2 max-pool give one output per 16x16 patch, and the
+    dilation of the last stage sets the receptive field, so each patch's logit sees a
+    context of about ``window`` pixels centred on it; 1x1 convolutions play the fully
+    connected layers, with dropout.
+    """
 
     def __init__(
         self, *, window: int = 64, width: int = 32, hidden: int = 128, dropout: float = 0.5
@@ -86,24 +94,36 @@ class ContextCNN(_WindowClassifier):
             f"window must be a multiple of 16, >= 32, got {window}"
         )
         self.window = window
-        blocks, cin = [], 3
-        for i in range(4):  # window -> window / 16
-            cout = width * 2 ** min(i, 2)
-            blocks += [
-                nn.Conv2d(cin, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            cin = cout
-        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(2))
+        # the receptive field is 29 + 32 * d pixels for a last-stage dilation d
+        last_dilation = max(1, round((window - 29) / 32))
+        layers, cin = [], 3
+        for stage in range(4):
+            cout = width * 2 ** min(stage, 2)
+            d = last_dilation if stage == 3 else 1
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(cin, cout, 3, padding=d, dilation=d),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True),
+                ]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)  # (B, C, H/16, W/16)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * 4, hidden), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(hidden, 1),
+            nn.Dropout2d(dropout), nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout), nn.Conv2d(hidden, 1, 1),
         )  # fmt: skip
 
-    def classify(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(windows))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        assert h % PATCH_SIZE == 0 and w % PATCH_SIZE == 0, (
+            f"input {h}x{w} must be a multiple of 16"
+        )
+        # Output cell c is centred on input pixel 16c; padding 8 in front (and enough behind)
+        # and taking cells 1.. centres each cell on its patch, 16i + 8.
+        mode = "reflect" if min(h, w) > 24 else "replicate"
+        logits = self.classifier(self.features(F.pad(x, (8, 24, 8, 24), mode=mode)))
+        return _to_pixels(logits[..., 1 : 1 + h // PATCH_SIZE, 1 : 1 + w // PATCH_SIZE])
 
 
 HISTOGRAM_BINS = 8

@@ -123,11 +123,11 @@ def collect(plan: dict, out: Path) -> pd.DataFrame:
         ckpt = torch.load(
             run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
         )
-        params = sum(
-            t.numel()
-            for k, t in ckpt["state_dict"].items()
-            if "running_" not in k and "num_batches" not in k
-        )
+        weights = ckpt["state_dict"].items()
+        tensors = {
+            t.data_ptr(): t for k, t in weights if "running_" not in k and "num_batches" not in k
+        }
+        params = sum(t.numel() for t in tensors.values())  # a tensor under two names counts once
         done = json.loads((run_dir / "done.json").read_text())
         rows.append({
             "run": run["name"], **{short: float(best[key]) for key, short in METRICS.items()},

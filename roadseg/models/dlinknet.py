@@ -37,8 +37,12 @@ class DLinkNet(nn.Module):
     def __init__(self, base: nn.Module, *, dilations: tuple[int, ...] = (1, 2, 4, 8)):
         super().__init__()
         self.base = base
-        self.encoder = base.encoder
         self.centre = DilatedCentre(self.encoder.out_channels[-1], tuple(dilations))
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The LinkNet's encoder (a property, so its weights are not registered twice)."""
+        return self.base.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = list(self.encoder(x))

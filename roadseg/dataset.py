@@ -21,19 +21,22 @@ from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey
 from roadseg.patches import patch_labels
 from roadseg.transforms import build_transform
 
+CACHE_MAX_PIXELS = 4096 * 4096  # larger rasters are read window by window, never kept
+
 
 class TileReader:
     """Reads windows of a tile's image and mask; small rasters are decoded once and kept."""
 
-    def __init__(self, frame: pd.DataFrame, *, cache_max_pixels: int = 4096 * 4096):
+    def __init__(self, frame: pd.DataFrame, *, cache: bool = True):
         self.frame = frame.reset_index(drop=True)
-        self.cache_max_pixels = cache_max_pixels
+        self.rows = self.frame.to_dict("records")  # plain dicts: no pandas lookup per sample
+        self.cache_max_pixels = CACHE_MAX_PIXELS if cache else 0
         self._cache: dict[tuple[int, str], np.ndarray] = {}
 
     def raw(self, i: int, column: str, window: Window | None) -> np.ndarray:
         """Raw ``(bands, h, w)`` pixels of the tile's image or mask, whole or one window."""
-        row = self.frame.iloc[i]
-        if row.height * row.width > self.cache_max_pixels:
+        row = self.rows[i]
+        if row["height"] * row["width"] > self.cache_max_pixels:
             return read_raster(row[column], window)
         key = (i, column)
         if key not in self._cache:
@@ -45,10 +48,10 @@ class TileReader:
         return arr[:, r : r + int(window.height), c : c + int(window.width)]
 
     def image(self, i: int, window: Window | None = None) -> np.ndarray:
-        return image_to_rgb(self.raw(i, "image", window), self.frame.iloc[i]["image"])
+        return image_to_rgb(self.raw(i, "image", window), self.rows[i]["image"])
 
     def mask_grey(self, i: int, window: Window | None = None) -> np.ndarray:
-        return mask_to_grey(self.raw(i, "mask", window), self.frame.iloc[i]["mask"])
+        return mask_to_grey(self.raw(i, "mask", window), self.rows[i]["mask"])
 
 
 class RandomWindowDataset(Dataset):
@@ -68,7 +71,7 @@ class RandomWindowDataset(Dataset):
         mask_threshold: float = MASK_THRESHOLD,
         cache: bool = True,
     ):
-        self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
+        self.reader = TileReader(frame, cache=cache)
         self.crop_size = crop_size
         self.transform = build_transform(augment)
         self.mask_threshold = mask_threshold
@@ -78,12 +81,12 @@ class RandomWindowDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         i, seed = key
-        row = self.reader.frame.iloc[i]
+        row = self.reader.rows[i]
         rng = np.random.default_rng(seed)
-        ch, cw = min(self.crop_size, row.height), min(self.crop_size, row.width)
+        ch, cw = min(self.crop_size, row["height"]), min(self.crop_size, row["width"])
         window = Window(
-            int(rng.integers(0, row.width - cw + 1)),
-            int(rng.integers(0, row.height - ch + 1)),
+            int(rng.integers(0, row["width"] - cw + 1)),
+            int(rng.integers(0, row["height"] - ch + 1)),
             cw,
             ch,
         )
@@ -98,7 +101,7 @@ class RandomWindowDataset(Dataset):
         return {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
             "mask": torch.from_numpy(np.ascontiguousarray(out["mask"][None])),
-            "tile_id": int(row.tile_id),
+            "tile_id": int(row["tile_id"]),
             "index": i,
             "seed": seed,
         }
@@ -110,17 +113,17 @@ class TileDataset(Dataset):
     def __init__(
         self, frame: pd.DataFrame, *, mask_threshold: float = MASK_THRESHOLD, cache: bool = True
     ):
-        self.reader = TileReader(frame, cache_max_pixels=4096 * 4096 if cache else 0)
+        self.reader = TileReader(frame, cache=cache)
         self.mask_threshold = mask_threshold
 
     def __len__(self) -> int:
         return len(self.reader.frame)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.reader.frame.iloc[i]
+        row = self.reader.rows[i]
         sample = {
             "image": torch.from_numpy(self.reader.image(i)),
-            "tile_id": int(row.tile_id),
+            "tile_id": int(row["tile_id"]),
             "index": i,
         }
         if isinstance(row["mask"], str):

@@ -1,7 +1,8 @@
 # roadseg: every target sets itself up (virtual environment, package) when needed.
 #   make train CONFIG=configs/quick.yaml [RESUME=1]    train, then tune thresholds on validation
-#   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [UPLOAD=1]
+#   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [PREDICT=configs/predict/...] [UPLOAD=1]
 #                                                     write submissions/<run>-<dataset>.csv
+#   make reproduce [PROFILE=smoke|paper]               the paper's results table and figures
 #   make test | make lint | make data
 
 PYTHON ?= python3
@@ -13,12 +14,17 @@ CKPT ?= runs/$(RUN)/checkpoints/best.ckpt
 DATA ?=
 RESUME ?=
 TTA ?=
+PREDICT ?=
+PROFILE ?= paper
+PLAN ?= configs/plans/paper.yaml
 UPLOAD ?=
 SHARED ?= ../shared/data
 KAGGLE_COMPETITION ?= ethz-cil-road-segmentation-2023
 STAMP := $(VENV)/.installed
+# A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
+CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit test bench lint format clean
+.PHONY: help install data train submit reproduce test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,9 +61,14 @@ train: $(STAMP)  ## train CONFIG (default configs/quick.yaml), tune its threshol
 	$(BIN)/roadseg fit --config $(CONFIG) $(if $(RESUME),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/$(RUN)/checkpoints/best.ckpt
 
-submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, UPLOAD=1 to send it
-	$(BIN)/roadseg submit --ckpt $(CKPT) $(if $(DATA),--data $(DATA)) $(if $(TTA),--tta) \
+submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, PREDICT=options.yaml, UPLOAD=1
+	$(BIN)/roadseg submit $(CKPT_ARG) $(if $(PREDICT),--config $(PREDICT)) \
+		$(if $(DATA),--data $(DATA)) $(if $(TTA),--tta) \
 		$(if $(UPLOAD),--upload --competition $(KAGGLE_COMPETITION))
+
+reproduce: $(STAMP)  ## the paper's table and figures into results/ (PROFILE=smoke: 2 CPU cores, <15 min)
+	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
+	$(BIN)/roadseg reproduce $(PLAN) --profile $(PROFILE) --out results
 
 test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shared/data)
 	$(BIN)/python -m pytest

@@ -59,6 +59,10 @@ def _run_lightning(argv: list[str]) -> None:
                     "(make train RESUME=1), or delete the folder or set trainer.default_root_dir",
                     root,
                 )
+            if self.subcommand == "fit":
+                from roadseg.provenance import write_provenance
+
+                write_provenance(root, cfg.get("seed_everything"), argv)
             if cfg.trainer.logger in (None, True):
                 resume_from = (
                     last if cfg.get("ckpt_path") == "last" else Path(cfg.get("ckpt_path") or last)
@@ -114,25 +118,91 @@ def _global_step(ckpt: Path) -> int:
     )
 
 
+# Options of submit, tune and predict, with their defaults: each comes from the command line,
+# else from the --config file, else from here.
+PREDICT_DEFAULTS = {
+    "tta": False, "merge": "mean", "window": 1024, "overlap": 128, "batch_size": 4,
+    "device": "auto", "precision": "auto", "pixel_threshold": None, "patch_threshold": None,
+    "close_gaps": None, "min_area": None,
+}  # fmt: skip
+
+
+def _checkpoint_of(name: str) -> str:
+    """A checkpoint path, or a training config's best checkpoint (``runs/<stem>/...``)."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        return name
+    import yaml
+
+    try:
+        root = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get(
+            "default_root_dir"
+        )
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise RoadsegError(f"not a readable training config ({_squash(err, 120)})", path) from err
+    return str(Path(root or Path("runs") / path.stem) / "checkpoints" / "best.ckpt")
+
+
+def _apply_predict_config(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from ``--config``, then the defaults."""
+    values: dict = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise RoadsegError(f"not a readable YAML file ({_squash(err, 120)})", path) from err
+        if not isinstance(values, dict):
+            raise RoadsegError("expected a mapping of option: value", path)
+        unknown = sorted(set(values) - set(PREDICT_DEFAULTS) - {"ckpt"})
+        if unknown:
+            raise RoadsegError(
+                f"unknown option {unknown[0]!r}; known: ckpt, {', '.join(PREDICT_DEFAULTS)}", path
+            )
+    for key, default in PREDICT_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, values.get(key, default))
+    if not args.ckpt:
+        ckpt = values.get("ckpt")
+        args.ckpt = [ckpt] if isinstance(ckpt, str) else list(ckpt or [])
+    if not args.ckpt:
+        raise RoadsegError(
+            "no checkpoint: pass --ckpt (repeat for an ensemble) or put ckpt: in --config"
+        )
+    args.ckpt = [_checkpoint_of(str(c)) for c in args.ckpt]
+
+
 def _predictor(args: argparse.Namespace):
-    """The Predictor over the checkpoints named by ``--ckpt`` (an ensemble when several)."""
+    """The Predictor over the checkpoints named by ``--ckpt`` (an ensemble when several),
+    the checkpoints' contents, and the decision that turns its maps into masks and labels."""
     from roadseg.predict import Predictor, load_task, read_checkpoint
 
+    _apply_predict_config(args)
     ckpts = [read_checkpoint(p) for p in args.ckpt]
     tasks = [load_task(p, ckpt=c) for p, c in zip(args.ckpt, ckpts, strict=True)]
+    decisions = [_decision(args, p) for p in args.ckpt]
     predictor = Predictor(
         tasks, window=args.window, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-        device=args.device, precision=args.precision, progress=not args.quiet,
+        device=args.device, precision=args.precision, progress=not args.quiet, merge=args.merge,
+        decisions=[d for d, _ in decisions],
     )  # fmt: skip
-    return predictor, ckpts
+    decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
+    if decision is None:
+        decision, origin = decisions[0]
+    print(f"decision: {decision.describe()} ({origin})")
+    if args.merge == "vote":
+        for path, (d, where) in zip(args.ckpt, decisions, strict=True):
+            print(f"  member {path}: {d.describe()} ({where})")
+    return predictor, ckpts, decision
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
     from roadseg.index import scan
-    from roadseg.patches import patch_labels
     from roadseg.submission import tile_rows, validate_submission, write_submission
 
-    predictor, ckpts = _predictor(args)
+    predictor, ckpts, decision = _predictor(args)
     ckpt_path = Path(args.ckpt[0])
     data = args.data
     if data is None:
@@ -156,13 +226,9 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
     )
 
-    pixel, patch, origin = _thresholds(args)
-    print(f"thresholds: pixel {pixel:g}, patch {patch:g} ({origin})")
-
     def rows():
         for row, prob in predictor.predict_index(test):
-            road = (prob > pixel).astype("float32")
-            yield from tile_rows(int(row["tile_id"]), patch_labels(road, threshold=patch))
+            yield from tile_rows(int(row["tile_id"]), decision.labels(prob))
 
     write_submission(rows(), out)
     report = validate_submission(out, test)
@@ -173,51 +239,63 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         print(upload(out, args.competition, args.message or f"roadseg {run}"))
 
 
-def _thresholds(args: argparse.Namespace) -> tuple[float, float, str]:
-    """(pixel, patch, where from): the command line, else the tuned file, else the defaults."""
+def _decision(args: argparse.Namespace, ckpt: str):
+    """(Decision, where from) of one checkpoint: the options given (command line or
+    --config), else what ``roadseg tune`` stored beside the checkpoint, else the defaults."""
+    from roadseg.postprocess import Decision
     from roadseg.thresholds import Thresholds, thresholds_path
 
-    tuned_file = thresholds_path(args.ckpt[0])
-    tuned = Thresholds.load(tuned_file) if tuned_file.is_file() else None
-    default = Thresholds()
-    pixel = args.pixel_threshold
-    patch = getattr(args, "patch_threshold", None)
-    origin = "command line" if pixel is not None or patch is not None else "defaults"
-    if tuned is not None and pixel is None and patch is None:
-        origin = f"tuned on validation, {tuned_file}"
-    base = tuned if tuned is not None else default
-    return (
-        base.pixel if pixel is None else pixel,
-        base.patch if patch is None else patch,
-        origin,
-    )
+    tuned_file = thresholds_path(ckpt)
+    base, origin = Decision(), "defaults"
+    if tuned_file.is_file():
+        base, origin = Thresholds.load(tuned_file).decision(), f"tuned on validation, {tuned_file}"
+    given = {
+        "pixel": args.pixel_threshold, "patch": args.patch_threshold,
+        "close_gaps": args.close_gaps, "min_area": args.min_area,
+    }  # fmt: skip
+    if any(v is not None for v in given.values()):
+        origin = f"{origin}, overridden by the options given"
+    return base.replace(**given), origin
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from roadseg.thresholds import ValidationScores, thresholds_path, validation_frame
 
-    predictor, ckpts = _predictor(args)
+    predictor, ckpts, decision = _predictor(args)
     val = validation_frame(ckpts[0])
     probs = [prob for _, prob in predictor.predict_index(val)]
-    scores = ValidationScores(probs, list(val["mask"]))
-    tuned = scores.tune()
-    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}, TTA {'on' if args.tta else 'off'}"
+    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
+    setup += f", {args.merge}" if len(ckpts) > 1 else ""
+    setup += f", TTA {'on' if args.tta else 'off'}"
     print(f"validation patch F1 on {len(val)} tiles ({setup}):")
-    print(f"  default thresholds (pixel 0.5, patch 0.25): {scores.f1():.4f}")
-    print(
-        f"  tuned thresholds (pixel {tuned.pixel:g}, patch {tuned.patch:g}): {tuned.val_patch_f1:.4f}"
-    )
-    if not args.dry_run:
+    if args.merge == "vote":
+        scores = ValidationScores(probs, list(val["mask"]))
+        print(f"  majority vote of the members' patch labels: {scores.f1(0.5, 0.5):.4f}")
+        print("  (a vote's thresholds are the members' own: tune each member alone)")
+        return
+    raw = ValidationScores(probs, list(val["mask"]))
+    print(f"  default thresholds (pixel 0.5, patch 0.25): {raw.f1():.4f}")
+    scores = ValidationScores(probs, list(val["mask"]), clean=decision.clean)
+    if decision.postprocessing:
+        print(
+            f"  with post-processing ({decision.describe()}): {scores.f1(decision.pixel, decision.patch):.4f}"
+        )
+    tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area)
+    print(f"  tuned ({tuned.decision().describe()}): {tuned.val_patch_f1:.4f}")
+    if len(ckpts) > 1:
+        print(
+            "  (an ensemble's thresholds are printed, not stored: pass them to submit as options)"
+        )
+    elif not args.dry_run:
         out = thresholds_path(args.ckpt[0])
         tuned.save(out)
-        print(f"wrote {out} (roadseg submit uses it unless thresholds are given)")
+        print(f"wrote {out} (roadseg submit uses it unless options are given)")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    predictor, _ = _predictor(args)
-    pixel, _, _ = _thresholds(args)
+    predictor, _, decision = _predictor(args)
     predictor.predict_scene(
-        args.scene, args.out, output=args.output, threshold=pixel, chunk=args.chunk
+        args.scene, args.out, output=args.output, decision=decision, chunk=args.chunk
     )
     print(f"wrote {args.out}")
 
@@ -272,6 +350,20 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'table.md'} ({len(table)} runs)")
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from roadseg.reproduce import reproduce
+
+    reproduce(args.plan, args.out, profile=args.profile, figures=not args.no_figures)
+    print(f"wrote {Path(args.out) / 'table.md'}:")
+    print((Path(args.out) / "table.md").read_text())
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from roadseg.figures import make_figures
+
+    make_figures(args.out, ckpt=args.ckpt, curves={Path(r).name: Path(r) for r in args.runs})
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from roadseg.models import MODELS, create_model
 
@@ -282,32 +374,62 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _add_predictor_args(p: argparse.ArgumentParser) -> None:
+    # Defaults are None here and filled by _apply_predict_config (command line > --config >
+    # PREDICT_DEFAULTS), so a config file can set any of them.
     p.add_argument(
         "--ckpt",
-        required=True,
         action="append",
-        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt); repeat for an ensemble",
+        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt), or a training config "
+        "(its run's best.ckpt); repeat for an ensemble",
     )
     p.add_argument(
-        "--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)"
+        "--config",
+        help="YAML file of these options (ckpt: [...], tta: true, merge: vote, min_area: 300, "
+        "...); options given on the command line win. Examples in configs/predict/",
     )
-    p.add_argument("--window", type=int, default=1024, help="prediction window side (default 1024)")
     p.add_argument(
-        "--overlap", type=int, default=128, help="overlap of neighbouring windows (default 128)"
+        "--tta",
+        action="store_true",
+        default=None,
+        help="average over the 8 flips/rotations (8x slower)",
     )
+    p.add_argument(
+        "--merge",
+        choices=["mean", "vote"],
+        help="how an ensemble combines: mean probability, or majority vote of the members' "
+        "patch labels, each by its own thresholds (default mean)",
+    )
+    p.add_argument("--window", type=int, help="prediction window side (default 1024)")
+    p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
     p.add_argument(
         "--pixel-threshold",
         type=float,
         help="road probability threshold (default: tuned, else 0.5)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--patch-threshold",
+        type=float,
+        help="road share of a 16x16 patch (default: tuned, else 0.25)",
+    )
+    p.add_argument(
+        "--close-gaps",
+        type=int,
+        metavar="PX",
+        help="post-processing: bridge breaks along roads up to PX pixels (default: tuned, else off)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=int,
+        metavar="PX",
+        help="post-processing: remove road components under PX pixels (default: tuned, else off)",
+    )
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument(
         "--precision",
-        default="auto",
         choices=["auto", "bf16", "fp32"],
-        help="auto: bf16 on CUDA, fp32 on CPU",
+        help="auto: bf16 on CUDA, fp32 on CPU (default auto)",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -337,11 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the data the checkpoint was trained on)",
     )
     p.add_argument("--out", help="CSV to write (default: submissions/<run>-<dataset>.csv)")
-    p.add_argument(
-        "--patch-threshold",
-        type=float,
-        help="road share of a patch (default: tuned, else 0.25)",
-    )
     p.add_argument(
         "--upload", action="store_true", help="send the CSV to Kaggle (needs an API token)"
     )
@@ -439,6 +556,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--only", help="comma-separated run names to train (default: all)")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper: train methods x folds x seeds of a plan's profile, write the table and figures",
+        description="Train every (method, fold, seed) of the chosen profile of a reproduction "
+        "plan (finished runs are skipped, interrupted ones resume), then write table.csv and "
+        "table.md (mean ± std over folds and seeds), runs.csv, timing.md and figures/ under "
+        "--out. The same seeds on the same machine give the same table.",
+    )
+    p.add_argument(
+        "plan",
+        nargs="?",
+        default="configs/plans/paper.yaml",
+        help="reproduction plan (default %(default)s)",
+    )
+    p.add_argument(
+        "--profile", default="paper", help="scale of the plan: smoke or paper (default %(default)s)"
+    )
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "figures",
+        help="draw the figures of a trained checkpoint (overlays, PR curve, filters, saliency, ...)",
+        description="Predict the checkpoint's validation tiles and draw overlays, the patch "
+        "precision-recall curve, first-layer filters, a saliency map, an occlusion map, a t-SNE "
+        "of patch embeddings and a class-model visualisation as PNG files.",
+    )
+    p.add_argument("--ckpt", required=True, help="trained checkpoint")
+    p.add_argument(
+        "--out", default="results/figures", help="folder for the PNGs (default %(default)s)"
+    )
+    p.add_argument(
+        "--runs", nargs="*", default=[], help="run folders whose learning curves to draw"
+    )
+    p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
     p.set_defaults(func=_cmd_models)

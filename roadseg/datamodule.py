@@ -28,7 +28,9 @@ class RoadDataModule(pl.LightningDataModule):
         val_fraction: share of the main dataset's labelled tiles held out (random split).
         folds: number of geographic folds.
         fold: the geographic fold used for validation.
-        seed: seed of the validation split and of the training windows.
+        seed: seed of the training windows, and of the split unless ``split_seed`` is given.
+        split_seed: seed of the validation split or fold assignment alone, so runs with
+            different seeds can share one set of folds.
         crop_size: side of the random training windows.
         batch_size: training windows per batch (validation uses whole tiles).
         samples_per_epoch: training windows per epoch (default: one per training tile).
@@ -48,6 +50,7 @@ class RoadDataModule(pl.LightningDataModule):
         folds: int = 5,
         fold: int = 0,
         seed: int = 0,
+        split_seed: int | None = None,
         crop_size: int = 256,
         batch_size: int = 8,
         samples_per_epoch: int | None = None,
@@ -65,8 +68,9 @@ class RoadDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         frame = scan_many([hp.root, *(hp.extra_roots or [])])
-        self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction, seed=hp.seed,
-                                  folds=hp.folds, fold=hp.fold)  # fmt: skip
+        split_seed = hp.seed if hp.get("split_seed") is None else hp.split_seed
+        self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction,
+                                  seed=split_seed, folds=hp.folds, fold=hp.fold)  # fmt: skip
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
 

@@ -110,29 +110,31 @@ def _train(run: dict, budget: dict, run_dir: Path) -> None:
         )
 
 
+def run_row(run_dir: Path) -> dict:
+    """A finished run's best validation epoch: metrics, parameters, minutes, epoch."""
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    val = metrics.dropna(subset=["val_patch_f1"])
+    best = val.loc[val["val_patch_f1"].idxmax()]  # the first of equal bests, as the checkpoint
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    weights = ckpt["state_dict"].items()
+    tensors = {
+        t.data_ptr(): t for k, t in weights if "running_" not in k and "num_batches" not in k
+    }
+    params = sum(t.numel() for t in tensors.values())  # a tensor under two names counts once
+    done = json.loads((run_dir / "done.json").read_text())
+    return {
+        **{short: float(best[key]) for key, short in METRICS.items()},
+        "parameters": params, "train_minutes": done["seconds"] / 60, "best_epoch": int(best["epoch"]),
+    }  # fmt: skip
+
+
 def collect(plan: dict, out: Path) -> pd.DataFrame:
     """One row per finished run: its best validation epoch's metrics, size and time."""
     rows = []
     for run in plan["runs"]:
         run_dir = out / "runs" / run["name"]
-        if not (run_dir / "done.json").is_file():
-            continue
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        val = metrics.dropna(subset=["val_patch_f1"])
-        best = val.loc[val["val_patch_f1"].idxmax()]
-        ckpt = torch.load(
-            run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
-        )
-        weights = ckpt["state_dict"].items()
-        tensors = {
-            t.data_ptr(): t for k, t in weights if "running_" not in k and "num_batches" not in k
-        }
-        params = sum(t.numel() for t in tensors.values())  # a tensor under two names counts once
-        done = json.loads((run_dir / "done.json").read_text())
-        rows.append({
-            "run": run["name"], **{short: float(best[key]) for key, short in METRICS.items()},
-            "parameters": params, "train_minutes": done["seconds"] / 60, "best_epoch": int(best["epoch"]),
-        })  # fmt: skip
+        if (run_dir / "done.json").is_file():
+            rows.append({"run": run["name"], **run_row(run_dir)})
     return pd.DataFrame(rows)
 
 

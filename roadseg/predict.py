@@ -3,8 +3,9 @@
 Images go through overlapping windows (reflect-padded to the network's stride by the
 model itself), batched, optionally with the 8 flips/rotations of test-time
 augmentation, and blended with a smooth window weight, so overlaps leave no seams.
-Several models form an ensemble (mean probability). Scenes are streamed chunk by chunk
-from and to GeoTIFF, so memory stays flat however large the raster is.
+Several models form an ensemble, merged by mean probability or by majority vote of
+their patch labels. Scenes are streamed chunk by chunk from and to GeoTIFF, so memory
+stays flat however large the raster is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path, image_to_rgb, read_image
+from roadseg.patches import PATCH_SIZE, labels_to_mask
+from roadseg.postprocess import Decision
 from roadseg.task import RoadSegTask
 
 GDAL_CACHE_MB = 64
@@ -125,6 +128,12 @@ class Predictor:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
         progress: show progress bars.
+        merge: how an ensemble's members are combined. ``mean``: the mean probability.
+            ``vote``: each member's probabilities become patch labels by its own
+            :class:`~roadseg.postprocess.Decision` (``decisions``), and the map returned is,
+            at every pixel, the share of members that call its 16x16 patch road: a patch is
+            road by strict majority when that share is above 0.5 (see :attr:`output_decision`).
+        decisions: one Decision per model for ``vote`` (default: 0.5 / 0.25, no clean-up).
     """
 
     def __init__(
@@ -138,9 +147,17 @@ class Predictor:
         device: str = "auto",
         precision: str = "auto",
         progress: bool = True,
+        merge: str = "mean",
+        decisions: list[Decision] | None = None,
     ):
         if not models:
             raise RoadsegError("Predictor needs at least one model")
+        if merge not in ("mean", "vote"):
+            raise RoadsegError(f"unknown merge {merge!r}; use mean or vote")
+        decisions = list(decisions) if decisions is not None else [Decision()] * len(models)
+        if len(decisions) != len(models):
+            raise RoadsegError(f"{len(models)} models but {len(decisions)} decisions for the vote")
+        self.merge, self.decisions = merge, decisions
         if not 0 <= overlap < window:
             raise RoadsegError(
                 f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
@@ -160,42 +177,71 @@ class Predictor:
         """A predictor over the ensemble of these checkpoints."""
         return cls([load_task(p) for p in paths], **kwargs)
 
+    @property
+    def output_decision(self) -> Decision | None:
+        """The decision fixed by the merge: for ``vote``, strict majority of the members
+        (their own thresholds and clean-up already applied); ``None`` for ``mean``."""
+        return Decision(pixel=0.5, patch=0.5) if self.merge == "vote" else None
+
     @torch.inference_mode()
-    def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Road probabilities ``(B, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]."""
+    def member_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Each model's road probabilities ``(B, M, H, W)`` of images ``(B, 3, H, W)``."""
         x = images.to(self.device, non_blocking=True)
         views = range(8) if self.tta else range(1)
-        total = torch.zeros(x.shape[0], *x.shape[-2:], device=self.device)
+        total = torch.zeros(x.shape[0], len(self.models), *x.shape[-2:], device=self.device)
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
-            for model in self.models:
+            for m, model in enumerate(self.models):
                 for k in views:
                     logits = model(d4_forward(x, k)).float()
-                    total += torch.sigmoid(d4_inverse(logits, k))[:, 0]
-        return (total / (len(self.models) * len(views))).cpu()
+                    total[:, m] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
+        return (total / len(views)).cpu()
+
+    def merge_members(self, probs: np.ndarray) -> np.ndarray:
+        """One image's member maps ``(M, H, W)`` -> the ensemble's map ``(H, W)`` float32.
+
+        ``mean``: mean probability. ``vote``: share of members whose patch label is road,
+        patches counted from the image's top-left corner.
+        """
+        if self.merge == "mean":
+            return probs.mean(axis=0, dtype=np.float32)
+        h, w = probs.shape[-2:]
+        votes = [
+            labels_to_mask(d.labels(p), h, w, PATCH_SIZE)
+            for d, p in zip(self.decisions, probs, strict=True)
+        ]
+        return np.mean(votes, axis=0, dtype=np.float32)
+
+    def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """The ensemble's maps ``(B, H, W)`` of whole images ``(B, 3, H, W)`` in [0, 1]."""
+        members = self.member_probs(images).numpy()
+        return torch.from_numpy(np.stack([self.merge_members(m) for m in members]))
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
-        """Road probabilities ``(H, W)`` float32 of one image ``(3, H, W)`` in [0, 1]."""
+        """The ensemble's map ``(H, W)`` float32 of one image ``(3, H, W)`` in [0, 1]:
+        road probabilities, or for ``vote`` the share of members voting road."""
+        return self.merge_members(self.image_members(image))
+
+    def image_members(self, image: np.ndarray) -> np.ndarray:
+        """Each model's probabilities ``(M, H, W)`` of one image, windowed and blended."""
         _, h, w = image.shape
         if h <= self.window and w <= self.window:
-            return self.predict_batch(torch.from_numpy(np.ascontiguousarray(image))[None])[
-                0
-            ].numpy()
+            return self.member_probs(torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
         win_h, win_w = min(self.window, h), min(self.window, w)
         step = self.window - self.overlap
         boxes = [
             (r, c) for r in window_starts(h, win_h, step) for c in window_starts(w, win_w, step)
         ]
         weight = blend_weight(win_h, win_w)
-        total = np.zeros((h, w), np.float32)
+        total = np.zeros((len(self.models), h, w), np.float32)
         norm = np.zeros((h, w), np.float32)
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start : start + self.batch_size]
             batch = np.stack([image[:, r : r + win_h, c : c + win_w] for r, c in chunk])
-            probs = self.predict_batch(torch.from_numpy(batch)).numpy()
+            probs = self.member_probs(torch.from_numpy(batch)).numpy()
             for (r, c), prob in zip(chunk, probs, strict=True):
-                total[r : r + win_h, c : c + win_w] += prob * weight
+                total[:, r : r + win_h, c : c + win_w] += prob * weight
                 norm[r : r + win_h, c : c + win_w] += weight
         return total / norm
 
@@ -224,19 +270,25 @@ class Predictor:
         out_path: str | Path,
         *,
         output: str = "prob",
-        threshold: float = 0.5,
+        decision: Decision | None = None,
         chunk: int = 2048,
     ) -> None:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory).
 
         The output keeps the input's CRS and transform, is tiled and compressed, and is
-        nodata wherever the input is. ``output``: ``prob`` (float32 in [0, 1], nodata -1)
-        or ``mask`` (uint8 {0, 1}, nodata 255, road where probability > ``threshold``).
-        Each chunk is predicted with ``overlap // 2`` pixels of context on each side.
+        nodata wherever the input is. ``output``: ``prob`` (float32 in [0, 1], nodata -1;
+        for a ``vote`` ensemble the share of members voting road) or ``mask`` (uint8
+        {0, 1}, nodata 255) made by ``decision``'s pixel threshold and post-processing
+        (for ``vote``: by majority). Each chunk is predicted, and post-processed, with
+        ``overlap // 2`` pixels (rounded up to whole 16x16 patches) of context on each
+        side, so the patch grid of a vote is the scene's own.
         """
         if output not in ("prob", "mask"):
             raise RoadsegError(f"unknown output {output!r}; use prob or mask")
-        margin = self.overlap // 2
+        if chunk <= 0 or chunk % PATCH_SIZE:
+            raise RoadsegError(f"chunk ({chunk}) must be a positive multiple of {PATCH_SIZE}")
+        decision = self.output_decision or decision or Decision()
+        margin = -(-(self.overlap // 2) // PATCH_SIZE) * PATCH_SIZE
         # GDAL's block cache grows to 5% of RAM by default; capped, memory stays flat.
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -256,16 +308,17 @@ class Predictor:
                 bar = tqdm(chunks, desc="predicting", unit="chunk", disable=not self.progress)
                 with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
                     for win in bar:
-                        prob, valid = self._predict_chunk(src, win, margin)
+                        prob, valid, inner = self._predict_chunk(src, win, margin)
                         if output == "mask":
-                            values = (prob > threshold).astype(np.uint8)
+                            values = decision.mask(prob)[inner]
                         else:
-                            values = prob.astype(np.float32)
+                            values = prob[inner].astype(np.float32)
                         values[~valid] = profile["nodata"]
                         dst.write(values[None], window=win)
 
-    def _predict_chunk(self, src, win: Window, margin: int) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and validity ``(h, w)`` of one chunk, read with ``margin`` of context."""
+    def _predict_chunk(self, src, win: Window, margin: int):
+        """One chunk read with ``margin`` of context: the map of the whole read window, the
+        validity ``(h, w)`` of the chunk, and the slices of the chunk in that window."""
         r0, c0 = max(0, win.row_off - margin), max(0, win.col_off - margin)
         r1 = min(src.height, win.row_off + win.height + margin)
         c1 = min(src.width, win.col_off + win.width + margin)
@@ -279,4 +332,4 @@ class Predictor:
         prob = self.predict_image(image)
         rs, cs = win.row_off - r0, win.col_off - c0
         inner = (slice(rs, rs + win.height), slice(cs, cs + win.width))
-        return prob[inner], valid[inner]
+        return prob, valid[inner], inner

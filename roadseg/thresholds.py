@@ -4,12 +4,14 @@ A submission turns probabilities into patch labels with two thresholds: a pixel 
 road when its probability is above ``pixel``; a 16x16 patch is road when its share
 of road pixels is above ``patch``. The pair that maximises validation patch F1 is
 found on a grid and stored beside the checkpoint (``<ckpt>.thresholds.json``), where
-``roadseg submit`` finds it.
+``roadseg submit`` finds it. When post-processing is switched on, the thresholds are
+tuned with it applied, and the file records the post-processing they were tuned for.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from roadseg.folds import split_stages
 from roadseg.index import scan_many
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_THRESHOLD, patch_labels, patch_means
+from roadseg.postprocess import Decision
 
 PIXEL_GRID = np.round(np.arange(0.20, 0.81, 0.05), 2)
 PATCH_GRID = np.round(np.arange(0.10, 0.51, 0.025), 3)
@@ -27,11 +30,17 @@ PATCH_GRID = np.round(np.arange(0.10, 0.51, 0.025), 3)
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The two thresholds of a submission, and the validation patch F1 they reached."""
+    """The two thresholds of a submission, the post-processing they were tuned with, and
+    the validation patch F1 they reached."""
 
     pixel: float = 0.5
     patch: float = PATCH_THRESHOLD
     val_patch_f1: float | None = None
+    close_gaps: int = 0
+    min_area: int = 0
+
+    def decision(self) -> Decision:
+        return Decision(self.pixel, self.patch, self.close_gaps, self.min_area)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -51,8 +60,10 @@ def validation_frame(ckpt: dict) -> pd.DataFrame:
     """The validation tiles of the split a checkpoint was trained with."""
     hp = ckpt.get("datamodule_hyper_parameters") or {}
     roots = [hp.get("root", "data/cil-2022"), *(hp.get("extra_roots") or [])]
-    keys = ("split", "val_fraction", "seed", "folds", "fold")
-    frame = split_stages(scan_many(roots), **{k: hp[k] for k in keys if k in hp})
+    keys = ("split", "val_fraction", "folds", "fold")
+    seed = hp.get("split_seed")
+    seed = hp.get("seed", 0) if seed is None else seed
+    frame = split_stages(scan_many(roots), seed=seed, **{k: hp[k] for k in keys if k in hp})
     return frame[frame["stage"] == "val"].reset_index(drop=True)
 
 
@@ -66,21 +77,32 @@ def patch_f1(pred: np.ndarray, truth: np.ndarray) -> float:
 class ValidationScores:
     """Patch F1 of stored validation probabilities at any pair of thresholds."""
 
-    def __init__(self, probs: list[np.ndarray], masks: list[str]):
+    def __init__(
+        self,
+        probs: list[np.ndarray],
+        masks: list[str],
+        clean: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        """``clean``: post-processing applied to each binary mask before the patch rule."""
         self.probs = probs
+        self.clean = clean
         self.truth = np.concatenate([patch_labels(read_mask_grey(m)).ravel() for m in masks])
 
     def road_share(self, pixel: float) -> np.ndarray:
         """Share of road pixels per patch, all tiles concatenated."""
+        clean = self.clean or (lambda mask: mask)
         return np.concatenate(
-            [patch_means((p > pixel).astype(np.float32)).ravel() for p in self.probs]
+            [patch_means(clean(p > pixel).astype(np.float32)).ravel() for p in self.probs]
         )
 
     def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
         return patch_f1((self.road_share(pixel) > patch).astype(np.uint8), self.truth)
 
-    def tune(self) -> Thresholds:
-        """The grid pair with the best patch F1 (ties: the one nearest the defaults)."""
+    def tune(self, close_gaps: int = 0, min_area: int = 0) -> Thresholds:
+        """The grid pair with the best patch F1 (ties: the one nearest the defaults).
+
+        ``close_gaps``, ``min_area``: the post-processing ``clean`` does, recorded in the result.
+        """
         best = (-1.0, 0.0, 0.0, 0.0)
         for pixel in PIXEL_GRID:
             share = self.road_share(float(pixel))
@@ -88,4 +110,7 @@ class ValidationScores:
                 f1 = patch_f1((share > patch).astype(np.uint8), self.truth)
                 closeness = -abs(pixel - 0.5) - abs(patch - PATCH_THRESHOLD)
                 best = max(best, (round(f1, 6), closeness, float(pixel), float(patch)))
-        return Thresholds(pixel=best[2], patch=best[3], val_patch_f1=best[0])
+        return Thresholds(
+            pixel=best[2], patch=best[3], val_patch_f1=best[0], close_gaps=close_gaps,
+            min_area=min_area,
+        )  # fmt: skip

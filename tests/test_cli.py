@@ -21,6 +21,8 @@ SUBCOMMANDS = [
     "masks-to-submission",
     "index",
     "models",
+    "reproduce",
+    "figures",
 ]
 
 
@@ -53,6 +55,16 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert "none.ckpt: checkpoint not found" in capsys.readouterr().err
     with pytest.raises(Exception, match="dataset folder not found"):
         main(["index", str(tmp_path / "missing"), "--debug"])
+
+
+def test_a_training_config_stands_for_its_best_checkpoint(tmp_path):
+    from roadseg.cli import _checkpoint_of
+
+    assert _checkpoint_of("configs/cpu.yaml") == str(Path("runs/cpu/checkpoints/best.ckpt"))
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"trainer:\n  default_root_dir: {tmp_path / 'elsewhere'}\n")
+    assert _checkpoint_of(str(config)) == str(tmp_path / "elsewhere/checkpoints/best.ckpt")
+    assert _checkpoint_of("runs/a/checkpoints/best.ckpt") == "runs/a/checkpoints/best.ckpt"
 
 
 def _fit_args(config: Path, root: Path, run_dir: Path) -> list[str]:
@@ -111,6 +123,23 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned on validation" in printed
     assert "wrote" in printed
+
+    # The same options from a config file: a vote of three copies of one model is that model.
+    options = tmp_path / "vote.yaml"
+    options.write_text(f"ckpt: [{ckpt}, {ckpt}, {ckpt}]\nmerge: vote\ntta: true\n")
+    voted = tmp_path / "vote.csv"
+    assert main(["submit", "--config", str(options), "--out", str(voted), "--quiet"]) == 0
+    assert voted.read_text() == out.read_text()
+    assert "majority vote" in capsys.readouterr().out
+    # Post-processing switched on by the command line changes the decision it reports.
+    post = ["submit", "--ckpt", str(ckpt), "--out", str(tmp_path / "post.csv"), "--quiet",
+            "--min-area", "20", "--close-gaps", "4"]  # fmt: skip
+    assert main(post) == 0
+    assert "close gaps 4 px, min area 20 px" in capsys.readouterr().out
+    read_submission(tmp_path / "post.csv")
+    options.write_text("ckpt: x.ckpt\nthreshold: 0.3\n")
+    assert main(["submit", "--config", str(options)]) == 2
+    assert "vote.yaml: unknown option 'threshold'" in capsys.readouterr().err
 
     scene = write_raster(
         tmp_path / "scene.tif", road_tile(100, 5)[0][:3], crs="EPSG:32632",

@@ -5,6 +5,8 @@ import torch
 from rasterio.transform import from_origin
 
 from roadseg.errors import RoadsegError
+from roadseg.patches import labels_to_mask
+from roadseg.postprocess import Decision
 from roadseg.predict import Predictor, blend_weight, d4_forward, d4_inverse, window_starts
 from tests.conftest import write_raster
 
@@ -68,6 +70,45 @@ def test_an_ensemble_is_the_mean_of_its_members():
     np.testing.assert_allclose(mean, (singles[0] + singles[1]) / 2, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [1024, 48])
+def test_a_vote_is_the_majority_of_the_members_patch_labels(window):
+    image = random_image(80, 112, seed=3)
+    image[0] = np.clip(np.linspace(0.05, 0.95, 112)[None] + (image[0] - 0.5) * 0.4, 0, 1)
+    members = [Scaled(0.6), Scaled(1.0), Scaled(1.4)]
+    decisions = [Decision(pixel=0.5, patch=0.25), Decision(pixel=0.4, patch=0.5), Decision()]
+    labels = [
+        d.labels(Predictor([m], progress=False).predict_image(image))
+        for m, d in zip(members, decisions, strict=True)
+    ]
+    assert len({lab.tobytes() for lab in labels}) == 3  # the members disagree
+    vote = Predictor(
+        members, merge="vote", decisions=decisions, window=window, overlap=16, progress=False
+    )
+    share = vote.predict_image(image)
+    np.testing.assert_allclose(share, np.mean([labels_to_mask(lab, 80, 112) for lab in labels], 0))
+    majority = (np.sum(labels, axis=0) >= 2).astype(np.uint8)
+    np.testing.assert_array_equal(vote.output_decision.labels(share), majority)
+    batch = vote.predict_batch(torch.from_numpy(image[None])).numpy()[0]  # whole tiles, batched
+    np.testing.assert_allclose(batch, share)
+
+
+def test_a_scene_mask_is_post_processed_across_chunks(tmp_path):
+    h, w = 160, 224
+    pixels = np.full((3, h, w), 20, dtype=np.uint8)
+    pixels[0, 70:76, :] = 230  # a road across every chunk
+    pixels[0, 70:76, 100:106] = 20  # with a 6 px break at a chunk border (96)
+    pixels[0, 10:16, 150:156] = 230  # a 36 px speck
+    src = write_raster(tmp_path / "scene.tif", pixels)
+    predictor = Predictor([FirstChannel()], window=64, overlap=32, progress=False)
+    decision = Decision(close_gaps=8, min_area=50)
+    predictor.predict_scene(src, tmp_path / "mask.tif", output="mask", decision=decision, chunk=96)
+    with rasterio.open(tmp_path / "mask.tif") as out:
+        mask = out.read(1)
+    expected = np.zeros((h, w), np.uint8)
+    expected[70:76, :] = 1
+    np.testing.assert_array_equal(mask, expected)
+
+
 def test_geotiff_scene_keeps_crs_transform_and_nodata(tmp_path):
     h, w = 300, 260
     pixels = (random_image(h, w) * 255).astype(np.uint8)
@@ -77,8 +118,8 @@ def test_geotiff_scene_keeps_crs_transform_and_nodata(tmp_path):
         tmp_path / "scene.tif", pixels, crs="EPSG:2056", transform=transform, nodata=0
     )
     predictor = Predictor([FirstChannel()], window=128, overlap=32, progress=False)
-    predictor.predict_scene(src, tmp_path / "prob.tif", chunk=100)
-    predictor.predict_scene(src, tmp_path / "mask.tif", output="mask", chunk=100)
+    predictor.predict_scene(src, tmp_path / "prob.tif", chunk=96)
+    predictor.predict_scene(src, tmp_path / "mask.tif", output="mask", chunk=96)
     with rasterio.open(tmp_path / "prob.tif") as prob, rasterio.open(tmp_path / "mask.tif") as mask:
         assert prob.crs.to_epsg() == 2056 and prob.transform == transform
         assert (prob.width, prob.height) == (w, h) and prob.nodata == -1 and mask.nodata == 255
@@ -97,3 +138,9 @@ def test_bad_predictor_settings_are_refused():
         Predictor([FirstChannel()], window=64, overlap=64)
     with pytest.raises(RoadsegError, match="precision"):
         Predictor([FirstChannel()], precision="fp8")
+    with pytest.raises(RoadsegError, match="unknown merge"):
+        Predictor([FirstChannel()], merge="median")
+    with pytest.raises(RoadsegError, match="2 models but 1 decisions"):
+        Predictor([FirstChannel(), FirstChannel()], merge="vote", decisions=[Decision()])
+    with pytest.raises(RoadsegError, match="multiple of 16"):
+        Predictor([FirstChannel()]).predict_scene("x.tif", "y.tif", chunk=100)

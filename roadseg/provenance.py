@@ -1,0 +1,73 @@
+"""What a result came from: the seed, the library versions and the git commit of a run.
+
+Written as ``provenance.json`` into every training run's folder (``roadseg fit``), so a
+number in a table can be traced to the code and the environment that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from roadseg.io import atomic_path
+
+PACKAGES = (
+    "roadseg", "torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch",
+    "timm", "albumentations", "rasterio", "numpy", "pandas", "scikit-learn", "scipy",
+)  # fmt: skip
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(where: Path | None = None) -> dict[str, str | bool | None]:
+    """The commit of the roadseg checkout (``None`` outside git) and whether it had changes."""
+    where = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=where, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def provenance(seed: int | None, argv: list[str] | None = None) -> dict:
+    import torch
+
+    return {
+        "seed": seed,
+        "argv": list(argv or []),
+        "git": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": package_versions(),
+    }
+
+
+def write_provenance(run_dir: str | Path, seed: int | None, argv: list[str] | None = None) -> Path:
+    """Write ``provenance.json`` into ``run_dir`` atomically; returns its path."""
+    path = Path(run_dir) / "provenance.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(provenance(seed, argv), indent=2) + "\n")
+    return path

@@ -1,0 +1,105 @@
+"""The paper's reproduction: a reduced plan end to end on real tiles, and its determinism."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import yaml
+
+from roadseg.errors import RoadsegError
+from roadseg.figures import FIGURES
+from roadseg.reproduce import load_reproduction, reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = {
+    "trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.precision": "32-true",
+    "trainer.max_epochs": 2, "trainer.log_every_n_steps": 1, "data.crop_size": 64,
+    "data.batch_size": 4, "data.samples_per_epoch": 8, "data.num_workers": 0,
+}  # fmt: skip
+
+
+def write_plan(path: Path, root: Path, methods: list[str], folds: list[int]) -> Path:
+    configs = {"logreg": "logreg.yaml", "patch_cnn": "patch_cnn.yaml"}
+    plan = {
+        "root": str(root),
+        "split": {"folds": 5, "split_seed": 0},
+        "methods": [
+            {
+                "name": m,
+                "config": str(ROOT / "configs" / configs[m]),
+                "args": {"trainer.max_epochs": 1} if m == "logreg" else {},
+            }
+            for m in methods
+        ],  # fmt: skip
+        "figures": {"method": "patch_cnn"},
+        "profiles": {"tiny": {"folds": folds, "seeds": [0], "budget": BUDGET}},
+    }
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_a_reduced_plan_gives_the_table_runs_and_every_figure(shared_data, tmp_path):
+    cil = shared_data / "cil-2022"
+    plan = write_plan(tmp_path / "plan.yaml", cil, ["logreg", "patch_cnn"], [0, 1])
+    out = tmp_path / "results"
+    runs = reproduce(plan, out, profile="tiny")
+
+    assert list(zip(runs["method"], runs["fold"], strict=True)) == [
+        ("logreg", 0), ("logreg", 1), ("patch_cnn", 0), ("patch_cnn", 1)
+    ]  # fmt: skip
+    assert runs["patch_f1"].between(0, 1).all() and (runs["parameters"] > 0).all()
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == ["logreg", "patch_cnn"] and list(table["runs"]) == [2, 2]
+    for method in ("logreg", "patch_cnn"):  # mean and sample std over the two folds
+        f1 = runs.loc[runs["method"] == method, "patch_f1"]
+        row = table[table["method"] == method].iloc[0]
+        assert row["patch_f1_mean"] == pytest.approx(f1.mean(), abs=1e-6)
+        assert row["patch_f1_std"] == pytest.approx(f1.std(ddof=1), abs=1e-6)
+    text = (out / "table.md").read_text()
+    assert "geographic folds" in text and "folds 0, 1 of 5" in text and " ± " in text
+    assert "train minutes per run" in (out / "timing.md").read_text()
+
+    run_dir = out / "runs" / "tiny" / "patch_cnn" / "fold1-seed0"
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["seed"] == 0 and provenance["packages"]["torch"]
+    assert "commit" in provenance["git"] and "--data.fold" in provenance["argv"]
+
+    for name in FIGURES:
+        path = out / "figures" / name
+        with rasterio.open(path) as png:  # a real PNG with a picture in it
+            pixels = png.read()
+        assert png.driver == "PNG" and min(pixels.shape[1:]) > 200, name
+        assert np.unique(pixels).size > 16, name
+
+    # the runs are done: a second call trains nothing and writes the same table
+    before = (out / "table.csv").read_bytes()
+    reproduce(plan, out, profile="tiny", figures=False)
+    assert (out / "table.csv").read_bytes() == before
+
+
+def test_the_same_seed_gives_the_same_table(cil_root, tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", cil_root, ["patch_cnn"], [2])
+    tables = []
+    for out in ("first", "second"):
+        reproduce(plan, tmp_path / out, profile="tiny", figures=False)
+        tables.append((tmp_path / out / "table.csv").read_bytes())
+    assert tables[0] == tables[1]
+
+
+def test_plans_that_cannot_run_are_refused(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}], "profiles": {"smoke": {}}})
+    )
+    with pytest.raises(RoadsegError, match="no profile 'paper'; the plan has: smoke"):
+        load_reproduction(plan, "paper")
+    plan.write_text(yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}],
+                                    "profiles": {"smoke": {"folds": [5]}}}))  # fmt: skip
+    with pytest.raises(RoadsegError, match="fold 5 does not exist"):
+        load_reproduction(plan, "smoke")
+    resolved = load_reproduction(ROOT / "configs" / "plans" / "paper.yaml", "smoke")
+    assert len(resolved["runs"]) == len(resolved["methods"]) * 2
+    assert {r["args"]["data.split"] for r in resolved["runs"]} == {"geographic"}

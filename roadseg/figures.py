@@ -49,14 +49,18 @@ def save(fig, path: Path) -> Path:
 
 
 def learning_curves(run_dirs: dict[str, Path], out: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, run_dir in run_dirs.items():
+    for i, (name, run_dir) in enumerate(run_dirs.items()):
+        colour = plt.cm.tab20(2 * i % 20 + (2 * i // 20) % 2)  # 20 distinct colours
         metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
         steps = metrics.dropna(subset=["train_loss_step"]) if "train_loss_step" in metrics else None
         if steps is not None and len(steps):
-            ax_loss.plot(steps["step"], steps["train_loss_step"], label=name, lw=1)
+            ax_loss.plot(steps["step"], steps["train_loss_step"], label=name, lw=1, color=colour)
         val = metrics.dropna(subset=["val_patch_f1"])
-        ax_f1.plot(val["epoch"], val["val_patch_f1"], marker="o", ms=3, label=name)
+        ax_f1.plot(val["epoch"], val["val_patch_f1"], marker="o", ms=3, label=name, color=colour)
+    ax_f1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss", yscale="log")
     ax_f1.set(xlabel="epoch", ylabel="patch F1", title="validation patch F1")
     ax_f1.legend(fontsize=7, ncol=2)

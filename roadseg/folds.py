@@ -13,6 +13,7 @@ folds then touch only along block borders.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 import numpy as np
@@ -28,7 +29,12 @@ RUNNER_UP_RATIO = 0.7
 
 
 def _edges(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    images = [read_image(p) for p in frame["image"]]
+    return _edges_of(tuple(str(p) for p in frame["image"]))
+
+
+@functools.lru_cache(maxsize=4)  # runs of one process (make reproduce) share the decoding
+def _edges_of(paths: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    images = [read_image(p) for p in paths]
     sizes = {im.shape[1:] for im in images}
     assert len(sizes) == 1, f"edge matching needs tiles of one size, got {sorted(sizes)}"
     edges = {

@@ -11,7 +11,7 @@ of the experiment per *profile*::
       paper: {folds: [0, 1, 2, 3, 4], seeds: [0, 1, 2], budget: {...}}
     figures: {method: unet}
 
-Every (method, fold, seed) trains in a child process into
+Every (method, fold, seed) trains (one after the other, in this process) into
 ``<out>/runs/<profile>/<method>/fold<k>-seed<s>`` (finished runs are skipped,
 interrupted ones resume). Then ``<out>/table.csv`` and ``table.md`` hold, per method,
 the mean and standard deviation over its runs of the best validation epoch's patch F1,
@@ -95,7 +95,7 @@ def reproduce(
     for i, run in enumerate(plan["runs"], 1):
         print(f"[{i}/{len(plan['runs'])}] {run['name']}", flush=True)
         args = {"data.root": plan["root"], **run["args"]}
-        _train({**run, "args": args}, {}, run_root / run["name"])
+        _train({**run, "args": args}, {}, run_root / run["name"], in_process=True)
     runs = pd.DataFrame([
         {"method": r["method"], "fold": r["fold"], "seed": r["seed"],
          **run_row(run_root / r["name"])}

@@ -157,6 +157,14 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda t: None,
         "roadseg submit --ckpt runs/quick/checkpoints/best.ckpt",
     ),
+    "options file with an unknown option": (
+        lambda t: _config(t, "ckpt: model.ckpt\nthreshold: 0.3\n"),
+        "roadseg submit --config bad.yaml",
+    ),
+    "reproduction plan without the profile asked for": (
+        lambda t: _config(t, "methods:\n  - {name: a, config: a.yaml}\nprofiles:\n  smoke: {}\n"),
+        "roadseg reproduce bad.yaml --profile paper",
+    ),
     "submission with a wrong header": (
         lambda t: _submission(t, lambda r: ["Id,Prediction", *r[1:]]),
         "roadseg validate-submission sub.csv --images test",

@@ -73,6 +73,18 @@ def test_truncated_png_is_reported(tmp_path):
         read_image(good)
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a")
+    with atomic_path(tmp_path / "new.csv") as tmp:
+        tmp.write_text("a")
+    assert (tmp_path / "new.csv").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    (tmp_path / "new.csv").chmod(0o640)  # a file replaced keeps its own permissions
+    with atomic_path(tmp_path / "new.csv") as tmp:
+        tmp.write_text("b")
+    assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o640
+
+
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

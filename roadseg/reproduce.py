@@ -62,6 +62,9 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     bad = [f for f in folds if not 0 <= f < split["folds"]]
     if bad:
         raise RoadsegError(f"fold {bad[0]} does not exist; folds are 0..{split['folds'] - 1}", path)
+    shown = (plan.get("figures") or {}).get("method")
+    if shown is not None and shown not in {m["name"] for m in methods}:
+        raise RoadsegError(f"figures.method {shown!r} is not one of the plan's methods", path)
     runs = []
     for method in methods:
         for fold in folds:

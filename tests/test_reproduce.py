@@ -100,6 +100,10 @@ def test_plans_that_cannot_run_are_refused(tmp_path):
                                     "profiles": {"smoke": {"folds": [5]}}}))  # fmt: skip
     with pytest.raises(RoadsegError, match="fold 5 does not exist"):
         load_reproduction(plan, "smoke")
+    plan.write_text(yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}],
+                                    "profiles": {"smoke": {}}, "figures": {"method": "b"}}))  # fmt: skip
+    with pytest.raises(RoadsegError, match="figures.method 'b' is not one of the plan's methods"):
+        load_reproduction(plan, "smoke")
     resolved = load_reproduction(ROOT / "configs" / "plans" / "paper.yaml", "smoke")
     assert len(resolved["runs"]) == len(resolved["methods"]) * 2
     assert {r["args"]["data.split"] for r in resolved["runs"]} == {"geographic"}

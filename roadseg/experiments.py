@@ -125,7 +125,9 @@ def run_row(run_dir: Path) -> dict:
     metrics = pd.read_csv(run_dir / "metrics.csv")
     val = metrics.dropna(subset=["val_patch_f1"])
     best = val.loc[val["val_patch_f1"].idxmax()]  # the first of equal bests, as the checkpoint
-    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(  # mapped, not read: only the tensors' shapes are needed
+        run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False, mmap=True
+    )
     weights = ckpt["state_dict"].items()
     tensors = {
         t.data_ptr(): t for k, t in weights if "running_" not in k and "num_batches" not in k

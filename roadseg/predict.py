@@ -185,27 +185,31 @@ class Predictor:
 
     @torch.inference_mode()
     def member_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Each model's road probabilities ``(B, M, H, W)`` of images ``(B, 3, H, W)``."""
+        """Road probabilities ``(B, K, H, W)`` of images ``(B, 3, H, W)``: for ``vote`` each
+        model's (K = M), for ``mean`` their mean, taken on the device (K = 1), so a mean
+        ensemble moves and blends one map per image, not one per model."""
         x = images.to(self.device, non_blocking=True)
         views = range(8) if self.tta else range(1)
-        total = torch.zeros(x.shape[0], len(self.models), *x.shape[-2:], device=self.device)
+        maps = len(self.models) if self.merge == "vote" else 1
+        total = torch.zeros(x.shape[0], maps, *x.shape[-2:], device=self.device)
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             for m, model in enumerate(self.models):
                 for k in views:
                     logits = model(d4_forward(x, k)).float()
-                    total[:, m] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
-        return (total / len(views)).cpu()
+                    total[:, m % maps] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
+        return (total / (len(views) * (len(self.models) // maps))).cpu()
 
     def merge_members(self, probs: np.ndarray) -> np.ndarray:
-        """One image's member maps ``(M, H, W)`` -> the ensemble's map ``(H, W)`` float32.
+        """One image's maps ``(K, H, W)`` of :meth:`member_probs` -> the ensemble's map
+        ``(H, W)`` float32.
 
-        ``mean``: mean probability. ``vote``: share of members whose patch label is road,
-        patches counted from the image's top-left corner.
+        ``mean``: the mean probability (already taken). ``vote``: share of members whose
+        patch label is road, patches counted from the image's top-left corner.
         """
         if self.merge == "mean":
-            return probs.mean(axis=0, dtype=np.float32)
+            return probs[0]
         h, w = probs.shape[-2:]
         votes = [
             labels_to_mask(d.labels(p), h, w, PATCH_SIZE)
@@ -224,7 +228,7 @@ class Predictor:
         return self.merge_members(self.image_members(image))
 
     def image_members(self, image: np.ndarray) -> np.ndarray:
-        """Each model's probabilities ``(M, H, W)`` of one image, windowed and blended."""
+        """The maps ``(K, H, W)`` of :meth:`member_probs` for one image, windowed and blended."""
         _, h, w = image.shape
         if h <= self.window and w <= self.window:
             return self.member_probs(torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
@@ -234,12 +238,14 @@ class Predictor:
             (r, c) for r in window_starts(h, win_h, step) for c in window_starts(w, win_w, step)
         ]
         weight = blend_weight(win_h, win_w)
-        total = np.zeros((len(self.models), h, w), np.float32)
+        total = None
         norm = np.zeros((h, w), np.float32)
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start : start + self.batch_size]
             batch = np.stack([image[:, r : r + win_h, c : c + win_w] for r, c in chunk])
             probs = self.member_probs(torch.from_numpy(batch)).numpy()
+            if total is None:
+                total = np.zeros((probs.shape[1], h, w), np.float32)
             for (r, c), prob in zip(chunk, probs, strict=True):
                 total[:, r : r + win_h, c : c + win_w] += prob * weight
                 norm[r : r + win_h, c : c + win_w] += weight

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roadseg.folds import split_stages
-from roadseg.index import scan_many
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_THRESHOLD, patch_labels, patch_means
 from roadseg.postprocess import Decision
@@ -57,14 +55,14 @@ def thresholds_path(ckpt: str | Path) -> Path:
 
 
 def validation_frame(ckpt: dict) -> pd.DataFrame:
-    """The validation tiles of the split a checkpoint was trained with."""
-    hp = ckpt.get("datamodule_hyper_parameters") or {}
-    roots = [hp.get("root", "data/cil-2022"), *(hp.get("extra_roots") or [])]
-    keys = ("split", "val_fraction", "folds", "fold")
-    seed = hp.get("split_seed")
-    seed = hp.get("seed", 0) if seed is None else seed
-    frame = split_stages(scan_many(roots), seed=seed, **{k: hp[k] for k in keys if k in hp})
-    return frame[frame["stage"] == "val"].reset_index(drop=True)
+    """The validation tiles of the split a checkpoint was trained with: the datamodule it
+    was trained with, rebuilt from its saved arguments, makes the split again."""
+    from roadseg.datamodule import RoadDataModule
+
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    datamodule = RoadDataModule(**{k: v for k, v in saved.items() if not k.startswith("_")})
+    datamodule.setup()
+    return datamodule.frame("val")
 
 
 def patch_f1(pred: np.ndarray, truth: np.ndarray) -> float:

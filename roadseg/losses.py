@@ -3,6 +3,7 @@
 ``bce``, ``dice``, ``bce+dice``, ``focal``, ``lovasz`` (Lovasz hinge, a surrogate of
 IoU), ``patch_bce`` and ``patch_f1`` (pool over 16x16 patches as the leaderboard does),
 ``cldice`` and ``dice+cldice`` (soft-clDice, which rewards connected road skeletons).
+Any other ``a+b[+c...]`` of these names is the sum of its terms, e.g. ``bce+dice+patch_f1``.
 """
 
 from __future__ import annotations
@@ -136,7 +137,20 @@ LOSSES: dict[str, Loss] = {
 
 
 def get_loss(name: str) -> Loss:
-    """A loss function by name."""
-    if name not in LOSSES:
-        raise RoadsegError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[name]
+    """A loss function by name; ``a+b`` names not registered as such are sums of their terms."""
+    if name in LOSSES:
+        return LOSSES[name]
+    terms = name.split("+")
+    unknown = [t for t in terms if t not in LOSSES]
+    if unknown or len(terms) < 2:
+        raise RoadsegError(
+            f"unknown loss {(unknown or [name])[0]!r}; choose one of {', '.join(LOSSES)}, "
+            "or a sum of them joined by '+'"
+        )
+    parts = [LOSSES[t] for t in terms]
+
+    def total(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.stack([part(logits, target) for part in parts]).sum()
+
+    total.__name__ = name
+    return total

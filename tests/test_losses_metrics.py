@@ -29,6 +29,21 @@ def test_known_intermediate_values():
         get_loss("l3")
 
 
+def test_sum_of_named_losses():
+    target = torch.zeros(2, 1, 32, 32)
+    target[:, :, :, 8:14] = 1  # a vertical road, 6 px wide
+    logits = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    parts = [get_loss(n)(logits, target) for n in ("bce", "dice", "patch_f1")]
+    assert get_loss("bce+dice+patch_f1")(logits, target).item() == pytest.approx(
+        sum(p.item() for p in parts), rel=1e-6
+    )
+    assert get_loss("dice+bce")(logits, target).item() == pytest.approx(
+        get_loss("bce+dice")(logits, target).item(), rel=1e-6
+    )
+    with pytest.raises(RoadsegError, match="unknown loss 'l3'"):
+        get_loss("bce+l3")
+
+
 def test_road_metrics_hand_computed():
     metric = RoadMetrics()
     mask = torch.zeros(1, 1, 32, 32)

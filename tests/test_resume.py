@@ -1,5 +1,6 @@
 """A run killed with SIGKILL resumes from its last checkpoint and ends where an
-uninterrupted run with the same seed ends: same weights, same metrics."""
+uninterrupted run with the same seed ends: same weights, same metrics; also when the
+run keeps an exponential moving average of its weights (``configs/cpu.yaml`` does)."""
 
 import csv
 import os
@@ -9,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+
+from roadseg.predict import load_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,15 +56,35 @@ def final_metrics(run: Path) -> dict[str, str]:
     return {k: v for k, v in rows[-1].items() if k.startswith("val_") or k == "epoch"}
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path):
+EMA_CONFIG = """
+trainer:
+  callbacks:
+    - class_path: pytorch_lightning.callbacks.EMAWeightAveraging
+      init_args:
+        decay: 0.9
+"""
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path, ema):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    extra: tuple[str, ...] = ()
+    if ema:
+        (tmp_path / "ema.yaml").write_text(EMA_CONFIG)
+        extra = ("--config", str(tmp_path / "ema.yaml"))
     subprocess.run(
-        fit_command(cil_root, tmp_path / "straight"), check=True, env=env, capture_output=True
+        fit_command(cil_root, tmp_path / "straight", *extra),
+        check=True,
+        env=env,
+        capture_output=True,
     )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        fit_command(cil_root, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        fit_command(cil_root, killed, *extra),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
@@ -72,7 +96,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] < 2
 
     subprocess.run(
-        fit_command(cil_root, killed, "--ckpt_path", "last"),
+        fit_command(cil_root, killed, *extra, "--ckpt_path", "last"),
         check=True,
         env=env,
         capture_output=True,
@@ -85,6 +109,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path):
     assert resumed_ckpt["global_step"] == straight_ckpt["global_step"]
     for name, tensor in straight_ckpt["state_dict"].items():
         assert torch.equal(tensor, resumed_ckpt["state_dict"][name]), name
+    if ema:  # the checkpoint's weights are the average; the trained ones are kept beside them
+        current = straight_ckpt["current_model_state"]
+        assert any(not torch.equal(current[k], v) for k, v in straight_ckpt["state_dict"].items())
+        for name, tensor in current.items():
+            assert torch.equal(tensor, resumed_ckpt["current_model_state"][name]), name
+        assert load_task(last).state_dict().keys() == straight_ckpt["state_dict"].keys()
+        for name, tensor in load_task(last).state_dict().items():
+            assert torch.equal(tensor, resumed_ckpt["state_dict"][name]), name
     assert final_metrics(killed) == final_metrics(tmp_path / "straight")
     with open(killed / "metrics.csv", newline="") as f:
         epochs = {r["epoch"] for r in csv.DictReader(f) if r.get("val_loss")}

@@ -114,8 +114,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path, ema)
         assert any(not torch.equal(current[k], v) for k, v in straight_ckpt["state_dict"].items())
         for name, tensor in current.items():
             assert torch.equal(tensor, resumed_ckpt["current_model_state"][name]), name
-        assert load_task(last).state_dict().keys() == straight_ckpt["state_dict"].keys()
-        for name, tensor in load_task(last).state_dict().items():
+        loaded = load_task(last).state_dict()
+        assert loaded.keys() == straight_ckpt["state_dict"].keys()
+        for name, tensor in loaded.items():
             assert torch.equal(tensor, resumed_ckpt["state_dict"][name]), name
     assert final_metrics(killed) == final_metrics(tmp_path / "straight")
     with open(killed / "metrics.csv", newline="") as f:

@@ -94,22 +94,21 @@ def _train(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) 
         print(f"[{run['name']}] done already: {done}")
         return
     resume = ["--ckpt_path", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
-    command = [
-        sys.executable, "-m", "roadseg", "fit", "--config", run["config"],
-        *_cli_args({**budget, **(run.get("args") or {})}),
+    args = [
+        "fit", "--config", run["config"], *_cli_args({**budget, **(run.get("args") or {})}),
         "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *resume,
     ]  # fmt: skip
     print(
-        f"[{run['name']}] {'resuming' if resume else 'training'}: {' '.join(command[2:])}",
+        f"[{run['name']}] {'resuming' if resume else 'training'}: roadseg {' '.join(args)}",
         flush=True,
     )
     start = time.perf_counter()
     if in_process:
         from roadseg.cli import main
 
-        status = main(command[3:])
+        status = main(args)
     else:
-        status = subprocess.run(command).returncode
+        status = subprocess.run([sys.executable, "-m", "roadseg", *args]).returncode
     if status != 0:
         raise RoadsegError(
             f"run {run['name']!r} failed (exit {status}); rerun to resume it", run_dir

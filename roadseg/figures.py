@@ -53,7 +53,7 @@ def learning_curves(run_dirs: dict[str, Path], out: Path) -> Path:
 
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (name, run_dir) in enumerate(run_dirs.items()):
-        colour = plt.cm.tab20(2 * i % 20 + (2 * i // 20) % 2)  # 20 distinct colours
+        colour = plt.cm.tab20(2 * i % 20 + i // 10 % 2)  # dark shades first, then light
         metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
         steps = metrics.dropna(subset=["train_loss_step"]) if "train_loss_step" in metrics else None
         if steps is not None and len(steps):

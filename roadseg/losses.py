@@ -150,7 +150,7 @@ def get_loss(name: str) -> Loss:
     parts = [LOSSES[t] for t in terms]
 
     def total(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.stack([part(logits, target) for part in parts]).sum()
+        return sum(part(logits, target) for part in parts)
 
     total.__name__ = name
     return total

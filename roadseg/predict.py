@@ -183,6 +183,12 @@ class Predictor:
         (their own thresholds and clean-up already applied); ``None`` for ``mean``."""
         return Decision(pixel=0.5, patch=0.5) if self.merge == "vote" else None
 
+    @property
+    def maps(self) -> int:
+        """Maps per image that :meth:`member_probs` returns: one per model for ``vote``,
+        their mean alone for ``mean``."""
+        return len(self.models) if self.merge == "vote" else 1
+
     @torch.inference_mode()
     def member_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Road probabilities ``(B, K, H, W)`` of images ``(B, 3, H, W)``: for ``vote`` each
@@ -190,16 +196,17 @@ class Predictor:
         ensemble moves and blends one map per image, not one per model."""
         x = images.to(self.device, non_blocking=True)
         views = range(8) if self.tta else range(1)
-        maps = len(self.models) if self.merge == "vote" else 1
-        total = torch.zeros(x.shape[0], maps, *x.shape[-2:], device=self.device)
+        total = torch.zeros(x.shape[0], self.maps, *x.shape[-2:], device=self.device)
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             for m, model in enumerate(self.models):
+                slot = m if self.maps > 1 else 0
                 for k in views:
                     logits = model(d4_forward(x, k)).float()
-                    total[:, m % maps] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
-        return (total / (len(views) * (len(self.models) // maps))).cpu()
+                    total[:, slot] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
+        summed = len(views) * len(self.models) // self.maps  # terms added into each map
+        return (total / summed).cpu()
 
     def merge_members(self, probs: np.ndarray) -> np.ndarray:
         """One image's maps ``(K, H, W)`` of :meth:`member_probs` -> the ensemble's map
@@ -238,14 +245,12 @@ class Predictor:
             (r, c) for r in window_starts(h, win_h, step) for c in window_starts(w, win_w, step)
         ]
         weight = blend_weight(win_h, win_w)
-        total = None
+        total = np.zeros((self.maps, h, w), np.float32)
         norm = np.zeros((h, w), np.float32)
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start : start + self.batch_size]
             batch = np.stack([image[:, r : r + win_h, c : c + win_w] for r, c in chunk])
             probs = self.member_probs(torch.from_numpy(batch)).numpy()
-            if total is None:
-                total = np.zeros((probs.shape[1], h, w), np.float32)
             for (r, c), prob in zip(chunk, probs, strict=True):
                 total[:, r : r + win_h, c : c + win_w] += prob * weight
                 norm[r : r + win_h, c : c + win_w] += weight

@@ -7,6 +7,7 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
@@ -25,7 +26,7 @@ LIGHTNING_COMMANDS = {
 def _run_lightning(argv: list[str]) -> None:
     from jsonargparse import ArgumentError, Namespace
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.cli import LightningCLI
+    from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
     from roadseg.datamodule import RoadDataModule
     from roadseg.task import RoadSegTask
@@ -50,6 +51,10 @@ def _run_lightning(argv: list[str]) -> None:
             configs = cfg.get("config") or []
             run_name = Path(str(configs[-1])).stem if configs else "default"
             root = Path(cfg.trainer.default_root_dir or Path("runs") / run_name)
+            if self.subcommand != "fit":
+                # a run is append-only: validate and test write into a new folder inside it
+                root = _next_version(root / self.subcommand)
+                print(f"roadseg {self.subcommand}: writing metrics and config to {root}")
             cfg.trainer.default_root_dir = str(root)
             last = root / "checkpoints" / "last.ckpt"
             resuming = self.subcommand == "fit" and cfg.get("ckpt_path")
@@ -63,7 +68,9 @@ def _run_lightning(argv: list[str]) -> None:
                 from roadseg.provenance import write_provenance
 
                 write_provenance(root, cfg.get("seed_everything"), argv)
-            if cfg.trainer.logger in (None, True):
+            # a RunCSVLogger already in the config comes from a run's config.yaml saved
+            # before roadseg 0.1.1: its save_dir is that old run's, so it is replaced too
+            if cfg.trainer.logger in (None, True) or _is_run_logger(cfg.trainer.logger):
                 resume_from = (
                     last if cfg.get("ckpt_path") == "last" else Path(cfg.get("ckpt_path") or last)
                 )
@@ -75,15 +82,33 @@ def _run_lightning(argv: list[str]) -> None:
                     init_args=Namespace(save_dir=str(root), resume_step=resume_step),
                 )
 
+    class RunConfigCallback(SaveConfigCallback):
+        """Saves the run's config as the user would write it: without the logger roadseg
+        fills in and without ``ckpt_path``, so ``roadseg fit --config runs/<run>/config.yaml``
+        with a new ``trainer.default_root_dir`` trains the same model again, elsewhere."""
+
+        def __init__(self, parser, config, **kwargs):
+            config = config.clone()
+            if _is_run_logger(config.trainer.get("logger")):
+                config.trainer.logger = None
+            if "ckpt_path" in config:
+                config.ckpt_path = None
+            super().__init__(parser, config, **kwargs)
+
     # roadseg passes its own argv on; Lightning's warning about sys.argv is noise here.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     no_exit = {"exit_on_error": False}
     config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    if config is not None:
+        from roadseg.paths import check_input
+
+        check_input(config, what="config file")
     try:
         RoadSegCLI(
             RoadSegTask,
             RoadDataModule,
             seed_everything_default=0,
+            save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
                 "prog": "roadseg",
@@ -110,6 +135,19 @@ def _run_lightning(argv: list[str]) -> None:
         raise
 
 
+def _is_run_logger(logger) -> bool:
+    """Whether a logger value of a config is the RunCSVLogger roadseg fills in itself."""
+    return getattr(logger, "class_path", None) == "roadseg.logger.RunCSVLogger"
+
+
+def _next_version(folder: Path) -> Path:
+    """``folder/version_N`` for the first N not taken (Lightning's convention)."""
+    n = 0
+    while (folder / f"version_{n}").exists():
+        n += 1
+    return folder / f"version_{n}"
+
+
 def _global_step(ckpt: Path) -> int:
     import torch
 
@@ -132,14 +170,11 @@ def _checkpoint_of(name: str) -> str:
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         return name
-    import yaml
+    from roadseg.paths import load_yaml
 
-    try:
-        root = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get(
-            "default_root_dir"
-        )
-    except (OSError, yaml.YAMLError, AttributeError) as err:
-        raise RoadsegError(f"not a readable training config ({_squash(err, 120)})", path) from err
+    config = load_yaml(path, "training config") or {}
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
     return str(Path(root or Path("runs") / path.stem) / "checkpoints" / "best.ckpt")
 
 
@@ -147,13 +182,10 @@ def _apply_predict_config(args: argparse.Namespace) -> None:
     """Fill the options not given on the command line from ``--config``, then the defaults."""
     values: dict = {}
     if args.config:
-        import yaml
+        from roadseg.paths import load_yaml
 
         path = Path(args.config)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise RoadsegError(f"not a readable YAML file ({_squash(err, 120)})", path) from err
+        values = load_yaml(path, "options file") or {}
         if not isinstance(values, dict):
             raise RoadsegError("expected a mapping of option: value", path)
         unknown = sorted(set(values) - set(PREDICT_DEFAULTS) - {"ckpt"})
@@ -172,15 +204,34 @@ def _apply_predict_config(args: argparse.Namespace) -> None:
             "no checkpoint: pass --ckpt (repeat for an ensemble) or put ckpt: in --config"
         )
     args.ckpt = [_checkpoint_of(str(c)) for c in args.ckpt]
+    for ckpt in args.ckpt:
+        _check_checkpoint_path(ckpt)
 
 
-def _predictor(args: argparse.Namespace):
+def _check_checkpoint_path(path: str) -> None:
+    """A missing checkpoint, named with the command that would make it, before torch loads."""
+    from roadseg.paths import check_input
+
+    p = Path(path)
+    if not p.exists():
+        hint = "train first (make train), or pass the path of a trained checkpoint"
+        if p.parent.name == "checkpoints":
+            config = Path("configs") / f"{p.parent.parent.name}.yaml"
+            if config.is_file():
+                hint = f"train first: make train CONFIG={config}"
+        raise RoadsegError(f"checkpoint not found ({hint})", p)
+    check_input(p, what="checkpoint")
+
+
+def _predictor(args: argparse.Namespace, ckpts: list[dict] | None = None):
     """The Predictor over the checkpoints named by ``--ckpt`` (an ensemble when several),
-    the checkpoints' contents, and the decision that turns its maps into masks and labels."""
-    from roadseg.predict import Predictor, load_task, read_checkpoint
+    the checkpoints' contents, and the decision that turns its maps into masks and labels.
 
-    _apply_predict_config(args)
-    ckpts = [read_checkpoint(p) for p in args.ckpt]
+    ``ckpts``: the checkpoints' contents when already read (:func:`_read_checkpoints`).
+    """
+    from roadseg.predict import Predictor, load_task
+
+    ckpts = _read_checkpoints(args) if ckpts is None else ckpts
     tasks = [load_task(p, ckpt=c) for p, c in zip(args.ckpt, ckpts, strict=True)]
     decisions = [_decision(args, p) for p in args.ckpt]
     predictor = Predictor(
@@ -198,13 +249,30 @@ def _predictor(args: argparse.Namespace):
     return predictor, ckpts, decision
 
 
+def _read_checkpoints(args: argparse.Namespace) -> list[dict]:
+    """The contents of every ``--ckpt`` (weights not yet in a model)."""
+    from roadseg.predict import read_checkpoint
+
+    return [read_checkpoint(p) for p in args.ckpt]
+
+
+def _inputs_of(args: argparse.Namespace) -> list[str]:
+    """The files a predicting command reads besides its images: checkpoints, options file."""
+    return [*args.ckpt, *([args.config] if args.config else [])]
+
+
 def _cmd_submit(args: argparse.Namespace) -> None:
     from roadseg.index import scan
-    from roadseg.submission import tile_rows, validate_submission, write_submission
+    from roadseg.paths import check_io
 
-    predictor, ckpts, decision = _predictor(args)
+    _apply_predict_config(args)
     ckpt_path = Path(args.ckpt[0])
     data = args.data
+    if args.out:  # a bad --out is refused before anything is read
+        check_io(outputs=[args.out], protected=_inputs_of(args))
+    if data is not None:
+        check_io(input_folders=[data])
+    ckpts = _read_checkpoints(args)
     if data is None:
         data = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
         if data is None:
@@ -225,6 +293,9 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     out = (
         Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
     )
+    check_io(outputs=[out], protected=[*_inputs_of(args), *test["image"]])
+    predictor, ckpts, decision = _predictor(args, ckpts)
+    from roadseg.submission import tile_rows, validate_submission, write_submission
 
     def rows():
         for row, prob in predictor.predict_index(test):
@@ -242,13 +313,23 @@ def _cmd_submit(args: argparse.Namespace) -> None:
 def _decision(args: argparse.Namespace, ckpt: str):
     """(Decision, where from) of one checkpoint: the options given (command line or
     --config), else what ``roadseg tune`` stored beside the checkpoint, else the defaults."""
-    from roadseg.postprocess import Decision
-    from roadseg.thresholds import Thresholds, thresholds_path
+    from roadseg.thresholds import stored_decision
 
-    tuned_file = thresholds_path(ckpt)
-    base, origin = Decision(), "defaults"
-    if tuned_file.is_file():
-        base, origin = Thresholds.load(tuned_file).decision(), f"tuned on validation, {tuned_file}"
+    base, origin, tuned = stored_decision(ckpt)
+    tta = getattr(args, "tta", None)
+    retuning = getattr(args, "retuning", False)
+    if (
+        tuned is not None
+        and tuned.tta is not None
+        and tta is not None
+        and tuned.tta != tta
+        and not retuning
+    ):
+        print(
+            f"note: {ckpt}: thresholds were tuned {'with' if tuned.tta else 'without'} TTA and "
+            f"are used {'with' if tta else 'without'} it; for the best match run "
+            f"roadseg tune{' --tta' if tta else ''} again"
+        )
     given = {
         "pixel": args.pixel_threshold, "patch": args.patch_threshold,
         "close_gaps": args.close_gaps, "min_area": args.min_area,
@@ -259,40 +340,60 @@ def _decision(args: argparse.Namespace, ckpt: str):
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+    from roadseg.scoring import format_scores
     from roadseg.thresholds import ValidationScores, thresholds_path, validation_frame
 
-    predictor, ckpts, decision = _predictor(args)
+    args.retuning = True  # the stored thresholds are about to be replaced: no TTA note
+    _apply_predict_config(args)
+    writes = not args.dry_run and len(args.ckpt) == 1 and args.merge != "vote"
+    if writes:
+        check_io(outputs=[thresholds_path(args.ckpt[0])], protected=_inputs_of(args))
+    ckpts = _read_checkpoints(args)
     val = validation_frame(ckpts[0])
+    predictor, ckpts, decision = _predictor(args, ckpts)
     probs = [prob for _, prob in predictor.predict_index(val)]
     setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
     setup += f", {args.merge}" if len(ckpts) > 1 else ""
     setup += f", TTA {'on' if args.tta else 'off'}"
-    print(f"validation patch F1 on {len(val)} tiles ({setup}):")
+    print(f"validation patch scores on {len(val)} tiles ({setup}):")
     if args.merge == "vote":
         scores = ValidationScores(probs, list(val["mask"]))
-        print(f"  majority vote of the members' patch labels: {scores.f1(0.5, 0.5):.4f}")
-        print("  (a vote's thresholds are the members' own: tune each member alone)")
+        print("majority vote of the members' patch labels:")
+        print(format_scores(scores.scores(0.5, 0.5)))
+        print("(a vote's thresholds are the members' own: tune each member alone)")
         return
     raw = ValidationScores(probs, list(val["mask"]))
-    print(f"  default thresholds (pixel 0.5, patch 0.25): {raw.f1():.4f}")
+    columns = {"default (pixel 0.5, patch 0.25)": raw.scores()}
     scores = ValidationScores(probs, list(val["mask"]), clean=decision.clean)
     if decision.postprocessing:
-        print(
-            f"  with post-processing ({decision.describe()}): {scores.f1(decision.pixel, decision.patch):.4f}"
-        )
-    tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area)
-    print(f"  tuned ({tuned.decision().describe()}): {tuned.val_patch_f1:.4f}")
+        columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
+    tuned = scores.tune(
+        close_gaps=decision.close_gaps, min_area=decision.min_area, metric=args.metric
+    )
+    tuned = dataclasses.replace(tuned, tta=bool(args.tta))
+    columns[f"tuned for {args.metric} ({tuned.decision().describe()})"] = scores.scores(
+        tuned.pixel, tuned.patch
+    )
+    for name, values in columns.items():
+        print(f"{name}:")
+        print(format_scores(values))
     if len(ckpts) > 1:
-        print(
-            "  (an ensemble's thresholds are printed, not stored: pass them to submit as options)"
-        )
+        print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
     elif not args.dry_run:
         out = thresholds_path(args.ckpt[0])
         tuned.save(out)
-        print(f"wrote {out} (roadseg submit uses it unless options are given)")
+        print(f"wrote {out} (submit, predict and figures use it unless options are given)")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+
+    _apply_predict_config(args)
+    check_io(inputs=[args.scene], outputs=[args.out], protected=_inputs_of(args))
+    from roadseg.io import raster_shape
+
+    raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
     predictor, _, decision = _predictor(args)
     predictor.predict_scene(
         args.scene, args.out, output=args.output, decision=decision, chunk=args.chunk
@@ -301,22 +402,42 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate_submission(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
     from roadseg.submission import validate_submission
+
+    check_io(inputs=[args.file], input_folders=[args.images])
 
     print(f"{args.file}: valid, {validate_submission(args.file, args.images)}")
 
 
+def _cmd_score(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+    from roadseg.scoring import format_scores, score_submission
+
+    check_io(inputs=[args.submission], input_folders=[args.truth])
+    scores, tiles, patches = score_submission(args.submission, args.truth)
+    print(f"{args.submission}: {tiles} tiles, {patches:,} patches scored against {args.truth}")
+    print(format_scores(scores))
+
+
 def _cmd_masks_to_submission(args: argparse.Namespace) -> None:
+    from roadseg.index import list_rasters
+    from roadseg.paths import check_io
     from roadseg.submission import masks_to_submission
 
+    check_io(input_folders=[args.mask_dir])
+    check_io(outputs=[args.out], protected=list_rasters(args.mask_dir))
     n = masks_to_submission(args.mask_dir, args.out, threshold=args.patch_threshold)
     print(f"wrote {args.out}: {n:,} rows")
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
     from roadseg.index import scan
+    from roadseg.paths import check_io
 
     frame = scan(args.root)
+    if args.csv:
+        check_io(outputs=[args.csv], protected=[*frame["image"], *frame["mask"].dropna()])
     if args.check:
         from roadseg.index import check_tiles
 
@@ -345,23 +466,38 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from roadseg.experiments import run_plan
+    from roadseg.paths import check_io
 
+    check_io(inputs=[args.plan], output_folders=[args.out])
     table = run_plan(args.plan, args.out, only=args.only.split(",") if args.only else None)
     print(f"wrote {Path(args.out) / 'table.md'} ({len(table)} runs)")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
     from roadseg.reproduce import reproduce
 
+    check_io(inputs=[args.plan], output_folders=[args.out])
     reproduce(args.plan, args.out, profile=args.profile, figures=not args.no_figures)
     print(f"wrote {Path(args.out) / 'table.md'}:")
     print((Path(args.out) / "table.md").read_text())
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+
+    _check_checkpoint_path(args.ckpt)
+    check_io(input_folders=args.runs, output_folders=[args.out])
+    decision, origin = _decision(args, args.ckpt)
+    print(f"decision: {decision.describe()} ({origin})")
     from roadseg.figures import make_figures
 
-    make_figures(args.out, ckpt=args.ckpt, curves={Path(r).name: Path(r) for r in args.runs})
+    make_figures(
+        args.out,
+        ckpt=args.ckpt,
+        curves={Path(r).name: Path(r) for r in args.runs},
+        decision=decision,
+    )
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -371,6 +507,33 @@ def _cmd_models(args: argparse.Namespace) -> None:
     for name in sorted(MODELS):
         model = create_model(name)
         print(f"{name:<16} {sum(p.numel() for p in model.parameters()):>12,}")
+
+
+def _add_decision_args(p: argparse.ArgumentParser) -> None:
+    """Options of the decision (thresholds, clean-up); unset, each comes from the thresholds
+    that ``roadseg tune`` stored beside the checkpoint, else the competition's defaults."""
+    p.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="road probability threshold (default: tuned, else 0.5)",
+    )
+    p.add_argument(
+        "--patch-threshold",
+        type=float,
+        help="road share of a 16x16 patch (default: tuned, else 0.25)",
+    )
+    p.add_argument(
+        "--close-gaps",
+        type=int,
+        metavar="PX",
+        help="post-processing: bridge breaks along roads up to PX pixels (default: tuned, else off)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=int,
+        metavar="PX",
+        help="post-processing: remove road components under PX pixels (default: tuned, else off)",
+    )
 
 
 def _add_predictor_args(p: argparse.ArgumentParser) -> None:
@@ -401,28 +564,7 @@ def _add_predictor_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--window", type=int, help="prediction window side (default 1024)")
     p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
-    p.add_argument(
-        "--pixel-threshold",
-        type=float,
-        help="road probability threshold (default: tuned, else 0.5)",
-    )
-    p.add_argument(
-        "--patch-threshold",
-        type=float,
-        help="road share of a 16x16 patch (default: tuned, else 0.25)",
-    )
-    p.add_argument(
-        "--close-gaps",
-        type=int,
-        metavar="PX",
-        help="post-processing: bridge breaks along roads up to PX pixels (default: tuned, else off)",
-    )
-    p.add_argument(
-        "--min-area",
-        type=int,
-        metavar="PX",
-        help="post-processing: remove road components under PX pixels (default: tuned, else off)",
-    )
+    _add_decision_args(p)
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument(
         "--precision",
@@ -472,13 +614,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "tune",
-        help="find the thresholds that maximise validation patch F1 and store them by the checkpoint",
+        help="find the thresholds that maximise validation road F1 (or patch accuracy) and store them by the checkpoint",
         description="Predict the validation tiles of the checkpoint's own split, search the pixel "
-        "and patch thresholds on a grid, print the patch F1 at the default and at the tuned "
-        "thresholds, and write <ckpt>.thresholds.json, which submit then uses.",
+        "and patch thresholds on a grid, print patch accuracy (the leaderboard's number), road "
+        "patch F1, background F1, precision and recall at the default and at the tuned "
+        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on), which "
+        "submit, predict and figures then use.",
     )
     _add_predictor_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    p.add_argument(
+        "--metric",
+        choices=["f1", "accuracy"],
+        default="f1",
+        help="what the thresholds maximise: f1 (road patch F1, the course's score) or accuracy "
+        "(patch accuracy, what the Kaggle leaderboard computes; it prefers fewer road "
+        "patches) (default %(default)s)",
+    )
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser(
@@ -513,6 +665,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", required=True, help="folder of test images, or a dataset root with test/images"
     )
     p.set_defaults(func=_cmd_validate_submission)
+
+    p = sub.add_parser(
+        "score",
+        help="score a submission CSV against ground-truth masks (patch accuracy and road F1)",
+        description="Turn every mask of TRUTH into patch labels with the competition's rule "
+        "(raw grey levels scaled to [0, 1], a 16x16 patch is road when its mean is above "
+        "0.25) and compare the submission's rows of those tiles with them. Prints patch "
+        "accuracy (what the Kaggle leaderboard computes) and road patch F1 (what the course "
+        "calls the score), background F1, precision and recall.",
+    )
+    p.add_argument("submission", help="submission CSV (id,prediction)")
+    p.add_argument(
+        "--truth", required=True, help="folder of ground-truth masks (white = road), one per tile"
+    )
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(
         "masks-to-submission",
@@ -592,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runs", nargs="*", default=[], help="run folders whose learning curves to draw"
     )
+    _add_decision_args(p)
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
@@ -631,6 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"roadseg: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A file that vanished, a folder where a file belongs, a permission: name the file.
+        if debug or not err.filename:
+            raise
+        from roadseg.paths import describe_os_error
+
+        print(f"roadseg: error: {err.filename}: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("roadseg: interrupted", file=sys.stderr)

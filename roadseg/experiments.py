@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path
+from roadseg.paths import load_yaml
 
 METRICS = {
     "val_patch_f1": "patch_f1",
@@ -44,7 +44,11 @@ def load_plan(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RoadsegError("plan not found", path)
-    plan = yaml.safe_load(path.read_text()) or {}
+    plan = load_yaml(path, "plan") or {}
+    if not isinstance(plan, dict):
+        raise RoadsegError(
+            "a plan is a mapping (methods:, profiles:, ...); see configs/plans/", path
+        )
     runs = plan.get("runs") or []
     if not runs or not all(isinstance(r, dict) and "name" in r and "config" in r for r in runs):
         raise RoadsegError("a plan needs runs: a list of {name, config, args}", path)

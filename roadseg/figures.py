@@ -7,7 +7,8 @@ Every figure is a PNG written atomically under one folder:
 - ``overlays.png``: predictions on validation tiles, true positives green, false
   positives red, false negatives blue over the image;
 - ``pr_curve.png``: precision-recall curve of patch labels (a patch's score is its mean
-  road probability), with the operating point of the 0.5/0.25 rule;
+  road probability), with the operating point of the decision ``submit`` uses (the tuned
+  thresholds when ``roadseg tune`` stored them, else 0.5/0.25);
 - ``filters.png``: the first convolution layer's filters as RGB images;
 - ``saliency.png``: the gradient of a patch's road score with respect to the input;
 - ``occlusion.png``: how much that score drops while a grey square covers each place;
@@ -33,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from roadseg.io import atomic_path, read_image, read_mask_grey  # noqa: E402
 from roadseg.patches import PATCH_SIZE, labels_to_mask, patch_labels, patch_means  # noqa: E402
+from roadseg.postprocess import Decision  # noqa: E402
 
 FIGURES = (
     "learning_curves.png", "overlays.png", "pr_curve.png", "filters.png", "saliency.png",
@@ -87,38 +89,50 @@ def overlay(image: np.ndarray, prob: np.ndarray, truth: np.ndarray) -> np.ndarra
     return np.clip(rgb, 0, 1)
 
 
-def overlays(frame: pd.DataFrame, probs: list[np.ndarray], out: Path, n: int = 4) -> Path:
+def overlays(
+    frame: pd.DataFrame, probs: list[np.ndarray], out: Path, decision: Decision, n: int = 4
+) -> Path:
+    """Pixels and patches of ``n`` tiles as ``decision`` labels them, against the truth."""
     n = min(n, len(frame))
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.6), squeeze=False)
     for i in range(n):
         image = read_image(frame["image"].iloc[i])
         truth = read_mask_grey(frame["mask"].iloc[i])
-        axes[0, i].imshow(overlay(image, probs[i], truth))
+        axes[0, i].imshow(overlay(image, decision.mask(probs[i]).astype(np.float32), truth))
         axes[0, i].set_title(f"tile {frame['tile_id'].iloc[i]}: pixels", fontsize=9)
         h, w = truth.shape
-        pred_p = labels_to_mask(patch_labels((probs[i] > 0.5).astype(np.float32)), h, w)
+        pred_p = labels_to_mask(decision.labels(probs[i]), h, w)
         true_p = labels_to_mask(patch_labels(truth), h, w)
         axes[1, i].imshow(overlay(image, pred_p.astype(np.float32), true_p.astype(np.float32)))
         axes[1, i].set_title("16x16 patches", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle("green: true positive, red: false positive, blue: false negative")
+    fig.suptitle(
+        f"{decision.describe()}; green: true positive, red: false positive, blue: false negative"
+    )
     return save(fig, out / "overlays.png")
 
 
-def pr_curve(frame: pd.DataFrame, probs: list[np.ndarray], out: Path, label: str) -> Path:
+def pr_curve(
+    frame: pd.DataFrame, probs: list[np.ndarray], out: Path, label: str, decision: Decision
+) -> Path:
+    """Patch precision-recall curve, with the operating point of ``decision`` marked."""
     from sklearn.metrics import auc, precision_recall_curve
 
     scores = np.concatenate([patch_means(p).ravel() for p in probs])
     truth = np.concatenate([patch_labels(read_mask_grey(m)).ravel() for m in frame["mask"]])
-    pred = np.concatenate([patch_labels((p > 0.5).astype(np.float32)).ravel() for p in probs])
+    pred = np.concatenate([decision.labels(p).ravel() for p in probs])
     precision, recall, _ = precision_recall_curve(truth, scores)
     tp = float((pred * truth).sum())
     op_p, op_r = tp / max(pred.sum(), 1), tp / max(truth.sum(), 1)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(recall, precision, label=f"{label} (area {auc(recall, precision):.3f})")
     f1 = 2 * op_p * op_r / max(op_p + op_r, 1e-9)
-    ax.plot(op_r, op_p, "o", color="C3", label=f"pixel 0.5, patch 0.25: F1 {f1:.3f}")
+    accuracy = float((pred == truth).mean())
+    ax.plot(
+        op_r, op_p, "o", color="C3",
+        label=f"{decision.describe()}: F1 {f1:.3f}, accuracy {accuracy:.3f}",
+    )  # fmt: skip
     for level in (0.6, 0.7, 0.8, 0.9):  # iso-F1 lines
         r = np.linspace(level / (2 - level) + 1e-3, 1, 100)
         ax.plot(r, level * r / (2 * r - level), color="grey", lw=0.5, ls=":")
@@ -277,10 +291,13 @@ def tsne(model, frame: pd.DataFrame, out: Path) -> Path | None:
     from sklearn.manifold import TSNE
 
     feats, labels = patch_embeddings(model, frame)
-    if feats is None:
+    if feats is None or len(feats) < 8:  # too few patches for a meaningful embedding
         return None
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
-    xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(feats)
+    perplexity = min(30.0, (len(feats) - 1) / 3)  # t-SNE needs perplexity < samples
+    xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(
+        feats
+    )
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for value, colour, name in ((0, "C0", "background"), (1, "C3", "road")):
         sel = labels == value
@@ -298,6 +315,8 @@ def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: in
     param = (torch.randn(1, 3, size, size, generator=gen) * 0.1).requires_grad_(True)
     optim = torch.optim.Adam([param], lr=0.05)
     r = c = size // 2 - PATCH_SIZE // 2
+    with torch.no_grad():
+        start = float(patch_score(model, torch.sigmoid(param), r, c)[0])
     for _ in range(steps):
         dy, dx = torch.randint(-4, 5, (2,), generator=gen).tolist()  # jitter: smoother images
         x = torch.roll(torch.sigmoid(param), shifts=(dy, dx), dims=(-2, -1))
@@ -315,19 +334,36 @@ def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: in
     for ax in axes:
         ax.add_patch(plt.Rectangle((c, r), PATCH_SIZE, PATCH_SIZE, fill=False, ec="red", lw=1.5))
         ax.axis("off")
-    axes[0].set_title(f"input maximising the centre patch (logit {score:.1f})")
+    if abs(score - start) < 0.05:  # e.g. a model whose score has no gradient to its input
+        axes[0].set_title(
+            f"FAILED: the optimisation did not move the centre patch's logit ({start:.2f} -> {score:.2f})",
+            color="C3", fontsize=9,
+        )  # fmt: skip
+    else:
+        axes[0].set_title(f"input maximising the centre patch (logit {start:.1f} -> {score:.1f})")
     axes[1].set_title("the network's road probability for it")
     return save(fig, out / "class_model.png")
 
 
 def make_figures(
-    out: str | Path, *, ckpt: str | Path, curves: dict[str, Path] | None = None, tiles: int = 8
+    out: str | Path,
+    *,
+    ckpt: str | Path,
+    curves: dict[str, Path] | None = None,
+    tiles: int = 8,
+    decision: Decision | None = None,
 ) -> list[Path]:
-    """All figures for one trained checkpoint (and the learning curves of ``curves`` runs)."""
+    """All figures for one trained checkpoint (and the learning curves of ``curves`` runs).
+
+    ``decision``: the thresholds and clean-up the overlays and the PR curve's operating
+    point use; by default the ones ``roadseg tune`` stored beside the checkpoint (the
+    ones ``roadseg submit`` uses), else the competition's 0.5 / 0.25.
+    """
     from roadseg.predict import load_task, read_checkpoint
-    from roadseg.thresholds import validation_frame
+    from roadseg.thresholds import stored_decision, validation_frame
 
     out = Path(out)
+    decision = decision or stored_decision(ckpt)[0]
     torch.manual_seed(0)
     written = []
     if curves:
@@ -338,8 +374,10 @@ def make_figures(
     val = validation_frame(contents)
     sample = val.iloc[: max(tiles, 1)].reset_index(drop=True)
     probs = predict_tiles(task, val)
-    written.append(overlays(sample, probs, out))
-    written.append(pr_curve(val, probs, out, label=Path(ckpt).parent.parent.name))
+    written.append(overlays(sample, probs, out, decision))
+    written.append(
+        pr_curve(val, probs, out, label=Path(ckpt).parent.parent.name, decision=decision)
+    )
     if first_conv(model) is not None:
         written.append(filters(model, out))
     # the sample tile with the most road: the clearest explanations

@@ -1,4 +1,5 @@
-"""Metrics: patch F1 as the leaderboard computes it, and pixel IoU, precision, recall.
+"""Metrics: patch accuracy (the leaderboard's number), road patch F1 (the course's score),
+background patch F1, and pixel IoU, precision, recall (see :mod:`roadseg.scoring`).
 
 Counts are accumulated on the device (no host sync per step) and summed across
 processes by torchmetrics.
@@ -27,7 +28,8 @@ def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
 
 
 class RoadMetrics(Metric):
-    """Patch F1/precision/recall and pixel IoU/F1/precision/recall from probabilities.
+    """Patch accuracy, road and background patch F1, patch precision/recall, and pixel
+    IoU/F1/precision/recall from probabilities.
 
     ``update(prob, mask, patches=None)``: ``prob`` and ``mask`` ``(B, 1, H, W)``;
     ``patches`` the true patch labels from the raw grey mask when known (else they are
@@ -40,7 +42,7 @@ class RoadMetrics(Metric):
         super().__init__()
         self.pixel_threshold = pixel_threshold
         self.patch_threshold = patch_threshold
-        for name in ("tp", "fp", "fn", "patch_tp", "patch_fp", "patch_fn"):
+        for name in ("tp", "fp", "fn", "patch_tp", "patch_fp", "patch_fn", "patch_tn"):
             self.add_state(
                 name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
             )
@@ -58,12 +60,15 @@ class RoadMetrics(Metric):
         self.patch_tp += (pred_p * true_p).sum()
         self.patch_fp += (pred_p * (1 - true_p)).sum()
         self.patch_fn += ((1 - pred_p) * true_p).sum()
+        self.patch_tn += ((1 - pred_p) * (1 - true_p)).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         tp, fp, fn = self.tp, self.fp, self.fn
-        ptp, pfp, pfn = self.patch_tp, self.patch_fp, self.patch_fn
+        ptp, pfp, pfn, ptn = self.patch_tp, self.patch_fp, self.patch_fn, self.patch_tn
         return {
+            "patch_accuracy": (ptp + ptn) / (ptp + ptn + pfp + pfn).clamp(min=1),
             "patch_f1": _f1(ptp, pfp, pfn),
+            "background_f1": _f1(ptn, pfn, pfp),
             "patch_precision": ptp / (ptp + pfp).clamp(min=1),
             "patch_recall": ptp / (ptp + pfn).clamp(min=1),
             "iou": tp / (tp + fp + fn).clamp(min=1),

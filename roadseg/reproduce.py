@@ -27,11 +27,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from roadseg.errors import RoadsegError
 from roadseg.experiments import METRICS, _train, markdown_table, run_row
 from roadseg.io import atomic_path
+from roadseg.paths import load_yaml
 
 SPLIT_NOTE = (
     "geographic folds of {root}: tiles are placed on their maps by matching edges, and "
@@ -45,7 +45,11 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RoadsegError("plan not found", path)
-    plan = yaml.safe_load(path.read_text()) or {}
+    plan = load_yaml(path, "plan") or {}
+    if not isinstance(plan, dict):
+        raise RoadsegError(
+            "a plan is a mapping (methods:, profiles:, ...); see configs/plans/", path
+        )
     methods = plan.get("methods") or []
     profiles = plan.get("profiles") or {}
     if not methods or not all(

@@ -9,6 +9,7 @@ writes them: tile by tile, then column by column, then row by row.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from roadseg.errors import RoadsegError
 from roadseg.index import list_rasters, scan, tile_id
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD, patch_grid, patch_labels
+from roadseg.paths import read_text
 
 HEADER = ("id", "prediction")
 
@@ -55,16 +57,24 @@ def write_submission(rows: Iterable[tuple[str, int]], path: str | Path) -> int:
 def read_submission(path: str | Path) -> pd.DataFrame:
     """Read a submission CSV as a DataFrame with columns ``id`` (str) and ``prediction``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RoadsegError("submission file not found", path)
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
+    text = read_text(path, "submission CSV")
+    header = next(csv.reader(io.StringIO(text)), None)
     if header is None or tuple(h.strip() for h in header) != HEADER:
-        raise RoadsegError(f"header is {','.join(header or [])!r}; expected 'id,prediction'", path)
+        shown = ",".join(header or [])
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise RoadsegError(f"header is {shown!r}; expected 'id,prediction'", path)
     try:
-        return pd.read_csv(path, dtype={"id": str, "prediction": str}, keep_default_na=False)
+        return pd.read_csv(
+            io.StringIO(text), dtype={"id": str, "prediction": str}, keep_default_na=False
+        )
     except (pd.errors.ParserError, ValueError) as err:
-        raise RoadsegError(f"not a well-formed CSV ({err})", path) from err
+        raise RoadsegError(f"not a well-formed CSV ({_one_line(err)})", path) from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class RoadSegTask(pl.LightningModule):
         if not metrics.update_called:  # e.g. no training steps (scikit-learn baselines)
             return
         values = {f"{stage}_{name}": value.float() for name, value in metrics.compute().items()}
-        shown = {f"{stage}_patch_f1"} if stage == "val" else set()
+        shown = {f"{stage}_patch_f1", f"{stage}_patch_accuracy"} if stage == "val" else set()
         self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
         self.log_dict({k: v for k, v in values.items() if k not in shown})
         metrics.reset()

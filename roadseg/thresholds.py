@@ -1,8 +1,9 @@
-"""Thresholds tuned on the validation split, and the patch F1 they reach.
+"""Thresholds tuned on the validation split, and the patch scores they reach.
 
 A submission turns probabilities into patch labels with two thresholds: a pixel is
 road when its probability is above ``pixel``; a 16x16 patch is road when its share
-of road pixels is above ``patch``. The pair that maximises validation patch F1 is
+of road pixels is above ``patch``. The pair that maximises validation road patch F1
+(or patch accuracy, the leaderboard's number: ``roadseg tune --metric accuracy``) is
 found on a grid and stored beside the checkpoint (``<ckpt>.thresholds.json``), where
 ``roadseg submit`` finds it. When post-processing is switched on, the thresholds are
 tuned with it applied, and the file records the post-processing they were tuned for.
@@ -21,6 +22,7 @@ import pandas as pd
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_THRESHOLD, patch_labels, patch_means
 from roadseg.postprocess import Decision
+from roadseg.scoring import patch_scores
 
 PIXEL_GRID = np.round(np.arange(0.20, 0.81, 0.05), 2)
 PATCH_GRID = np.round(np.arange(0.10, 0.51, 0.025), 3)
@@ -34,8 +36,11 @@ class Thresholds:
     pixel: float = 0.5
     patch: float = PATCH_THRESHOLD
     val_patch_f1: float | None = None
+    val_patch_accuracy: float | None = None
     close_gaps: int = 0
     min_area: int = 0
+    tta: bool | None = None  # whether the probabilities they were tuned on used TTA
+    metric: str = "f1"  # what they maximise: f1 (road patch F1) or accuracy (patch accuracy)
 
     def decision(self) -> Decision:
         return Decision(self.pixel, self.patch, self.close_gaps, self.min_area)
@@ -46,12 +51,34 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
-        return cls(**json.loads(Path(path).read_text()))
+        from roadseg.errors import RoadsegError
+        from roadseg.paths import read_text
+
+        try:
+            values = json.loads(read_text(path, "thresholds file"))
+            return cls(**values)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise RoadsegError(
+                f"not a thresholds file written by roadseg tune ({type(err).__name__}); "
+                "delete it and run roadseg tune again",
+                path,
+            ) from err
 
 
 def thresholds_path(ckpt: str | Path) -> Path:
     """Where the tuned thresholds of a checkpoint live."""
     return Path(f"{ckpt}.thresholds.json")
+
+
+def stored_decision(ckpt: str | Path) -> tuple[Decision, str, Thresholds | None]:
+    """The decision every output of a checkpoint uses unless options override it: the
+    thresholds ``roadseg tune`` stored beside it, else the defaults. Returns the decision,
+    where it came from, and the stored thresholds (``None`` when there are none)."""
+    path = thresholds_path(ckpt)
+    if not path.is_file():
+        return Decision(), "defaults", None
+    tuned = Thresholds.load(path)
+    return tuned.decision(), f"tuned on validation, {path}", tuned
 
 
 def validation_frame(ckpt: dict) -> pd.DataFrame:
@@ -65,15 +92,9 @@ def validation_frame(ckpt: dict) -> pd.DataFrame:
     return datamodule.frame("val")
 
 
-def patch_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    """F1 of the road patches (1s) of two label arrays."""
-    tp = float(np.sum(pred * truth))
-    denom = float(np.sum(pred) + np.sum(truth))
-    return 2 * tp / denom if denom else 1.0
-
-
 class ValidationScores:
-    """Patch F1 of stored validation probabilities at any pair of thresholds."""
+    """Patch scores (:mod:`roadseg.scoring`) of stored validation probabilities at any pair
+    of thresholds."""
 
     def __init__(
         self,
@@ -93,22 +114,33 @@ class ValidationScores:
             [patch_means(clean(p > pixel).astype(np.float32)).ravel() for p in self.probs]
         )
 
-    def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
-        return patch_f1((self.road_share(pixel) > patch).astype(np.uint8), self.truth)
+    def scores(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> dict[str, float]:
+        """Every patch score at these thresholds."""
+        return patch_scores(self.road_share(pixel) > patch, self.truth)
 
-    def tune(self, close_gaps: int = 0, min_area: int = 0) -> Thresholds:
-        """The grid pair with the best patch F1 (ties: the one nearest the defaults).
+    def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
+        """Road patch F1 at these thresholds."""
+        return self.scores(pixel, patch)["patch_f1"]
+
+    def tune(self, close_gaps: int = 0, min_area: int = 0, metric: str = "f1") -> Thresholds:
+        """The grid pair with the best ``metric`` (``f1``: road patch F1; ``accuracy``: patch
+        accuracy, the leaderboard's number); ties go to the pair nearest the defaults.
 
         ``close_gaps``, ``min_area``: the post-processing ``clean`` does, recorded in the result.
         """
+        key = {"f1": "patch_f1", "accuracy": "patch_accuracy"}.get(metric)
+        if key is None:
+            raise ValueError(f"unknown metric {metric!r}; use f1 or accuracy")
         best = (-1.0, 0.0, 0.0, 0.0)
         for pixel in PIXEL_GRID:
             share = self.road_share(float(pixel))
             for patch in PATCH_GRID:
-                f1 = patch_f1((share > patch).astype(np.uint8), self.truth)
+                value = patch_scores(share > patch, self.truth)[key]
                 closeness = -abs(pixel - 0.5) - abs(patch - PATCH_THRESHOLD)
-                best = max(best, (round(f1, 6), closeness, float(pixel), float(patch)))
+                best = max(best, (round(value, 6), closeness, float(pixel), float(patch)))
+        reached = self.scores(best[2], best[3])
         return Thresholds(
-            pixel=best[2], patch=best[3], val_patch_f1=best[0], close_gaps=close_gaps,
-            min_area=min_area,
+            pixel=best[2], patch=best[3], val_patch_f1=round(reached["patch_f1"], 6),
+            val_patch_accuracy=round(reached["patch_accuracy"], 6), close_gaps=close_gaps,
+            min_area=min_area, metric=metric,
         )  # fmt: skip

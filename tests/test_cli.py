@@ -113,7 +113,7 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
 
     assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
     tuned = Thresholds.load(f"{ckpt}.thresholds.json")
-    assert "validation patch F1 on 1 tiles" in capsys.readouterr().out and 0 < tuned.pixel < 1
+    assert "validation patch scores on 1 tiles" in capsys.readouterr().out and 0 < tuned.pixel < 1
 
     out = tmp_path / "sub.csv"
     # data from the checkpoint, thresholds from tune
@@ -168,3 +168,38 @@ def test_upload_without_a_token_says_what_to_run_later(tmp_path, monkeypatch):
         match=r"sub.csv: no Kaggle API token .* later: kaggle competitions submit -c cil-x -f .*sub.csv -m 'first try'",
     ):
         upload(tmp_path / "sub.csv", "cil-x", "first try")
+
+
+def test_commands_that_read_a_run_never_rewrite_it(cil_root, tmp_path, capsys):
+    """validate, test, tune and figures write beside a run; its config trains again elsewhere."""
+    run = tmp_path / "run"
+    assert main([*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run),
+                 "--trainer.max_epochs", "1"]) == 0  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    kept = {name: (run / name).read_bytes() for name in ("metrics.csv", "config.yaml")}
+    saved = (run / "config.yaml").read_text()
+    assert "RunCSVLogger" not in saved and "ckpt_path: null" in saved
+
+    config = str(run / "config.yaml")
+    assert main(["validate", "--config", config, "--ckpt_path", str(ckpt)]) == 0
+    assert main(["validate", "--config", config, "--ckpt_path", str(ckpt)]) == 0
+    assert main(["test", "--config", config, "--ckpt_path", str(ckpt)]) == 0
+    assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
+    assert main(["figures", "--ckpt", str(ckpt), "--runs", str(run),
+                 "--out", str(tmp_path / "figures")]) == 0  # fmt: skip
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    for stage, versions in (("validate", 2), ("test", 1)):
+        for v in range(versions):
+            header = (run / stage / f"version_{v}" / "metrics.csv").read_text().splitlines()[0]
+            assert f"{stage if stage == 'test' else 'val'}_patch_accuracy" in header
+    printed = capsys.readouterr().out
+    tuned = Thresholds.load(f"{ckpt}.thresholds.json")
+    assert tuned.tta is False and tuned.metric == "f1"
+    # figures mark the operating point of the tuned thresholds, the ones submit uses
+    assert f"decision: pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned on validation" in printed
+
+    again = tmp_path / "again"
+    assert main(["fit", "--config", config, "--trainer.default_root_dir", str(again),
+                 "--trainer.max_epochs", "1"]) == 0  # fmt: skip
+    assert (again / "checkpoints" / "best.ckpt").is_file() and (again / "metrics.csv").is_file()
+    assert {name: (run / name).read_bytes() for name in kept} == kept

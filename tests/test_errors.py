@@ -146,7 +146,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "roadseg fit --config bad.yaml",
     ),
     "checkpoint from another model": (
-        lambda t: _checkpoint(t, foreign=True),
+        lambda t: (
+            _checkpoint(t, foreign=True)
+            or write_raster(t / "test" / "satimage_144.png", np.zeros((3, 32, 32), np.uint8))
+        ),
         "roadseg submit --ckpt model.ckpt --data test",
     ),
     "file that is no checkpoint": (
@@ -154,7 +157,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "roadseg submit --ckpt model.ckpt",
     ),
     "missing checkpoint": (
-        lambda t: None,
+        lambda t: (t / "configs").mkdir() or (t / "configs" / "quick.yaml").write_text("{}\n"),
         "roadseg submit --ckpt runs/quick/checkpoints/best.ckpt",
     ),
     "options file with an unknown option": (

@@ -1,0 +1,95 @@
+"""Scores of 0/1 patch labels: the leaderboard's number and the course's.
+
+Two numbers describe a submission, and they are not the same:
+
+- **patch accuracy**: the share of patches labelled right. The Kaggle leaderboard of the
+  CIL competition computes a per-row mean F-score on 0/1 labels, which for one label per
+  row is exactly this (an all-background submission scored 0.847 on the 2018-21
+  leaderboard: the share of background patches). This is the number to compare with
+  the leaderboard.
+- **road patch F1**: the F1 of the road class (1s) over all patches, as the course
+  describes the score. It ignores the true negatives, so it is much lower than accuracy
+  on the same labels, and 0 for an all-background submission.
+
+Background F1 (the F1 of the 0s), precision and recall of the road class come with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("patch_accuracy", "patch_f1", "background_f1", "patch_precision", "patch_recall")
+LABELS = {
+    "patch_accuracy": "patch accuracy (the leaderboard's number)",
+    "patch_f1": "road patch F1 (the course's score)",
+    "background_f1": "background patch F1",
+    "patch_precision": "road patch precision",
+    "patch_recall": "road patch recall",
+}
+
+
+def patch_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Scores of predicted 0/1 labels against true ones (any shape, flattened)."""
+    pred = np.asarray(pred, dtype=bool).ravel()
+    truth = np.asarray(truth, dtype=bool).ravel()
+    if pred.shape != truth.shape:
+        raise ValueError(f"{pred.size} predicted labels but {truth.size} true ones")
+    tp = float(np.sum(pred & truth))
+    tn = float(np.sum(~pred & ~truth))
+    fp = float(np.sum(pred & ~truth))
+    fn = float(np.sum(~pred & truth))
+
+    def f1(tp: float, fp: float, fn: float) -> float:
+        # no positives predicted or true: nothing to get wrong
+        return 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
+
+    return {
+        "patch_accuracy": (tp + tn) / max(pred.size, 1),
+        "patch_f1": f1(tp, fp, fn),
+        "background_f1": f1(tn, fn, fp),
+        "patch_precision": tp / (tp + fp) if tp + fp else 1.0,
+        "patch_recall": tp / (tp + fn) if tp + fn else 1.0,
+    }
+
+
+def format_scores(scores: dict[str, float], indent: str = "  ") -> str:
+    """One line per score, each with its name saying which number it is."""
+    return "\n".join(f"{indent}{LABELS[k]:<42} {scores[k]:.4f}" for k in METRICS if k in scores)
+
+
+def score_submission(
+    submission: str | Path, truth: str | Path
+) -> tuple[dict[str, float], int, int]:
+    """Score a submission CSV against a folder of ground-truth masks with the competition's
+    patch rule (raw grey levels scaled to [0, 1], a patch is road when its mean is above
+    0.25). Only the tiles with a mask are scored; every one of them must be in the CSV.
+
+    Returns the scores, the number of tiles and the number of patches scored.
+    """
+    from roadseg.errors import RoadsegError
+    from roadseg.index import list_rasters, tile_id
+    from roadseg.io import read_mask_grey
+    from roadseg.patches import patch_labels
+    from roadseg.submission import read_submission, tile_rows
+
+    frame = read_submission(submission)
+    predicted = dict(zip(frame["id"], frame["prediction"], strict=True))
+    bad = next((v for v in predicted.values() if v not in ("0", "1")), None)
+    if bad is not None:
+        raise RoadsegError(f"prediction {bad!r}; only 0 or 1 allowed", submission)
+    masks = list_rasters(truth)
+    pred, true = [], []
+    for mask in masks:
+        rows = tile_rows(tile_id(mask), patch_labels(read_mask_grey(mask)))
+        missing = [ident for ident, _ in rows if ident not in predicted]
+        if missing:
+            raise RoadsegError(
+                f"has no row {missing[0]} for the mask {Path(mask).name} "
+                f"({len(missing)} of its {len(rows)} patches missing)",
+                submission,
+            )
+        pred += [predicted[ident] == "1" for ident, _ in rows]
+        true += [label for _, label in rows]
+    return patch_scores(np.array(pred), np.array(true)), len(masks), len(true)

@@ -100,9 +100,7 @@ def _run_lightning(argv: list[str]) -> None:
     no_exit = {"exit_on_error": False}
     config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
     if config is not None:
-        from roadseg.paths import check_input
-
-        check_input(config, what="config file")
+        _check_config_file(config)
     try:
         RoadSegCLI(
             RoadSegTask,
@@ -118,8 +116,9 @@ def _run_lightning(argv: list[str]) -> None:
             args=argv,
         )
     except ArgumentError as err:  # a config or option the parser refuses
+        hint = _suggest_key(str(err), [RoadSegTask, RoadDataModule])
         raise RoadsegError(
-            f"{_squash(err)} (roadseg {argv[0]} --help lists the options)", config
+            f"{_squash(err)} ({hint or f'roadseg {argv[0]} --help lists the options'})", config
         ) from err
     except RuntimeError as err:
         if "Error(s) in loading state_dict" in str(err):
@@ -133,6 +132,52 @@ def _run_lightning(argv: list[str]) -> None:
         if err.path is None and config:  # e.g. an unknown model name: name the config it came from
             raise RoadsegError(str(err), config) from err
         raise
+
+
+def _check_config_file(config: str) -> None:
+    """A missing config is named, with the configs beside it and the nearest name."""
+    import difflib
+
+    from roadseg.paths import check_input
+
+    path = Path(config)
+    if not path.exists() and path.parent.is_dir():
+        names = sorted(p.name for p in path.parent.glob("*.yaml"))
+        close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+        if close:
+            raise RoadsegError(
+                f"config file not found; did you mean {path.parent / close[0]}?", path
+            )
+        if names:
+            shown = ", ".join(Path(n).stem for n in names)
+            raise RoadsegError(f"config file not found; {path.parent}/ has: {shown}", path)
+    check_input(path, what="config file")
+
+
+def _suggest_key(message: str, classes: list) -> str | None:
+    """'did you mean data.crop_size?' for an option the parser refused, when one is near."""
+    import difflib
+    import inspect
+    import re
+
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    found = re.search(r"does not accept option '([^']+)'|unrecognized arguments: --(\S+)", message)
+    if not found:
+        return None
+    key = found.group(1) or found.group(2)
+    known = ["seed_everything", "ckpt_path", "optimizer", "lr_scheduler"]
+    for prefix, cls in zip(("model", "data"), classes, strict=True):
+        known += [
+            f"{prefix}.{n}" for n in inspect.signature(cls.__init__).parameters if n != "self"
+        ]
+    for prefix, cls in (("trainer", Trainer), ("checkpoint", ModelCheckpoint)):
+        known += [
+            f"{prefix}.{n}" for n in inspect.signature(cls.__init__).parameters if n != "self"
+        ]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f"did you mean {close[0]}?" if close else None
 
 
 def _is_run_logger(logger) -> bool:
@@ -162,6 +207,11 @@ PREDICT_DEFAULTS = {
     "tta": False, "merge": "mean", "window": 1024, "overlap": 128, "batch_size": 4,
     "device": "auto", "precision": "auto", "pixel_threshold": None, "patch_threshold": None,
     "close_gaps": None, "min_area": None,
+}  # fmt: skip
+PREDICT_TYPES = {
+    "tta": (bool,), "merge": (str,), "window": (int,), "overlap": (int,), "batch_size": (int,),
+    "device": (str,), "precision": (str,), "pixel_threshold": (float, int),
+    "patch_threshold": (float, int), "close_gaps": (int,), "min_area": (int,),
 }  # fmt: skip
 
 
@@ -193,12 +243,29 @@ def _apply_predict_config(args: argparse.Namespace) -> None:
             raise RoadsegError(
                 f"unknown option {unknown[0]!r}; known: ckpt, {', '.join(PREDICT_DEFAULTS)}", path
             )
+    for key, value in values.items():
+        kinds = PREDICT_TYPES.get(key)
+        if (
+            kinds
+            and value is not None
+            and not (
+                isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            )
+        ):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise RoadsegError(f"option {key}: {value!r} is not {names}", args.config)
     for key, default in PREDICT_DEFAULTS.items():
         if getattr(args, key, None) is None:
             setattr(args, key, values.get(key, default))
     if not args.ckpt:
         ckpt = values.get("ckpt")
-        args.ckpt = [ckpt] if isinstance(ckpt, str) else list(ckpt or [])
+        args.ckpt = [ckpt] if isinstance(ckpt, str) else ckpt
+        if args.ckpt is not None and (
+            not isinstance(args.ckpt, list)
+            or not all(isinstance(c, str) and c.strip() for c in args.ckpt)
+        ):
+            raise RoadsegError("ckpt: must be a checkpoint path or a list of them", args.config)
+        args.ckpt = args.ckpt or []
     if not args.ckpt:
         raise RoadsegError(
             "no checkpoint: pass --ckpt (repeat for an ensemble) or put ckpt: in --config"

@@ -52,11 +52,14 @@ def reading(path: PathLike, what: str = "file") -> Iterator[Path]:
         raise RoadsegError(describe_os_error(err), path) from err
 
 
+def _a(what: str) -> str:
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def read_text(path: PathLike, what: str = "file") -> str:
     """The UTF-8 text of a file; a missing, binary or unreadable file is a RoadsegError."""
+    check_input(path, what=what)
     with reading(path, what) as p:
-        if p.is_dir():
-            raise RoadsegError(f"is a folder; expected a {what}", p)
         return p.read_text(encoding="utf-8")
 
 
@@ -76,15 +79,17 @@ def load_yaml(path: PathLike, what: str = "YAML file"):
 
 def check_input(path: PathLike, *, folder: bool = False, what: str | None = None) -> Path:
     """``path`` if it exists as a file (or a folder); else a RoadsegError naming it."""
+    if not str(path).strip():
+        raise RoadsegError(f"an empty path where {_a(what or 'file')} belongs")
     path = Path(path)
     what = what or ("folder" if folder else "file")
     if not path.exists():
         hint = " (a broken link)" if path.is_symlink() else ""
         raise RoadsegError(f"{what} not found{hint}", path)
     if folder and not path.is_dir():
-        raise RoadsegError(f"is a file; expected a {what}", path)
+        raise RoadsegError(f"is a file; expected {_a(what)}", path)
     if not folder and path.is_dir():
-        raise RoadsegError(f"is a folder; expected a {what}", path)
+        raise RoadsegError(f"is a folder; expected {_a(what)}", path)
     if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
         raise RoadsegError("permission denied (check the owner and mode)", path)
     return path

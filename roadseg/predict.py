@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path, image_to_rgb, read_image
+from roadseg.maps import MapIndex, context_image
 from roadseg.patches import PATCH_SIZE, labels_to_mask
 from roadseg.postprocess import Decision
 from roadseg.task import RoadSegTask
@@ -259,21 +260,32 @@ class Predictor:
                 norm[r : r + win_h, c : c + win_w] += weight
         return total / norm
 
-    def predict_index(self, frame: pd.DataFrame) -> Iterator[tuple[pd.Series, np.ndarray]]:
+    def predict_index(
+        self, frame: pd.DataFrame, *, context: MapIndex | None = None, margin: int = 0
+    ) -> Iterator[tuple[pd.Series, np.ndarray]]:
         """``(index row, probabilities (H, W))`` for every tile of an index, in its order.
 
-        Tiles of equal size that fit in one window are batched together.
+        ``context``, ``margin``: predict each tile in the context of its map, with
+        ``margin`` pixels of its neighbours around it (the tile's reflection where it has
+        none; :func:`roadseg.maps.context_image`), and crop back. Tiles of equal size
+        that fit in one window are batched together.
         """
         rows = [row for _, row in frame.iterrows()]
         bar = tqdm(total=len(rows), desc="predicting", unit="tile", disable=not self.progress)
+        margin = margin if context is not None else 0
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
-            images = [read_image(r["image"]) for r in chunk]
+            if margin:
+                images = [context_image(r["image"], context, margin) for r in chunk]
+            else:
+                images = [read_image(r["image"]) for r in chunk]
             fits = all(im.shape[1] <= self.window and im.shape[2] <= self.window for im in images)
             if fits and len({im.shape for im in images}) == 1:
                 probs = list(self.predict_batch(torch.from_numpy(np.stack(images))).numpy())
             else:
                 probs = [self.predict_image(im) for im in images]
+            if margin:
+                probs = [p[margin:-margin, margin:-margin] for p in probs]
             yield from zip(chunk, probs, strict=True)
             bar.update(len(chunk))
         bar.close()

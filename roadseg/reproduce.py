@@ -86,6 +86,7 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
                 })  # fmt: skip
     return {
         "profile": profile, "runs": runs, "folds": folds, "seeds": seeds, "split": split,
+        "note": chosen.get("note"),
         "methods": [m["name"] for m in methods], "figures": plan.get("figures") or {},
         "root": chosen.get("root") or plan.get("root") or "data/cil-2022",
     }  # fmt: skip
@@ -159,7 +160,8 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
     with atomic_path(out / "table.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     names = {
-        "patch_f1": "patch F1",
+        "patch_accuracy": "patch accuracy (leaderboard)",
+        "patch_f1": "road patch F1",
         "iou": "pixel IoU",
         "precision": "precision",
         "recall": "recall",
@@ -172,7 +174,8 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
         ]
     shown["parameters"] = table["parameters"].map("{:,}".format)
     with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(describe_split(plan) + "\n\n" + markdown_table(shown))
+        note = f"**{plan['note']}**\n\n" if plan.get("note") else ""
+        tmp.write_text(note + describe_split(plan) + "\n\n" + markdown_table(shown))
     timing = (
         runs.groupby("method", sort=False)["train_minutes"]
         .agg(["mean", "std", "sum"])

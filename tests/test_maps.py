@@ -1,0 +1,123 @@
+"""Tiles placed back on the maps they were cut from, and tiles seen in context."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from roadseg.index import scan
+from roadseg.io import read_image
+from roadseg.maps import MapIndex, context_image, has_neighbours, place_tiles
+from roadseg.predict import Predictor
+from tests.conftest import write_raster
+from tests.test_folds import smooth_map
+
+TILE = 32
+MAPS = [(4, 3), (2, 2)]  # (cols, rows): map 0 is the larger one
+
+
+@pytest.fixture
+def two_maps(tmp_path):
+    """Two textured maps cut into 32-px tiles, shuffled and renamed, the tiles of every
+    second place moved to a second folder (as test tiles released apart). Returns the
+    maps, the combined index and the true place of every image."""
+    big = [smooth_map(rows * TILE, cols * TILE, seed=m) for m, (cols, rows) in enumerate(MAPS)]
+    places = [(m, c, r) for m, (cols, rows) in enumerate(MAPS) for r in range(rows)
+              for c in range(cols)]  # fmt: skip
+    ids = np.random.default_rng(7).permutation(len(places)) + 100
+    truth = {}
+    for (m, c, r), tid in zip(places, ids, strict=True):
+        pixels = big[m][:, r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
+        if (c + r) % 2:
+            path = tmp_path / "later" / f"tile_{tid}.png"
+        else:
+            path = tmp_path / "data" / "training" / "images" / f"satimage_{tid}.png"
+            write_raster(tmp_path / "data" / "training" / "groundtruth" / path.name,
+                         np.zeros((TILE, TILE), np.uint8))  # fmt: skip
+        write_raster(path, pixels)
+        truth[str(path)] = (m, c, r)
+    frame = pd.concat([scan(tmp_path / "data"), scan(tmp_path / "later")], ignore_index=True)
+    return big, frame, truth
+
+
+def test_the_exact_layout_comes_back_from_shuffled_tiles_in_two_folders(two_maps):
+    _, frame, truth = two_maps
+    layout = place_tiles(frame)
+    got = {str(p): (m, c, r) for p, m, c, r in
+           zip(layout["image"], layout["map"], layout["col"], layout["row"], strict=True)}  # fmt: skip
+    assert got == truth
+    assert has_neighbours(layout)
+
+
+def test_tiles_without_neighbours_each_stand_alone(tmp_path):
+    for i in range(4):  # unrelated noise tiles: no edge continues another
+        noise = np.random.default_rng(i).integers(0, 255, (3, TILE, TILE), dtype=np.uint8)
+        write_raster(tmp_path / "solo" / f"img_{i}.png", noise)
+    layout = place_tiles(scan(tmp_path / "solo"))
+    assert sorted(layout["map"]) == [0, 1, 2, 3]
+    assert (layout[["col", "row"]] == 0).all().all() and not has_neighbours(layout)
+    image = layout["image"].iloc[0]
+    np.testing.assert_array_equal(  # in context of nothing: the tile's own reflection
+        context_image(image, MapIndex(layout), 8),
+        np.pad(read_image(image), ((0, 0), (8, 8), (8, 8)), mode="reflect"),
+    )
+
+
+def _map_image(big: np.ndarray) -> np.ndarray:
+    return big.astype(np.float32) / 255
+
+
+def test_context_is_the_map_around_the_tile_and_reflection_at_its_edge(two_maps):
+    big, frame, truth = two_maps
+    maps = MapIndex(place_tiles(frame))
+    margin = 10
+    for path, (m, c, r) in truth.items():
+        got = context_image(path, maps, margin)
+        padded = np.pad(_map_image(big[m]), ((0, 0), (margin, margin), (margin, margin)),
+                        mode="reflect")  # fmt: skip
+        top, left = r * TILE, c * TILE  # in padded coordinates the tile starts at +margin
+        want = padded[:, top : top + TILE + 2 * margin, left : left + TILE + 2 * margin]
+        inner = (slice(None), slice(margin, margin + TILE), slice(margin, margin + TILE))
+        np.testing.assert_array_equal(got[inner], want[inner])
+        # every margin pixel inside the map is the neighbour's; outside it, reflection of
+        # the tile, which at the map's own edge is the map's reflection too
+        interior = 0 < c < MAPS[m][0] - 1 and 0 < r < MAPS[m][1] - 1
+        if interior:
+            np.testing.assert_array_equal(got, want)
+
+
+class LocalNet(torch.nn.Module):
+    """A network whose output at a pixel is a function of the 7x7 pixels around it, the
+    image reflected at its edges: three unpadded 3x3 convolutions after a reflection."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.convs = torch.nn.Sequential(
+            *[torch.nn.Conv2d(3 if i == 0 else 4, 4 if i < 2 else 1, 3) for i in range(3)]
+        )
+
+    def forward(self, x):
+        return self.convs(torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"))
+
+
+def test_in_context_prediction_equals_the_whole_map_cropped(two_maps):
+    """With a margin as wide as the receptive field, predicting each tile in context is
+    predicting the whole map: every pixel of every tile, at the map's edges too (where the
+    context is the tile's reflection, as the map's is)."""
+    big, frame, truth = two_maps
+    layout = place_tiles(frame)
+    predictor = Predictor([LocalNet()], progress=False, device="cpu", batch_size=3)
+    for m in range(len(MAPS)):
+        whole = predictor.predict_image(_map_image(big[m]))
+        tiles = layout[layout["map"] == m]
+        for row, prob in predictor.predict_index(tiles, context=MapIndex(layout), margin=3):
+            _, c, r = truth[str(row["image"])]
+            crop = whole[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
+            np.testing.assert_allclose(prob, crop, atol=1e-5)
+        alone = next(iter(predictor.predict_index(tiles.iloc[:1])))[1]
+        _, c, r = truth[str(tiles["image"].iloc[0])]
+        crop = whole[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
+        assert np.abs(alone - crop).max() > 1e-3  # alone, its border pixels differ

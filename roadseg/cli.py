@@ -23,12 +23,13 @@ from roadseg.training import LIGHTNING_COMMANDS, run_lightning
 PREDICT_DEFAULTS = {
     "tta": False, "merge": "mean", "window": 1024, "overlap": 128, "batch_size": 4,
     "device": "auto", "precision": "auto", "pixel_threshold": None, "patch_threshold": None,
-    "close_gaps": None, "min_area": None,
+    "close_gaps": None, "min_area": None, "context": None,
 }  # fmt: skip
+CONTEXT_MARGIN = 96  # pixels of the neighbouring tiles around each tile, when it has any
 PREDICT_TYPES = {
     "tta": (bool,), "merge": (str,), "window": (int,), "overlap": (int,), "batch_size": (int,),
     "device": (str,), "precision": (str,), "pixel_threshold": (float, int),
-    "patch_threshold": (float, int), "close_gaps": (int,), "min_area": (int,),
+    "patch_threshold": (float, int), "close_gaps": (int,), "min_area": (int,), "context": (int,),
 }  # fmt: skip
 
 
@@ -133,6 +134,18 @@ def _predictor(args: argparse.Namespace, ckpts: list[dict] | None = None):
     return predictor, ckpts, decision
 
 
+def _context(args: argparse.Namespace, roots: list, tiles) -> tuple[object | None, int]:
+    """(MapIndex, margin) for predicting ``tiles`` in the context of their maps (see
+    :func:`roadseg.maps.context_for`), and a line saying what it is."""
+    from roadseg.maps import context_for
+
+    maps, margin, line = context_for(
+        roots, tiles, CONTEXT_MARGIN if args.context is None else args.context
+    )
+    print(line)
+    return maps, margin
+
+
 def _read_checkpoints(args: argparse.Namespace) -> list[dict]:
     """The contents of every ``--ckpt`` (weights not yet in a model)."""
     from roadseg.predict import read_checkpoint
@@ -178,11 +191,13 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
     )
     check_io(outputs=[out], protected=[*_inputs_of(args), *test["image"]])
+    trained_on = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
+    maps, margin = _context(args, [trained_on, data], test)
     predictor, ckpts, decision = _predictor(args, ckpts)
     from roadseg.submission import tile_rows, validate_submission, write_submission
 
     def rows():
-        for row, prob in predictor.predict_index(test):
+        for row, prob in predictor.predict_index(test, context=maps, margin=margin):
             yield from tile_rows(int(row["tile_id"]), decision.labels(prob))
 
     write_submission(rows(), out)
@@ -235,8 +250,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         check_io(outputs=[thresholds_path(args.ckpt[0])], protected=_inputs_of(args))
     ckpts = _read_checkpoints(args)
     val = validation_frame(ckpts[0])
+    trained_on = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
+    maps, margin = _context(args, [trained_on], val)
     predictor, ckpts, decision = _predictor(args, ckpts)
-    probs = [prob for _, prob in predictor.predict_index(val)]
+    probs = [prob for _, prob in predictor.predict_index(val, context=maps, margin=margin)]
     setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
     setup += f", {args.merge}" if len(ckpts) > 1 else ""
     setup += f", TTA {'on' if args.tta else 'off'}"
@@ -262,6 +279,11 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     for name, values in columns.items():
         print(f"{name}:")
         print(format_scores(values))
+    rings = raw.ring_f1()
+    print(
+        "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
+        "0.25): " + ", ".join(f"{k}: {v:.4f}" for k, v in rings.items())
+    )
     if len(ckpts) > 1:
         print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
     elif not args.dry_run:
@@ -348,6 +370,23 @@ def _cmd_index(args: argparse.Namespace) -> None:
         print(f"wrote {args.csv}")
 
 
+def _cmd_maps(args: argparse.Namespace) -> None:
+    from roadseg.maps import write_maps
+    from roadseg.paths import check_io
+
+    check_io(input_folders=[args.root, *args.extra], output_folders=[args.out])
+    table = write_maps([args.root, *args.extra], args.out, val_fraction=args.val_fraction,
+                       seed=args.seed)  # fmt: skip
+    sizes = table.groupby("map").agg(
+        tiles=("map", "size"), cols=("col", "max"), rows=("row", "max")
+    )
+    shared = sizes[sizes["tiles"] > 1]
+    for m, row in shared.iterrows():
+        print(f"map {m}: {row.tiles} tiles on {row.cols + 1} x {row.rows + 1}")
+    print(f"{int((sizes['tiles'] == 1).sum())} tiles stand alone")
+    print(f"wrote {Path(args.out) / 'layout.csv'} and {len(shared)} maps (PNG, GeoTIFF)")
+
+
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from roadseg.experiments import run_plan
     from roadseg.paths import check_io
@@ -394,6 +433,7 @@ def _cmd_figures(args: argparse.Namespace) -> None:
         ckpt=args.ckpt,
         curves={Path(r).name: Path(r) for r in args.runs},
         decision=decision,
+        context=CONTEXT_MARGIN if args.context is None else args.context,
     )
 
 
@@ -462,6 +502,14 @@ def _add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="prediction window side (default 1024)")
     p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
     _add_decision_args(p)
+    p.add_argument(
+        "--context",
+        type=int,
+        metavar="PX",
+        help="predict each tile with PX pixels of its neighbouring tiles around it (placed on "
+        "their maps by matching edges), then crop back; 0 = each tile alone "
+        f"(default {CONTEXT_MARGIN} when the tiles have neighbours, as cil-2022's do)",
+    )
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument(
         "--precision",
@@ -610,6 +658,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser(
+        "maps",
+        help="place every tile on the maps it was cut from (edge matching) and draw the maps",
+        description="Match tile edges to place the tiles of ROOT (and of --extra folders, "
+        "e.g. test tiles released later) on their maps. Writes OUT/layout.csv (tile id, "
+        "file, split, map, col, row), OUT/map_<k>.png (each map at reduced size, tiles "
+        "outlined by split, with a legend), and OUT/map_<k>_image.tif and _labels.tif "
+        "(the map's pixels and known labels, for a GIS program). Tiles that fit nowhere "
+        "stand alone and get no map files.",
+    )
+    p.add_argument("root", help="dataset root (e.g. data/cil-2022)")
+    p.add_argument("--extra", nargs="*", default=[], help="more folders of tiles to place")
+    p.add_argument("--out", required=True, help="folder for the outputs")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2,
+        help="validation share marked on the maps, as the training configs split (default 0.2)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    p.set_defaults(func=_cmd_maps)
+
+    p = sub.add_parser(
         "experiment",
         help="train every run of an experiment plan and collect the results table",
         description="Each run of the plan (a YAML file under configs/plans) trains in a child "
@@ -662,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs="*", default=[], help="run folders whose learning curves to draw"
     )
     _add_decision_args(p)
+    p.add_argument(
+        "--context",
+        type=int,
+        metavar="PX",
+        help=f"pixels of neighbouring tiles each tile is predicted with, as submit does "
+        f"(default {CONTEXT_MARGIN} when the tiles have neighbours; 0 = alone)",
+    )
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")

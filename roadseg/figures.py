@@ -71,11 +71,11 @@ def learning_curves(run_dirs: dict[str, Path], out: Path) -> Path:
     return save(fig, out / "learning_curves.png")
 
 
-def predict_tiles(task, frame: pd.DataFrame) -> list[np.ndarray]:
+def predict_tiles(task, frame: pd.DataFrame, maps=None, margin: int = 0) -> list[np.ndarray]:
     from roadseg.predict import Predictor
 
     predictor = Predictor([task], progress=False, device="cpu")
-    return [prob for _, prob in predictor.predict_index(frame)]
+    return [prob for _, prob in predictor.predict_index(frame, context=maps, margin=margin)]
 
 
 def overlay(image: np.ndarray, prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -352,12 +352,14 @@ def make_figures(
     curves: dict[str, Path] | None = None,
     tiles: int = 8,
     decision: Decision | None = None,
+    context: int = 96,
 ) -> list[Path]:
     """All figures for one trained checkpoint (and the learning curves of ``curves`` runs).
 
     ``decision``: the thresholds and clean-up the overlays and the PR curve's operating
     point use; by default the ones ``roadseg tune`` stored beside the checkpoint (the
-    ones ``roadseg submit`` uses), else the competition's 0.5 / 0.25.
+    ones ``roadseg submit`` uses), else the competition's 0.5 / 0.25. ``context``: pixels
+    of neighbouring tiles each tile is predicted with, as ``submit`` does (0: alone).
     """
     from roadseg.predict import load_task, read_checkpoint
     from roadseg.thresholds import stored_decision, validation_frame
@@ -373,7 +375,12 @@ def make_figures(
     model = task.model.float().eval()
     val = validation_frame(contents)
     sample = val.iloc[: max(tiles, 1)].reset_index(drop=True)
-    probs = predict_tiles(task, val)
+    from roadseg.maps import context_for
+
+    root = (contents.get("datamodule_hyper_parameters") or {}).get("root")
+    maps, margin, line = context_for([root], val, context)
+    print(line)
+    probs = predict_tiles(task, val, maps, margin)
     written.append(overlays(sample, probs, out, decision))
     written.append(
         pr_curve(val, probs, out, label=Path(ckpt).parent.parent.name, decision=decision)

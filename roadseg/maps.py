@@ -17,6 +17,7 @@ the margin is the tile's own reflection, as the network's padding would be.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from roadseg.io import read_image
+from roadseg.patches import PATCH_SIZE
 
 # A match counts when it is within MATCH_FACTOR of the tile's own column-to-column
 # difference and clearly better than the runner-up (measured on cil-2022: the best match
@@ -212,3 +214,136 @@ def mosaic(layout: pd.DataFrame, map_id: int, *, read=read_image) -> np.ndarray:
     for path, col, row in zip(tiles["image"], tiles["col"], tiles["row"], strict=True):
         canvas[:, row * h : (row + 1) * h, col * w : (col + 1) * w] = read(path)
     return canvas
+
+
+def context_for(roots: list, tiles: pd.DataFrame, margin: int) -> tuple[MapIndex | None, int, str]:
+    """Maps for predicting ``tiles`` in context: every tile of the dataset ``roots`` (the
+    checkpoint's own data, the folder of the tiles to predict; ``None`` entries skipped)
+    and ``tiles`` placed together. Returns the map index, the margin (0 and no index when
+    ``margin`` is 0 or no tile has a neighbour) and a line that says so."""
+    if margin <= 0:
+        return None, 0, "context: off (each tile predicted alone)"
+    from roadseg.index import scan
+
+    frames = [scan(r) for r in dict.fromkeys(str(r) for r in roots if r is not None)]
+    known = pd.concat([*frames, tiles], ignore_index=True).drop_duplicates("image")
+    layout = place_tiles(known)
+    if not has_neighbours(layout):
+        return None, 0, "context: off (no tile has a neighbour on a map)"
+    # The neighbours' pixels reach one tile far at most; whole 16x16 patches, so that the
+    # patch grid of the context window is the tile's own (a vote labels patches there).
+    smallest = int(min(tiles["height"].min(), tiles["width"].min()))
+    margin = min(margin, smallest - 2) // PATCH_SIZE * PATCH_SIZE
+    if margin <= 0:
+        return None, 0, "context: off (tiles too small for a margin of whole patches)"
+    placed = layout[layout["image"].isin(set(tiles["image"]))]
+    sizes = layout.groupby("map")["map"].transform("size")
+    lonely = int((sizes[placed.index] == 1).sum())
+    return (
+        MapIndex(layout),
+        margin,
+        (
+            f"context: {margin} px of neighbouring tiles around each tile ({len(layout)} tiles on "
+            f"{(layout.groupby('map').size() > 1).sum()} maps of several tiles; {lonely} of the "
+            f"{len(placed)} tiles predicted stand alone)"
+        ),
+    )
+
+
+SPLIT_COLOURS = {"train": "#2ca02c", "val": "#ff7f0e", "test": "#1f77b4"}
+SPLIT_NAMES = {"train": "labelled (training)", "val": "labelled (validation)", "test": "test"}
+
+
+def write_maps(
+    roots: list[str | Path], out: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
+    scale: int = 8,
+) -> pd.DataFrame:  # fmt: skip
+    """Place every tile of ``roots`` (the first is the main dataset; the others, such as a
+    folder of test tiles released later, are placed among its tiles) and write, under
+    ``out``: ``layout.csv``; ``map_<k>.png``, each map of several tiles at 1/``scale`` size
+    with the tiles outlined by split; ``map_<k>_image.tif`` and ``map_<k>_labels.tif``,
+    the map's pixels and its known labels (255 road, 0 background, 128 unknown), which a
+    GIS program opens. The validation split is the one training configs make with the
+    same ``val_fraction`` and ``seed``. Returns the layout."""
+    import rasterio
+
+    from roadseg.index import scan, split_train_val
+    from roadseg.io import atomic_path, read_mask_grey
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.concat([scan(r) for r in roots], ignore_index=True).drop_duplicates("image")
+    frame = split_train_val(frame, val_fraction=val_fraction, seed=seed)
+    layout = place_tiles(frame).sort_values(["map", "row", "col"]).reset_index(drop=True)
+    table = layout.drop(columns="split").rename(columns={"image": "file", "stage": "split"})[
+        ["tile_id", "file", "split", "map", "col", "row", "source"]
+    ]
+    with atomic_path(out / "layout.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    for m in sorted(layout["map"].unique()):
+        tiles = layout[layout["map"] == m]
+        if len(tiles) < 2:
+            continue
+        image = mosaic(tiles, m)
+        labelled = tiles[tiles["mask"].notna()]
+        labels = np.full(image.shape[1:], 128, np.uint8)
+        if len(labelled):
+            masks = labelled.assign(image=labelled["mask"])  # mosaic reads the image column
+            grey = mosaic(masks, m, read=lambda p: read_mask_grey(p)[None])[0]
+            known = np.isfinite(grey)
+            labels[: grey.shape[0], : grey.shape[1]][known] = np.where(grey[known] > 0.5, 255, 0)
+        pixels = np.nan_to_num(image * 255).round().astype(np.uint8)
+        for name, data, nodata in (("image", pixels, None), ("labels", labels[None], 128)):
+            profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
+                       "count": data.shape[0], "dtype": "uint8", "compress": "deflate",
+                       "tiled": True, "nodata": nodata}  # fmt: skip
+            with (
+                atomic_path(out / f"map_{m}_{name}.tif") as tmp,
+                warnings.catch_warnings(),  # pixel coordinates: no georeference to write
+            ):
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(data)
+        _draw_map(tiles, pixels, out / f"map_{m}.png", m, scale)
+    return table
+
+
+def _draw_map(tiles: pd.DataFrame, pixels: np.ndarray, path: Path, m: int, scale: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    from roadseg.io import atomic_path
+
+    small = pixels[:, ::scale, ::scale].transpose(1, 2, 0)
+    h, w = int(tiles["height"].iloc[0]) / scale, int(tiles["width"].iloc[0]) / scale
+    fig, ax = plt.subplots(figsize=(small.shape[1] / 60 + 1, small.shape[0] / 60 + 1.2))
+    ax.imshow(small)
+    for col, row, stage, tid in zip(tiles["col"], tiles["row"], tiles["stage"], tiles["tile_id"],
+                                    strict=True):  # fmt: skip
+        colour = SPLIT_COLOURS[stage]
+        ax.add_patch(
+            Rectangle((col * w + 1, row * h + 1), w - 2, h - 2, fill=False, ec=colour, lw=1.5)
+        )
+        ax.text(col * w + 3, row * h + 9, str(tid), color="white", fontsize=6,
+                bbox={"fc": colour, "ec": "none", "pad": 0.5})  # fmt: skip
+    counts = tiles["stage"].value_counts()
+    ax.legend(
+        handles=[
+            Patch(fc="none", ec=c, lw=1.5, label=f"{SPLIT_NAMES[s]}: {counts.get(s, 0)}")
+            for s, c in SPLIT_COLOURS.items()
+        ],  # fmt: skip
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.01),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    cols, rows = int(tiles["col"].max()) + 1, int(tiles["row"].max()) + 1
+    ax.set_title(f"map {m}: {len(tiles)} tiles on {cols} x {rows} (1/{scale} size)")
+    ax.set_axis_off()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -273,6 +273,8 @@ class Predictor:
         rows = [row for _, row in frame.iterrows()]
         bar = tqdm(total=len(rows), desc="predicting", unit="tile", disable=not self.progress)
         margin = margin if context is not None else 0
+        if self.merge == "vote" and margin % PATCH_SIZE:
+            raise RoadsegError(f"a vote needs a context margin of whole patches, got {margin}")
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             if margin:

@@ -120,6 +120,7 @@ def reproduce(
             ckpt=run_root / first["name"] / "checkpoints" / "best.ckpt",
             curves={m: run_root / next(r for r in plan["runs"] if r["method"] == m)["name"]
                     for m in plan["methods"]},
+            context=0,  # as the table's scores: validation during training sees tiles alone
         )  # fmt: skip
     return runs
 

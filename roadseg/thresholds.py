@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from roadseg.io import atomic_path, read_mask_grey
-from roadseg.patches import PATCH_THRESHOLD, patch_labels, patch_means
+from roadseg.patches import PATCH_THRESHOLD, patch_grid, patch_labels, patch_means
 from roadseg.postprocess import Decision
 from roadseg.scoring import patch_scores
 
@@ -92,6 +92,14 @@ def validation_frame(ckpt: dict) -> pd.DataFrame:
     return datamodule.frame("val")
 
 
+def patch_rings(shape: tuple[int, int], rings: int = 4) -> np.ndarray:
+    """For a tile of ``shape`` pixels: each 16x16 patch's distance in patches from the
+    tile border, capped at ``rings`` (``(rows, cols)`` int)."""
+    rows, cols = patch_grid(*shape)
+    r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
+    return np.minimum(np.minimum(r, rows - 1 - r), np.minimum(c, cols - 1 - c)).clip(max=rings)
+
+
 class ValidationScores:
     """Patch scores (:mod:`roadseg.scoring`) of stored validation probabilities at any pair
     of thresholds."""
@@ -117,6 +125,19 @@ class ValidationScores:
     def scores(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> dict[str, float]:
         """Every patch score at these thresholds."""
         return patch_scores(self.road_share(pixel) > patch, self.truth)
+
+    def ring_f1(
+        self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD, rings: int = 4
+    ) -> dict[str, float]:
+        """Road patch F1 per ring of patches counted from the tile border: ``"0"`` the
+        border patches, ..., ``f"{rings}+"`` everything further in."""
+        pred = self.road_share(pixel) > patch
+        ring = np.concatenate([patch_rings(p.shape, rings).ravel() for p in self.probs])
+        names = [str(k) for k in range(rings)] + [f"{rings}+"]
+        return {
+            name: patch_scores(pred[ring == k], self.truth[ring == k])["patch_f1"]
+            for k, name in enumerate(names)
+        }
 
     def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
         """Road patch F1 at these thresholds."""

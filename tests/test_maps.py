@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import rasterio
 import torch
 
 from roadseg.index import scan
@@ -121,3 +122,33 @@ def test_in_context_prediction_equals_the_whole_map_cropped(two_maps):
         _, c, r = truth[str(tiles["image"].iloc[0])]
         crop = whole[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
         assert np.abs(alone - crop).max() > 1e-3  # alone, its border pixels differ
+
+
+def test_maps_command_places_tiles_from_two_folders(two_maps, tmp_path, capsys):
+    from roadseg.cli import main
+
+    _, frame, truth = two_maps
+    data, later = tmp_path / "data", tmp_path / "later"
+    assert main(["maps", str(data), "--extra", str(later), "--out", str(tmp_path / "out")]) == 0
+    layout = pd.read_csv(tmp_path / "out" / "layout.csv")
+    got = {f: (m, c, r) for f, m, c, r in zip(layout.file, layout["map"], layout.col, layout.row,
+                                              strict=True)}  # fmt: skip
+    assert got == truth
+    assert set(layout.split) == {"train", "val", "test"}
+    for m in range(len(MAPS)):
+        for name in ("map_{}.png", "map_{}_image.tif", "map_{}_labels.tif"):
+            assert (tmp_path / "out" / name.format(m)).is_file()
+    assert "map 0: 12 tiles on 4 x 3" in capsys.readouterr().out
+
+
+def test_the_cil_2022_tiles_lie_on_two_maps_of_12_by_12(shared_data, tmp_path):
+    from roadseg.maps import write_maps
+
+    table = write_maps([shared_data / "cil-2022"], tmp_path / "maps")
+    assert len(table) == 120 + 144
+    sizes = table.groupby("map").agg(n=("map", "size"), cols=("col", "max"), rows=("row", "max"))
+    assert len(sizes) == 2 and (sizes.n > 120).all()  # every tile on one of two maps
+    assert (sizes.cols == 11).all() and (sizes.rows == 11).all()  # 12 x 12 places each
+    assert not table.duplicated(["map", "col", "row"]).any()  # no two tiles on one place
+    with rasterio.open(tmp_path / "maps" / "map_0_labels.tif") as labels:
+        assert labels.shape == (4800, 4800) and labels.nodata == 128

@@ -38,6 +38,10 @@ class RoadDataModule(pl.LightningDataModule):
         num_workers: data loader worker processes.
         cache: keep decoded tiles (up to 4096x4096) in memory.
         mask_threshold: a mask pixel is road when its grey level in [0, 1] is above this.
+        context: training windows may reach across tile edges into neighbouring training
+            tiles of the same map (:mod:`roadseg.maps` places the tiles, test and
+            validation tiles included, but a window never covers a validation, test or
+            missing tile, so their labels are never used).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class RoadDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         cache: bool = True,
         mask_threshold: float = MASK_THRESHOLD,
+        context: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -92,12 +97,21 @@ class RoadDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         frame = self.frame("train")
+        places = None
+        if hp.get("context"):
+            from roadseg.maps import place_tiles
+
+            # every tile of the main dataset helps link the maps; only training tiles are used
+            placed = place_tiles(self.index)
+            places = placed[placed["stage"] == "train"].reset_index(drop=True)
+            assert list(places["image"]) == list(frame["image"]), "training rows out of order"
         dataset = RandomWindowDataset(
             frame,
             crop_size=hp.crop_size,
             augment=hp.augment,
             mask_threshold=hp.mask_threshold,
             cache=hp.cache,
+            places=places,
         )
         sampler = SeededSampler(len(frame), samples_per_epoch=hp.samples_per_epoch, seed=hp.seed)
         return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)

@@ -70,28 +70,86 @@ class RandomWindowDataset(Dataset):
         augment: str = "d4",
         mask_threshold: float = MASK_THRESHOLD,
         cache: bool = True,
+        places: pd.DataFrame | None = None,
     ):
+        """``places``: ``map``, ``col``, ``row`` of each row of ``frame`` (all of them
+        training tiles; :func:`roadseg.maps.place_tiles`). With it, a window may reach
+        across the tile's edges into the training tiles beside it, so the network sees
+        roads that continue past 400 px; it never covers a tile that is not in ``frame``
+        (a validation or test tile, or a missing one)."""
         self.reader = TileReader(frame, cache=cache)
         self.crop_size = crop_size
         self.transform = build_transform(augment)
         self.mask_threshold = mask_threshold
+        self.at: dict[tuple[int, int, int], int] | None = None
+        if places is not None:
+            self.at = {
+                (int(m), int(c), int(r)): i
+                for i, (m, c, r) in enumerate(
+                    zip(places["map"], places["col"], places["row"], strict=True)
+                )  # fmt: skip
+            }
+            self.place = {i: key for key, i in self.at.items()}
 
     def __len__(self) -> int:
         return len(self.reader.frame)
+
+    def _window_tiles(self, i: int, top: int, left: int, ch: int, cw: int):
+        """The (tile index, window in that tile, offset in the crop) pieces of a window at
+        ``top``, ``left`` relative to tile ``i``; None when it covers a tile not known."""
+        row = self.reader.rows[i]
+        h, w = int(row["height"]), int(row["width"])
+        m, c, r = self.place[i]
+        pieces = []
+        for dy in range(top // h, (top + ch - 1) // h + 1):
+            for dx in range(left // w, (left + cw - 1) // w + 1):
+                j = self.at.get((m, c + dx, r + dy))
+                if j is None or (self.reader.rows[j]["height"], self.reader.rows[j]["width"]) != (
+                    h,
+                    w,
+                ):
+                    return None
+                y0, x0 = max(top, dy * h), max(left, dx * w)
+                y1, x1 = min(top + ch, (dy + 1) * h), min(left + cw, (dx + 1) * w)
+                window = Window(x0 - dx * w, y0 - dy * h, x1 - x0, y1 - y0)
+                pieces.append((j, window, y0 - top, x0 - left))
+        return pieces
+
+    def _read(self, i: int, rng: np.random.Generator, ch: int, cw: int):
+        """Image ``(ch, cw, 3)`` and grey mask ``(ch, cw)`` of a random window of tile ``i``,
+        across its edges where its neighbours are known."""
+        row = self.reader.rows[i]
+        h, w = int(row["height"]), int(row["width"])
+        left_inside = int(rng.integers(0, w - cw + 1))  # this order: the windows of runs
+        inside = (int(rng.integers(0, h - ch + 1)), left_inside)  # before context training
+        if self.at is not None and i in self.place:
+            # anywhere that keeps at least half the window on this tile, if it covers only
+            # known tiles; else inside the tile along the axis that leaves them
+            across = (int(rng.integers(-(ch // 2), h - ch + ch // 2 + 1)),
+                      int(rng.integers(-(cw // 2), w - cw + cw // 2 + 1)))  # fmt: skip
+            for top, left in ((across[0], across[1]), (inside[0], across[1]),
+                              (across[0], inside[1])):  # fmt: skip
+                pieces = self._window_tiles(i, top, left, ch, cw)
+                if pieces is not None:
+                    image = np.empty((ch, cw, 3), np.float32)
+                    grey = np.empty((ch, cw), np.float32)
+                    for j, window, y, x in pieces:
+                        hh, ww = int(window.height), int(window.width)
+                        image[y : y + hh, x : x + ww] = self.reader.image(j, window).transpose(
+                            1, 2, 0
+                        )
+                        grey[y : y + hh, x : x + ww] = self.reader.mask_grey(j, window)
+                    return image, grey
+        window = Window(inside[1], inside[0], cw, ch)
+        return self.reader.image(i, window).transpose(1, 2, 0), self.reader.mask_grey(i, window)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         i, seed = key
         row = self.reader.rows[i]
         rng = np.random.default_rng(seed)
         ch, cw = min(self.crop_size, row["height"]), min(self.crop_size, row["width"])
-        window = Window(
-            int(rng.integers(0, row["width"] - cw + 1)),
-            int(rng.integers(0, row["height"] - ch + 1)),
-            cw,
-            ch,
-        )
-        image = self.reader.image(i, window).transpose(1, 2, 0)  # HxWx3
-        mask = binarize_mask(self.reader.mask_grey(i, window), self.mask_threshold)[0]
+        image, grey = self._read(i, rng, ch, cw)  # HxWx3, HxW
+        mask = binarize_mask(grey, self.mask_threshold)[0]
         if (ch, cw) != (self.crop_size, self.crop_size):  # tile smaller than the crop
             pad = ((0, self.crop_size - ch), (0, self.crop_size - cw))
             image = np.pad(image, (*pad, (0, 0)), mode="reflect")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,3 +154,89 @@ def test_the_cil_2022_tiles_lie_on_two_maps_of_12_by_12(shared_data, tmp_path):
     assert not table.duplicated(["map", "col", "row"]).any()  # no two tiles on one place
     with rasterio.open(tmp_path / "maps" / "map_0_labels.tif") as labels:
         assert labels.shape == (4800, 4800) and labels.nodata == 128
+
+
+@pytest.fixture
+def mapped_dataset(tmp_path):
+    """One 4x3 map of 32-px tiles with a road grid, cut into a CIL-layout dataset (shuffled
+    ids) and one test tile; returns the root, the map image and mask, and each id's place."""
+    cols, rows = 4, 3
+    big = smooth_map(rows * TILE, cols * TILE, seed=3)
+    road = np.zeros((rows * TILE, cols * TILE), np.uint8)
+    road[20:26, :] = road[:, 40:45] = road[70:74, :] = 255  # roads crossing tile edges
+    ids = np.random.default_rng(5).permutation(cols * rows) + 1
+    places = {}
+    for k, (r, c) in enumerate((r, c) for r in range(rows) for c in range(cols)):
+        tid = int(ids[k])
+        cut = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
+        if (r, c) == (1, 1):  # a test tile: imagery only
+            write_raster(
+                tmp_path / "d" / "test" / "images" / f"satimage_{tid}.png", big[:, cut[0], cut[1]]
+            )
+        else:
+            write_raster(
+                tmp_path / "d" / "training" / "images" / f"satimage_{tid}.png",
+                big[:, cut[0], cut[1]],
+            )
+            write_raster(
+                tmp_path / "d" / "training" / "groundtruth" / f"satimage_{tid}.png", road[cut]
+            )
+        places[tid] = (c, r)
+    return tmp_path / "d", big, road, places
+
+
+def _datamodule(root, **kw):
+    from roadseg.datamodule import RoadDataModule
+
+    dm = RoadDataModule(root=str(root), crop_size=24, batch_size=4, num_workers=0, augment="none",
+                        val_fraction=0.2, seed=0, context=True, **kw)  # fmt: skip
+    dm.setup()
+    return dm
+
+
+def test_context_windows_cross_tile_edges_and_are_the_map(mapped_dataset):
+    root, big, road, places = mapped_dataset
+    dm = _datamodule(root)
+    dataset = dm.train_dataloader().dataset
+    image_map, mask_map = big.astype(np.float32) / 255, road > 127
+    crossing = 0
+    for seed in range(200):
+        i = seed % len(dataset)
+        sample = dataset[(i, seed)]
+        img = sample["image"].numpy()
+        tile_c, tile_r = places[int(sample["tile_id"])]
+        # find where the window lies on the map: it holds pixels of this tile's surroundings
+        found = None
+        for top in range(tile_r * TILE - 12, tile_r * TILE + TILE - 12 + 1):
+            for left in range(tile_c * TILE - 12, tile_c * TILE + TILE - 12 + 1):
+                on_map = top >= 0 and left >= 0 and top + 24 <= 3 * TILE and left + 24 <= 4 * TILE
+                if on_map and np.array_equal(img, image_map[:, top : top + 24, left : left + 24]):
+                    found = (top, left)
+                    break
+            if found:
+                break
+        assert found is not None, "a window is a crop of the map"
+        top, left = found
+        np.testing.assert_array_equal(sample["mask"][0].numpy() > 0.5,
+                                      mask_map[top : top + 24, left : left + 24])  # fmt: skip
+        crossing += top // TILE != (top + 23) // TILE or left // TILE != (left + 23) // TILE
+        val_or_test = {places[t] for t in dm.frame("val")["tile_id"]} | {(1, 1)}
+        covered = {(x // TILE, y // TILE) for y in (top, top + 23) for x in (left, left + 23)}
+        assert not covered & val_or_test, "a window never covers a validation or test tile"
+    assert crossing > 50
+
+
+def test_wrong_labels_on_validation_tiles_change_no_training_sample(mapped_dataset):
+    root, _, _, _ = mapped_dataset
+    before = _datamodule(root).train_dataloader().dataset
+    keys = [(seed % len(before), seed) for seed in range(100)]
+    samples = [before[k] for k in keys]
+    dm = _datamodule(root)
+    for mask in dm.frame("val")["mask"]:  # plant wrong labels: all road
+        write_raster(Path(mask), np.full((TILE, TILE), 255, np.uint8))
+    after = _datamodule(root).train_dataloader().dataset
+    for key, sample in zip(keys, samples, strict=True):
+        again = after[key]
+        assert torch.equal(again["image"], sample["image"]) and torch.equal(
+            again["mask"], sample["mask"]
+        )

@@ -70,7 +70,7 @@ train: $(STAMP) check-config  ## train CONFIG (default: cpu.yaml, or unet.yaml w
 	$(BIN)/roadseg fit --config $(CONFIG) $(if $(RESUME),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/$(RUN)/checkpoints/best.ckpt
 
-submit: $(STAMP) $(if $(filter file,$(origin CKPT)),,check-config)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, PREDICT=options.yaml, UPLOAD=1
+submit: $(STAMP) $(if $(filter command line environment,$(origin CKPT)),,check-config)  ## predict the test tiles with CKPT (default: CONFIG's best); TTA=1, PREDICT=options.yaml, UPLOAD=1
 	$(BIN)/roadseg submit $(CKPT_ARG) $(if $(PREDICT),--config $(PREDICT)) \
 		$(if $(DATA),--data $(DATA)) $(if $(TTA),--tta) \
 		$(if $(UPLOAD),--upload --competition $(KAGGLE_COMPETITION))

@@ -8,8 +8,10 @@
 2. train: images per second of the whole Lightning pipeline against the same model's
    bare forward+backward loop on random tensors (the ceiling), per precision and
    memory format;
-3. predict: test tiles per second without and with TTA, and seconds for a test set;
-4. scene: seconds and peak memory (RSS of a child process) of streaming two GeoTIFF
+3. encoders: training steps per second of cpu.yaml's network with smp's deprecated
+   ``timm-`` EfficientNet-Lite0 encoder against the ``tu-`` one roadseg now uses;
+4. predict: test tiles per second without and with TTA, and seconds for a test set;
+5. scene: seconds and peak memory (RSS of a child process) of streaming two GeoTIFF
    sizes through ``roadseg predict``.
 """
 
@@ -182,6 +184,36 @@ def bench_predict(data: Path, model_name: str, device: str, tiles: int) -> list[
     return rows
 
 
+def bench_encoders(device: str, steps: int) -> list[dict]:
+    """Training steps per second of cpu.yaml's network (U-Net, EfficientNet-Lite0, slim
+    decoder, half-resolution input, channels-last, batch 4 of 384²) with smp's deprecated
+    ``timm-`` encoder against the ``tu-`` one roadseg uses: the same timm network."""
+    import warnings
+
+    from roadseg.models import create_model
+
+    rows = []
+    x = torch.rand(4, 3, 384, 384, device=device).contiguous(memory_format=torch.channels_last)
+    for encoder in ("timm-tf_efficientnet_lite0", "tu-tf_efficientnet_lite0"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = create_model("unet", encoder=encoder, encoder_weights=None,
+                                 decoder_channels=[128, 64, 32, 16, 16], input_scale=0.5)  # fmt: skip
+        model = model.to(device).to(memory_format=torch.channels_last)
+        optim = torch.optim.AdamW(model.parameters())
+
+        def step(model=model, optim=optim):
+            loss = model(x).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+
+        seconds = timed(step, warmup=3, repeat=steps)
+        rows.append({"encoder": encoder, "steps/s": round(1 / seconds, 2),
+                     "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
+    return rows
+
+
 def write_scene(path: Path, size: int) -> None:
     """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory)."""
     import rasterio
@@ -247,7 +279,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, choices=list(MODELS),
                         help="default: resnet34-384 on a GPU, quick on a CPU")  # fmt: skip
     parser.add_argument(
-        "--only", default="data,train,predict,scene", help="comma-separated sections"
+        "--only", default="data,train,encoders,predict,scene", help="comma-separated sections"
     )
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument(
@@ -272,6 +304,8 @@ def main() -> None:
         ("data", "data pipeline: augmented crops/s in one worker", lambda: bench_data(args.data, MODELS[model][1])),
         ("train", "training: whole pipeline vs bare forward+backward loop",
          lambda: bench_train(args.data, model, device, args.train_steps or (30 if gpu else 6))),
+        ("encoders", "cpu.yaml's network, smp timm- vs tu- EfficientNet-Lite0 encoder",
+         lambda: bench_encoders(device, 10)),
         ("predict", "inference on the test tiles",
          lambda: bench_predict(args.data, model, device, args.predict_tiles or (144 if gpu else 12))),
         ("scene", "GeoTIFF scenes streamed through roadseg predict",

@@ -218,14 +218,16 @@ def mosaic(layout: pd.DataFrame, map_id: int, *, read=read_image) -> np.ndarray:
 
 def context_for(roots: list, tiles: pd.DataFrame, margin: int) -> tuple[MapIndex | None, int, str]:
     """Maps for predicting ``tiles`` in context: every tile of the dataset ``roots`` (the
-    checkpoint's own data, the folder of the tiles to predict; ``None`` entries skipped)
-    and ``tiles`` placed together. Returns the map index, the margin (0 and no index when
+    checkpoint's own data, the folder of the tiles to predict; ``None`` entries and
+    folders that do not exist here are skipped) and ``tiles`` placed together. Returns the map index, the margin (0 and no index when
     ``margin`` is 0 or no tile has a neighbour) and a line that says so."""
     if margin <= 0:
         return None, 0, "context: off (each tile predicted alone)"
     from roadseg.index import scan
 
-    frames = [scan(r) for r in dict.fromkeys(str(r) for r in roots if r is not None)]
+    # a root that is not here (a checkpoint trained elsewhere) adds no neighbours
+    found = [r for r in dict.fromkeys(str(r) for r in roots if r is not None) if Path(r).is_dir()]
+    frames = [scan(r) for r in found]
     known = pd.concat([*frames, tiles], ignore_index=True).drop_duplicates("image")
     layout = place_tiles(known)
     if not has_neighbours(layout):

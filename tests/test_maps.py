@@ -240,3 +240,15 @@ def test_wrong_labels_on_validation_tiles_change_no_training_sample(mapped_datas
         assert torch.equal(again["image"], sample["image"]) and torch.equal(
             again["mask"], sample["mask"]
         )
+
+
+def test_context_for_skips_a_training_root_that_is_not_here(two_maps, tmp_path):
+    """A checkpoint trained on another machine names a data folder that is not here: the
+    tiles to predict still get the context of each other."""
+    from roadseg.maps import context_for
+
+    _, frame, _ = two_maps
+    maps, margin, line = context_for([tmp_path / "elsewhere", None], frame, 96)
+    assert maps is not None and margin == 16  # capped to whole patches inside a 32-px tile
+    assert "context: 16 px" in line
+    assert context_for([], frame, 0)[:2] == (None, 0)

@@ -17,8 +17,9 @@ from roadseg.errors import RoadsegError
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model from a YAML config (e.g. roadseg fit --config configs/quick.yaml)",
-    "validate": "evaluate a checkpoint on the validation split (--config ... --ckpt_path ...)",
-    "test": "same as validate, logged as test metrics",
+    "validate": "evaluate a checkpoint on the validation split (--config ... --ckpt_path ...); "
+    "writes runs/<run>/validate/version_N/",
+    "test": "same as validate, logged as test metrics into runs/<run>/test/version_N/",
 }
 
 

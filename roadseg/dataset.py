@@ -104,10 +104,9 @@ class RandomWindowDataset(Dataset):
         for dy in range(top // h, (top + ch - 1) // h + 1):
             for dx in range(left // w, (left + cw - 1) // w + 1):
                 j = self.at.get((m, c + dx, r + dy))
-                if j is None or (self.reader.rows[j]["height"], self.reader.rows[j]["width"]) != (
-                    h,
-                    w,
-                ):
+                if j is None:
+                    return None
+                if (self.reader.rows[j]["height"], self.reader.rows[j]["width"]) != (h, w):
                     return None
                 y0, x0 = max(top, dy * h), max(left, dx * w)
                 y1, x1 = min(top + ch, (dy + 1) * h), min(left + cw, (dx + 1) * w)
@@ -134,11 +133,9 @@ class RandomWindowDataset(Dataset):
                     image = np.empty((ch, cw, 3), np.float32)
                     grey = np.empty((ch, cw), np.float32)
                     for j, window, y, x in pieces:
-                        hh, ww = int(window.height), int(window.width)
-                        image[y : y + hh, x : x + ww] = self.reader.image(j, window).transpose(
-                            1, 2, 0
-                        )
-                        grey[y : y + hh, x : x + ww] = self.reader.mask_grey(j, window)
+                        part = (slice(y, y + int(window.height)), slice(x, x + int(window.width)))
+                        image[part] = self.reader.image(j, window).transpose(1, 2, 0)
+                        grey[part] = self.reader.mask_grey(j, window)
                     return image, grey
         window = Window(inside[1], inside[0], cw, ch)
         return self.reader.image(i, window).transpose(1, 2, 0), self.reader.mask_grey(i, window)

@@ -250,6 +250,13 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         check_io(outputs=[thresholds_path(args.ckpt[0])], protected=_inputs_of(args))
     ckpts = _read_checkpoints(args)
     val = validation_frame(ckpts[0])
+    if val.empty:
+        raise RoadsegError(
+            "trained without a validation split (every labelled tile trained): nothing to tune "
+            "on; give submit the thresholds tune found for a validated run of the same config "
+            "(--pixel-threshold P --patch-threshold Q)",
+            args.ckpt[0],
+        )
     trained_on = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
     maps, margin = _context(args, [trained_on], val)
     predictor, ckpts, decision = _predictor(args, ckpts)

@@ -65,6 +65,19 @@ def run_lightning(argv: list[str]) -> None:
                     "(make train RESUME=1), or delete the folder or set trainer.default_root_dir",
                     root,
                 )
+            data = cfg.get("data")
+            no_validation = (
+                data is not None and data.get("split", "random") == "random"
+                and not data.get("val_fraction")
+            )  # fmt: skip
+            if self.subcommand == "fit" and no_validation and cfg.checkpoint.monitor:
+                # every labelled tile trains (the submission model): nothing to monitor,
+                # best.ckpt is the last epoch
+                cfg.checkpoint.monitor = None
+                print(
+                    "roadseg fit: no validation split (data.val_fraction 0): every labelled tile "
+                    "trains, best.ckpt is the last epoch; its thresholds come from a validated run"
+                )
             if self.subcommand == "fit":
                 from roadseg.provenance import write_provenance
 

@@ -203,3 +203,21 @@ def test_commands_that_read_a_run_never_rewrite_it(cil_root, tmp_path, capsys):
                  "--trainer.max_epochs", "1"]) == 0  # fmt: skip
     assert (again / "checkpoints" / "best.ckpt").is_file() and (again / "metrics.csv").is_file()
     assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_a_submission_model_trains_on_every_labelled_tile(cil_root, tmp_path, capsys):
+    """data.val_fraction 0: no validation split, best.ckpt is the last epoch, tune refuses
+    it with a line that says what to do, and submit writes a CSV with given thresholds."""
+    run = tmp_path / "all"
+    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run), "--trainer.max_epochs", "1",
+            "--data.val_fraction", "0"]  # fmt: skip
+    assert main(args) == 0
+    assert "every labelled tile trains" in capsys.readouterr().out
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert ckpt.is_file()
+    assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 2
+    assert "trained without a validation split" in capsys.readouterr().err
+    out = tmp_path / "all.csv"
+    assert main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet",
+                 "--pixel-threshold", "0.4"]) == 0  # fmt: skip
+    assert len(read_submission(out)) == 2 * 16

@@ -108,17 +108,21 @@ def _check_checkpoint_path(path: str) -> None:
     check_input(p, what="checkpoint")
 
 
-def _predictor(args: argparse.Namespace, ckpts: list[dict] | None = None):
+def _predictor(
+    args: argparse.Namespace, ckpts: list[dict] | None = None, *, retuning: bool = False
+):
     """The Predictor over the checkpoints named by ``--ckpt`` (an ensemble when several),
     the checkpoints' contents, and the decision that turns its maps into masks and labels.
 
     ``ckpts``: the checkpoints' contents when already read (:func:`_read_checkpoints`).
+    ``retuning``: the stored thresholds are about to be replaced (``tune``), so whether
+    they were tuned with TTA does not matter.
     """
     from roadseg.predict import Predictor, load_task
 
     ckpts = _read_checkpoints(args) if ckpts is None else ckpts
     tasks = [load_task(p, ckpt=c) for p, c in zip(args.ckpt, ckpts, strict=True)]
-    decisions = [_decision(args, p) for p in args.ckpt]
+    decisions = [_decision(args, p, tta=None if retuning else args.tta) for p in args.ckpt]
     predictor = Predictor(
         tasks, window=args.window, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
         device=args.device, precision=args.precision, progress=not args.quiet, merge=args.merge,
@@ -169,9 +173,12 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         check_io(outputs=[args.out], protected=_inputs_of(args))
     if data is not None:
         check_io(input_folders=[data])
-    ckpts = _read_checkpoints(args)
+    ckpts = _read_checkpoints(args)  # torch is imported from here on
+    from roadseg.predict import trained_root
+
+    trained_on = trained_root(ckpts[0])
     if data is None:
-        data = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
+        data = trained_on
         if data is None:
             raise RoadsegError(
                 "checkpoint does not say which data it was trained on; pass --data", ckpt_path
@@ -191,7 +198,6 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
     )
     check_io(outputs=[out], protected=[*_inputs_of(args), *test["image"]])
-    trained_on = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
     maps, margin = _context(args, [trained_on, data], test)
     predictor, ckpts, decision = _predictor(args, ckpts)
     from roadseg.submission import tile_rows, validate_submission, write_submission
@@ -209,21 +215,17 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         print(upload(out, args.competition, args.message or f"roadseg {run}"))
 
 
-def _decision(args: argparse.Namespace, ckpt: str):
+def _decision(args: argparse.Namespace, ckpt: str, *, tta: bool | None = None):
     """(Decision, where from) of one checkpoint: the options given (command line or
-    --config), else what ``roadseg tune`` stored beside the checkpoint, else the defaults."""
+    --config), else what ``roadseg tune`` stored beside the checkpoint, else the defaults.
+
+    ``tta``: whether the maps it will decide on use TTA; a note is printed when the stored
+    thresholds were tuned otherwise (``None``: no such maps, no note).
+    """
     from roadseg.thresholds import stored_decision
 
     base, origin, tuned = stored_decision(ckpt)
-    tta = getattr(args, "tta", None)
-    retuning = getattr(args, "retuning", False)
-    if (
-        tuned is not None
-        and tuned.tta is not None
-        and tta is not None
-        and tuned.tta != tta
-        and not retuning
-    ):
+    if tuned is not None and None not in (tuned.tta, tta) and tuned.tta != tta:
         print(
             f"note: {ckpt}: thresholds were tuned {'with' if tuned.tta else 'without'} TTA and "
             f"are used {'with' if tta else 'without'} it; for the best match run "
@@ -243,7 +245,6 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     from roadseg.scoring import format_scores
     from roadseg.thresholds import ValidationScores, thresholds_path, validation_frame
 
-    args.retuning = True  # the stored thresholds are about to be replaced: no TTA note
     _apply_predict_config(args)
     writes = not args.dry_run and len(args.ckpt) == 1 and args.merge != "vote"
     if writes:
@@ -257,9 +258,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             "(--pixel-threshold P --patch-threshold Q)",
             args.ckpt[0],
         )
-    trained_on = (ckpts[0].get("datamodule_hyper_parameters") or {}).get("root")
-    maps, margin = _context(args, [trained_on], val)
-    predictor, ckpts, decision = _predictor(args, ckpts)
+    from roadseg.predict import trained_root
+
+    maps, margin = _context(args, [trained_root(ckpts[0])], val)
+    predictor, ckpts, decision = _predictor(args, ckpts, retuning=True)
     probs = [prob for _, prob in predictor.predict_index(val, context=maps, margin=margin)]
     setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
     setup += f", {args.merge}" if len(ckpts) > 1 else ""

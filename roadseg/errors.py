@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def squash(err: BaseException, limit: int = 300) -> str:
+    """A multi-line error message as one line, cut at ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RoadsegError(Exception):
     """A problem with the user's input, configuration or environment.
 

@@ -361,7 +361,7 @@ def make_figures(
     ones ``roadseg submit`` uses), else the competition's 0.5 / 0.25. ``context``: pixels
     of neighbouring tiles each tile is predicted with, as ``submit`` does (0: alone).
     """
-    from roadseg.predict import load_task, read_checkpoint
+    from roadseg.predict import load_task, read_checkpoint, trained_root
     from roadseg.thresholds import stored_decision, validation_frame
 
     out = Path(out)
@@ -377,8 +377,7 @@ def make_figures(
     sample = val.iloc[: max(tiles, 1)].reset_index(drop=True)
     from roadseg.maps import context_for
 
-    root = (contents.get("datamodule_hyper_parameters") or {}).get("root")
-    maps, margin, line = context_for([root], val, context)
+    maps, margin, line = context_for([trained_root(contents)], val, context)
     print(line)
     probs = predict_tiles(task, val, maps, margin)
     written.append(overlays(sample, probs, out, decision))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roadseg.io import read_image
+from roadseg.io import image_to_rgb, read_image, read_raster
 from roadseg.patches import PATCH_SIZE
 
 # A match counts when it is within MATCH_FACTOR of the tile's own column-to-column
@@ -33,6 +33,8 @@ from roadseg.patches import PATCH_SIZE
 MATCH_FACTOR = 1.5
 RUNNER_UP_RATIO = 0.7
 LAYOUT_COLUMNS = ("map", "col", "row")
+EDGE_BLOCK = 16  # tiles whose edges are compared with all others at once
+CACHED_TILES = 512  # decoded tiles a MapIndex keeps: a tile is read again for each neighbour
 
 
 def _edges(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -41,15 +43,15 @@ def _edges(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)  # runs of one process (make reproduce) share the decoding
 def _edges_of(paths: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    images = [read_image(p) for p in paths]
-    edges = {
-        "left": [im[:, :, 0] for im in images],
-        "right": [im[:, :, -1] for im in images],
-        "top": [im[:, 0, :] for im in images],
-        "bottom": [im[:, -1, :] for im in images],
-    }
-    inner = np.array([np.abs(np.diff(im, axis=2)).mean() for im in images])
-    return edges, inner
+    edges: dict[str, list[np.ndarray]] = {"left": [], "right": [], "top": [], "bottom": []}
+    inner = []
+    for path in paths:  # one image at a time: only its edges are kept
+        im = read_image(path)
+        for side, edge in (("left", im[:, :, 0]), ("right", im[:, :, -1]),
+                           ("top", im[:, 0, :]), ("bottom", im[:, -1, :])):  # fmt: skip
+            edges[side].append(edge.copy())
+        inner.append(np.abs(np.diff(im, axis=2)).mean())
+    return edges, np.array(inner)
 
 
 def _edge_distances(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
@@ -61,7 +63,12 @@ def _edge_distances(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
         ib = [j for j, e in enumerate(b) if e.shape[-1] == length]
         if ia and ib:
             ea, eb = np.stack([a[i] for i in ia]), np.stack([b[j] for j in ib])
-            dist[np.ix_(ia, ib)] = np.abs(ea[:, None] - eb[None]).mean(axis=(2, 3))
+            # a block of rows at a time: all pairs at once would hold len(a) x len(b) edges
+            # (334 MB for the 264 cil-2022 tiles); the values are the same
+            for start in range(0, len(ia), EDGE_BLOCK):
+                rows = ia[start : start + EDGE_BLOCK]
+                block = ea[start : start + EDGE_BLOCK]
+                dist[np.ix_(rows, ib)] = np.abs(block[:, None] - eb[None]).mean(axis=(2, 3))
     return dist
 
 
@@ -137,10 +144,14 @@ class MapIndex:
 
     Args:
         layout: a frame placed by :func:`place_tiles` (``image``, ``map``, ``col``, ``row``).
+        cached_tiles: decoded tiles kept by :meth:`image` (raw pixels, 640 KB for a
+            400x400 RGBA tile), so that a tile is decoded once, not once for itself and
+            once for each of its up to 8 neighbours.
     """
 
-    def __init__(self, layout: pd.DataFrame):
+    def __init__(self, layout: pd.DataFrame, *, cached_tiles: int = CACHED_TILES):
         self.layout = layout.reset_index(drop=True)
+        self._raw = functools.lru_cache(maxsize=cached_tiles)(read_raster)
         self._at = {
             (int(m), int(c), int(r)): str(p)
             for m, c, r, p in zip(
@@ -148,6 +159,10 @@ class MapIndex:
             )
         }
         self._place = {str(p): k for k, p in self._at.items()}
+
+    def image(self, path: str | Path) -> np.ndarray:
+        """A tile as float32 RGB ``(3, H, W)`` in [0, 1], decoded once (see ``cached_tiles``)."""
+        return image_to_rgb(self._raw(str(path)), path)
 
     def place(self, image: str | Path) -> tuple[int, int, int] | None:
         return self._place.get(str(image))
@@ -161,15 +176,17 @@ class MapIndex:
         return self._at.get((m, c + dx, r + dy))
 
 
-def context_image(image: str | Path, maps: MapIndex, margin: int, *, read=read_image) -> np.ndarray:
+def context_image(image: str | Path, maps: MapIndex, margin: int, *, read=None) -> np.ndarray:
     """The tile ``image`` as float32 ``(C, H + 2 margin, W + 2 margin)``: its own pixels in
     the centre and its neighbours' pixels around it, as far as they are known.
 
     Where the map ends (no tile on that side) the margin is the reflection of what lies
     inside it, the way a network pads an image: the whole map reflected at its edge. A
     missing neighbour is filled the same way from the tiles beside it. ``margin`` must
-    be smaller than the tile.
+    be smaller than the tile. ``read``: how a tile is read (default: the map index's
+    cached reader, :meth:`MapIndex.image`).
     """
+    read = read or maps.image
     centre = read(image)
     _, h, w = centre.shape
     if margin <= 0:
@@ -204,14 +221,17 @@ def context_image(image: str | Path, maps: MapIndex, margin: int, *, read=read_i
     return np.ascontiguousarray(np.concatenate([left, middle, right], axis=2))
 
 
-def mosaic(layout: pd.DataFrame, map_id: int, *, read=read_image) -> np.ndarray:
-    """One map's tiles put together: float32 ``(C, rows * H, cols * W)``, NaN where no tile is."""
+def mosaic(
+    layout: pd.DataFrame, map_id: int, *, column: str = "image", read=read_image
+) -> np.ndarray:
+    """One map's tiles put together: float32 ``(C, rows * H, cols * W)``, NaN where no tile
+    is. ``column``, ``read``: the files that make it (images, or masks) and their reader."""
     tiles = layout[layout["map"] == map_id]
-    first = read(tiles["image"].iloc[0])
+    first = read(tiles[column].iloc[0])
     c, h, w = first.shape
     cols, rows = int(tiles["col"].max()) + 1, int(tiles["row"].max()) + 1
     canvas = np.full((c, rows * h, cols * w), np.nan, np.float32)
-    for path, col, row in zip(tiles["image"], tiles["col"], tiles["row"], strict=True):
+    for path, col, row in zip(tiles[column], tiles["col"], tiles["row"], strict=True):
         canvas[:, row * h : (row + 1) * h, col * w : (col + 1) * w] = read(path)
     return canvas
 
@@ -290,8 +310,7 @@ def write_maps(
         labelled = tiles[tiles["mask"].notna()]
         labels = np.full(image.shape[1:], 128, np.uint8)
         if len(labelled):
-            masks = labelled.assign(image=labelled["mask"])  # mosaic reads the image column
-            grey = mosaic(masks, m, read=lambda p: read_mask_grey(p)[None])[0]
+            grey = mosaic(labelled, m, column="mask", read=lambda p: read_mask_grey(p)[None])[0]
             known = np.isfinite(grey)
             labels[: grey.shape[0], : grey.shape[1]][known] = np.where(grey[known] > 0.5, 255, 0)
         pixels = np.nan_to_num(image * 255).round().astype(np.uint8)

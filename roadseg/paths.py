@@ -14,9 +14,8 @@ decoding errors into a :class:`~roadseg.errors.RoadsegError` that names the file
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from roadseg.errors import RoadsegError
@@ -36,31 +35,23 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot be read ({err.strerror or type(err).__name__})"
 
 
-@contextlib.contextmanager
-def reading(path: PathLike, what: str = "file") -> Iterator[Path]:
-    """Turn OS and decoding errors raised while reading ``path`` into one RoadsegError."""
-    path = Path(path)
-    try:
-        yield path
-    except UnicodeDecodeError as err:
-        raise RoadsegError(
-            f"not a text {what} (byte {err.object[err.start]:#04x} at offset {err.start} is not "
-            "UTF-8): is it the file you meant?",
-            path,
-        ) from err
-    except OSError as err:
-        raise RoadsegError(describe_os_error(err), path) from err
-
-
 def _a(what: str) -> str:
     return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
 
 
 def read_text(path: PathLike, what: str = "file") -> str:
     """The UTF-8 text of a file; a missing, binary or unreadable file is a RoadsegError."""
-    check_input(path, what=what)
-    with reading(path, what) as p:
-        return p.read_text(encoding="utf-8")
+    path = check_input(path, what=what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RoadsegError(
+            f"not a text {what} (byte {err.object[err.start]:#04x} at offset {err.start} is not "
+            "UTF-8): is it the file you meant?",
+            path,
+        ) from err
+    except OSError as err:  # removed, replaced by a folder or made unreadable just now
+        raise RoadsegError(describe_os_error(err), path) from err
 
 
 def load_yaml(path: PathLike, what: str = "YAML file"):
@@ -95,13 +86,13 @@ def check_input(path: PathLike, *, folder: bool = False, what: str | None = None
     return path
 
 
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether two paths name one file: the same path, through links, or the same inode."""
-    a, b = Path(a), Path(b)
+def _inode(path: PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the file a path leads to (links followed); None if there is none."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): compare where they point
-        return a.resolve() == b.resolve()
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _writable_ancestor(path: Path) -> None:
@@ -126,14 +117,18 @@ def check_output(path: PathLike, inputs: Iterable[PathLike] = (), *, folder: boo
         raise RoadsegError("is a file; name a folder for the outputs", path)
     if not folder and path.is_dir():
         raise RoadsegError("is a folder; name a file to write (e.g. a path inside it)", path)
-    for source in inputs:
-        if same_file(path, source):
-            shown = "" if Path(source) == path else f" ({source})"
-            raise RoadsegError(
-                f"is also an input of this command{shown}; writing it would destroy it: "
-                "choose another output path",
-                path,
-            )
+    # An output that does not exist yet cannot be an input; one that does is the same file
+    # as an input when both lead to one inode: the same path, a symbolic or a hard link.
+    target = _inode(path)
+    if target is not None:
+        for source in inputs:
+            if _inode(source) == target:
+                shown = "" if Path(source) == path else f" ({source})"
+                raise RoadsegError(
+                    f"is also an input of this command{shown}; writing it would destroy it: "
+                    "choose another output path",
+                    path,
+                )
     _writable_ancestor(path if folder else path.parent)
     return path
 

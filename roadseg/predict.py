@@ -58,6 +58,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def trained_root(ckpt: dict) -> str | None:
+    """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on."""
+    return (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+
+
 def load_task(
     path: str | Path, device: str | torch.device = "cpu", ckpt: dict | None = None
 ) -> RoadSegTask:

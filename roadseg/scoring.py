@@ -72,13 +72,11 @@ def score_submission(
     from roadseg.index import list_rasters, tile_id
     from roadseg.io import read_mask_grey
     from roadseg.patches import patch_labels
-    from roadseg.submission import read_submission, tile_rows
+    from roadseg.submission import check_predictions, read_submission, tile_rows
 
     frame = read_submission(submission)
+    check_predictions(frame, submission)
     predicted = dict(zip(frame["id"], frame["prediction"], strict=True))
-    bad = next((v for v in predicted.values() if v not in ("0", "1")), None)
-    if bad is not None:
-        raise RoadsegError(f"prediction {bad!r}; only 0 or 1 allowed", submission)
     masks = list_rasters(truth)
     pred, true = [], []
     for mask in masks:

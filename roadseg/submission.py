@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roadseg.errors import RoadsegError
+from roadseg.errors import RoadsegError, squash
 from roadseg.index import list_rasters, scan, tile_id
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD, patch_grid, patch_labels
@@ -70,11 +70,17 @@ def read_submission(path: str | Path) -> pd.DataFrame:
             io.StringIO(text), dtype={"id": str, "prediction": str}, keep_default_na=False
         )
     except (pd.errors.ParserError, ValueError) as err:
-        raise RoadsegError(f"not a well-formed CSV ({_one_line(err)})", path) from err
+        raise RoadsegError(f"not a well-formed CSV ({squash(err, 200)})", path) from err
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
+def check_predictions(frame: pd.DataFrame, path: str | Path) -> None:
+    """Raise unless every prediction of a submission read by :func:`read_submission` is 0 or 1."""
+    bad = frame[~frame["prediction"].isin(["0", "1"])]
+    if len(bad):
+        raise RoadsegError(
+            f"prediction {bad['prediction'].iloc[0]!r} for {bad['id'].iloc[0]}; only 0 or 1 allowed",
+            path,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,12 +125,7 @@ def validate_submission(path: str | Path, images: str | Path | pd.DataFrame) -> 
     extra = [i for i in ids if i not in want]
     if extra:
         raise RoadsegError(f"{len(extra)} ids that no test tile has (first: {extra[0]})", path)
-    bad = frame[~frame["prediction"].isin(["0", "1"])]
-    if len(bad):
-        raise RoadsegError(
-            f"prediction {bad['prediction'].iloc[0]!r} for {bad['id'].iloc[0]}; only 0 or 1 allowed",
-            path,
-        )
+    check_predictions(frame, path)
     return SubmissionReport(
         rows=len(frame), tiles=len(index), road_fraction=float((frame["prediction"] == "1").mean())
     )

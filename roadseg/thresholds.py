@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_THRESHOLD, patch_grid, patch_labels, patch_means
+from roadseg.paths import read_text
 from roadseg.postprocess import Decision
 from roadseg.scoring import patch_scores
 
@@ -51,9 +53,6 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
-        from roadseg.errors import RoadsegError
-        from roadseg.paths import read_text
-
         try:
             values = json.loads(read_text(path, "thresholds file"))
             return cls(**values)

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from roadseg.errors import RoadsegError
+from roadseg.errors import RoadsegError, squash
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model from a YAML config (e.g. roadseg fit --config configs/quick.yaml)",
@@ -244,9 +244,3 @@ def _global_step(ckpt: Path) -> int:
     return int(
         torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0)
     )
-
-
-def squash(err: BaseException, limit: int = 300) -> str:
-    """A multi-line message as one line, cut at ``limit`` characters."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

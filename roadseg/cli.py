@@ -115,8 +115,8 @@ def _predictor(
     the checkpoints' contents, and the decision that turns its maps into masks and labels.
 
     ``ckpts``: the checkpoints' contents when already read (:func:`_read_checkpoints`).
-    ``retuning``: the stored thresholds are about to be replaced (``tune``), so whether
-    they were tuned with TTA does not matter.
+    ``retuning``: the stored thresholds are about to be replaced (``tune``) or not used
+    (``pseudo-label``), so whether they were tuned with TTA does not matter.
     """
     from roadseg.predict import Predictor, load_task
 
@@ -162,8 +162,66 @@ def _inputs_of(args: argparse.Namespace) -> list[str]:
     return [*args.ckpt, *([args.config] if args.config else [])]
 
 
-def _cmd_submit(args: argparse.Namespace) -> None:
+def _test_tiles(args: argparse.Namespace, ckpts: list[dict]):
+    """(root the checkpoint trained on, root of the tiles to predict, index of those
+    unlabelled tiles): the tiles of ``--data``, else of the checkpoint's own dataset."""
     from roadseg.index import scan
+    from roadseg.predict import trained_root
+
+    trained_on = trained_root(ckpts[0])
+    data = args.data if args.data is not None else trained_on
+    if data is None:
+        raise RoadsegError(
+            "checkpoint does not say which data it was trained on; pass --data", args.ckpt[0]
+        )
+    frame = scan(data)
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    if test.empty:
+        raise RoadsegError(
+            "no unlabelled test images found (expected test/images/ or a folder of images)", data
+        )
+    return trained_on, data, test
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> None:
+    import json
+
+    from roadseg.io import atomic_path, write_png
+    from roadseg.paths import check_io
+
+    _apply_predict_config(args)
+    check_io(output_folders=[args.out], protected=_inputs_of(args))
+    if args.data is not None:
+        check_io(input_folders=[args.data])
+    ckpts = _read_checkpoints(args)
+    trained_on, data, test = _test_tiles(args, ckpts)
+    import numpy as np
+
+    outs = [Path(args.out) / f"{Path(image).stem}.png" for image in test["image"]]
+    if len(set(outs)) < len(outs):
+        raise RoadsegError("two unlabelled tiles share a file name", data)
+    check_io(outputs=outs, protected=[*_inputs_of(args), *test["image"]])
+    maps, margin = _context(args, [trained_on, data], test)
+    predictor, _, _ = _predictor(args, ckpts, retuning=True)  # probabilities, no decision
+    road = []
+    tiles = predictor.predict_index(test, context=maps, margin=margin)
+    for (_, prob), out in zip(tiles, outs, strict=True):
+        write_png(out, np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8))
+        road.append(float((prob > 0.5).mean()))
+    about = {
+        "teacher": [str(Path(c).resolve()) for c in args.ckpt], "tta": bool(args.tta),
+        "context": margin, "tiles": len(outs), "road_share": round(float(np.mean(road)), 4),
+    }  # fmt: skip
+    with atomic_path(Path(args.out) / "pseudo.json") as tmp:
+        tmp.write_text(json.dumps(about, indent=2) + "\n")
+    print(
+        f"wrote {len(outs)} pseudo-labels (teacher probability x 255) to {args.out}: "
+        f"{100 * about['road_share']:.1f}% of their pixels above 0.5; train a student with "
+        f"--data.pseudo_labels {args.out}"
+    )
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
 
     _apply_predict_config(args)
@@ -174,21 +232,7 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     if data is not None:
         check_io(input_folders=[data])
     ckpts = _read_checkpoints(args)  # torch is imported from here on
-    from roadseg.predict import trained_root
-
-    trained_on = trained_root(ckpts[0])
-    if data is None:
-        data = trained_on
-        if data is None:
-            raise RoadsegError(
-                "checkpoint does not say which data it was trained on; pass --data", ckpt_path
-            )
-    frame = scan(data)
-    test = frame[frame["split"] == "test"].reset_index(drop=True)
-    if test.empty:
-        raise RoadsegError(
-            "no unlabelled test images found (expected test/images/ or a folder of images)", data
-        )
+    trained_on, data, test = _test_tiles(args, ckpts)
     run = (
         ckpt_path.resolve().parent.parent.name
         if ckpt_path.parent.name == "checkpoints"
@@ -565,6 +609,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--message", help="submission message (default: roadseg <run>)")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser(
+        "pseudo-label",
+        help="self-training: write a teacher's road probabilities of the unlabelled tiles",
+        description="Predict every unlabelled (test) tile with the teacher checkpoint(s) "
+        "(an ensemble when several; add --tta; in the context of the maps like submit) and write "
+        "<out>/<image name>.png, the probability x 255, plus pseudo.json saying which teacher. "
+        "A student then trains on them beside the labelled tiles: roadseg fit ... "
+        "--data.pseudo_labels OUT [--data.pseudo_confidence 0.8]. This uses the test images, "
+        "never their labels: check that your competition's rules allow it.",
+    )
+    _add_predictor_args(p)
+    p.add_argument(
+        "--data",
+        help="dataset root with test/images, or a folder of unlabelled images "
+        "(default: the data the checkpoint was trained on)",
+    )
+    p.add_argument("--out", required=True, help="folder of pseudo-labels to write")
+    p.set_defaults(func=_cmd_pseudo_label)
 
     p = sub.add_parser(
         "tune",

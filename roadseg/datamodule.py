@@ -9,7 +9,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
+from roadseg.dataset import (
+    RandomWindowDataset,
+    SeededSampler,
+    TileDataset,
+    with_pseudo_labels,
+)
 from roadseg.errors import RoadsegError
 from roadseg.folds import split_stages
 from roadseg.index import scan_many
@@ -42,6 +47,11 @@ class RoadDataModule(pl.LightningDataModule):
             tiles of the same map (:mod:`roadseg.maps` places the tiles, test and
             validation tiles included, but a window never covers a validation, test or
             missing tile, so their labels are never used).
+        pseudo_labels: self-training: a folder of a teacher's probability maps of the
+            unlabelled tiles (``roadseg pseudo-label``); those tiles then train on these soft
+            targets (and, with ``context``, windows may cover them). Validation tiles never do.
+        pseudo_confidence: pseudo-labelled pixels whose teacher probability p has
+            max(p, 1 - p) below this are left out of the loss (0: all count).
     """
 
     def __init__(
@@ -63,6 +73,8 @@ class RoadDataModule(pl.LightningDataModule):
         cache: bool = True,
         mask_threshold: float = MASK_THRESHOLD,
         context: bool = False,
+        pseudo_labels: str | None = None,
+        pseudo_confidence: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -76,6 +88,12 @@ class RoadDataModule(pl.LightningDataModule):
         split_seed = hp.seed if hp.get("split_seed") is None else hp.split_seed
         self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction,
                                   seed=split_seed, folds=hp.folds, fold=hp.fold)  # fmt: skip
+        if hp.get("pseudo_labels"):
+            if not 0.0 <= hp.pseudo_confidence <= 1.0:
+                raise RoadsegError(
+                    f"data.pseudo_confidence must be in [0, 1], got {hp.pseudo_confidence}"
+                )
+            self.index = with_pseudo_labels(self.index, hp.pseudo_labels)
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
 
@@ -112,6 +130,7 @@ class RoadDataModule(pl.LightningDataModule):
             mask_threshold=hp.mask_threshold,
             cache=hp.cache,
             places=places,
+            pseudo_confidence=hp.get("pseudo_confidence") or 0.0,
         )
         sampler = SeededSampler(len(frame), samples_per_epoch=hp.samples_per_epoch, seed=hp.seed)
         return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)

@@ -4,11 +4,17 @@ Samples are dicts: ``image`` float32 ``(3, H, W)`` in [0, 1], ``mask`` float32
 ``(1, H, W)`` in {0, 1}, ``patches`` float32 ``(1, rows, cols)`` (the competition's
 patch labels from the raw grey mask, evaluation only), ``tile_id``, ``index`` and (training)
 ``seed``, the sample seed that chose its window and augmentation.
+
+Self-training adds tiles whose "mask" is a teacher's probability map (index column
+``pseudo`` true; :func:`with_pseudo_labels`): their pixels train on those soft targets,
+and every training sample then carries a ``weight`` ``(1, H, W)``: 1 on labelled pixels,
+0 on pseudo-labelled pixels the teacher is unsure of.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +23,7 @@ import torch.distributed as dist
 from rasterio.windows import Window
 from torch.utils.data import Dataset, DistributedSampler
 
+from roadseg.errors import RoadsegError
 from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey, read_raster
 from roadseg.patches import patch_labels
 from roadseg.transforms import build_transform
@@ -51,7 +58,34 @@ class TileReader:
         return image_to_rgb(self.raw(i, "image", window), self.rows[i]["image"])
 
     def mask_grey(self, i: int, window: Window | None = None) -> np.ndarray:
+        if self.rows[i].get("pseudo") is True:  # a teacher's probabilities, 0-255
+            return self.raw(i, "mask", window)[0].astype(np.float32) / 255.0
         return mask_to_grey(self.raw(i, "mask", window), self.rows[i]["mask"])
+
+
+def with_pseudo_labels(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
+    """``frame`` (with a ``stage`` column) with its unlabelled tiles turned into training
+    tiles whose masks are the teacher's probability maps ``folder/<image name>.png``
+    (``roadseg pseudo-label``), marked by a ``pseudo`` column. Tiles without a map stay
+    unlabelled; validation tiles are never touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RoadsegError(
+            "pseudo-label folder not found: write it with roadseg pseudo-label --out", folder
+        )
+    frame = frame.copy()
+    frame["pseudo"] = False
+    for i in frame.index[frame["stage"] == "test"]:
+        label = folder / f"{Path(frame.at[i, 'image']).stem}.png"
+        if label.is_file():
+            frame.loc[i, ["mask", "stage", "pseudo"]] = [str(label), "train", True]
+    if not frame["pseudo"].any():
+        raise RoadsegError(
+            "no pseudo-label of any unlabelled tile here (expected <image name>.png files "
+            "written by roadseg pseudo-label)",
+            folder,
+        )
+    return frame
 
 
 class RandomWindowDataset(Dataset):
@@ -71,13 +105,20 @@ class RandomWindowDataset(Dataset):
         mask_threshold: float = MASK_THRESHOLD,
         cache: bool = True,
         places: pd.DataFrame | None = None,
+        pseudo_confidence: float = 0.0,
     ):
         """``places``: ``map``, ``col``, ``row`` of each row of ``frame`` (all of them
         training tiles; :func:`roadseg.maps.place_tiles`). With it, a window may reach
         across the tile's edges into the training tiles beside it, so the network sees
         roads that continue past 400 px; it never covers a tile that is not in ``frame``
-        (a validation or test tile, or a missing one)."""
+        (a validation or test tile, or a missing one).
+
+        ``pseudo_confidence``: pixels of pseudo-labelled tiles whose teacher probability p
+        has max(p, 1 - p) below this get weight 0 (0: every pixel counts, as a soft target).
+        """
         self.reader = TileReader(frame, cache=cache)
+        self.pseudo = "pseudo" in frame.columns and bool(frame["pseudo"].any())
+        self.pseudo_confidence = pseudo_confidence
         self.crop_size = crop_size
         self.transform = build_transform(augment)
         self.mask_threshold = mask_threshold
@@ -115,8 +156,9 @@ class RandomWindowDataset(Dataset):
         return pieces
 
     def _read(self, i: int, rng: np.random.Generator, ch: int, cw: int):
-        """Image ``(ch, cw, 3)`` and grey mask ``(ch, cw)`` of a random window of tile ``i``,
-        across its edges where its neighbours are known."""
+        """Image ``(ch, cw, 3)``, grey mask ``(ch, cw)`` and which of its pixels are
+        pseudo-labels ``(ch, cw)`` of a random window of tile ``i``, across its edges where
+        its neighbours are known."""
         row = self.reader.rows[i]
         h, w = int(row["height"]), int(row["width"])
         left_inside = int(rng.integers(0, w - cw + 1))  # this order: the windows of runs
@@ -132,34 +174,45 @@ class RandomWindowDataset(Dataset):
                 if pieces is not None:
                     image = np.empty((ch, cw, 3), np.float32)
                     grey = np.empty((ch, cw), np.float32)
+                    soft = np.zeros((ch, cw), bool)
                     for j, window, y, x in pieces:
                         part = (slice(y, y + int(window.height)), slice(x, x + int(window.width)))
                         image[part] = self.reader.image(j, window).transpose(1, 2, 0)
                         grey[part] = self.reader.mask_grey(j, window)
-                    return image, grey
+                        soft[part] = self.reader.rows[j].get("pseudo") is True
+                    return image, grey, soft
         window = Window(inside[1], inside[0], cw, ch)
-        return self.reader.image(i, window).transpose(1, 2, 0), self.reader.mask_grey(i, window)
+        image = self.reader.image(i, window).transpose(1, 2, 0)
+        soft = np.full((ch, cw), self.reader.rows[i].get("pseudo") is True)
+        return image, self.reader.mask_grey(i, window), soft
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         i, seed = key
         row = self.reader.rows[i]
         rng = np.random.default_rng(seed)
         ch, cw = min(self.crop_size, row["height"]), min(self.crop_size, row["width"])
-        image, grey = self._read(i, rng, ch, cw)  # HxWx3, HxW
+        image, grey, soft = self._read(i, rng, ch, cw)  # HxWx3, HxW, HxW
         mask = binarize_mask(grey, self.mask_threshold)[0]
+        masks = [mask]
+        if self.pseudo:
+            unsure = soft & (np.maximum(grey, 1 - grey) < self.pseudo_confidence)
+            masks = [np.where(soft, grey, mask), np.where(unsure, 0.0, 1.0).astype(np.float32)]
         if (ch, cw) != (self.crop_size, self.crop_size):  # tile smaller than the crop
             pad = ((0, self.crop_size - ch), (0, self.crop_size - cw))
             image = np.pad(image, (*pad, (0, 0)), mode="reflect")
-            mask = np.pad(mask, pad, mode="reflect")
+            masks = [np.pad(m, pad, mode="reflect") for m in masks]
         self.transform.set_random_seed(seed)
-        out = self.transform(image=image, mask=mask)
-        return {
+        out = self.transform(image=image, masks=masks)
+        sample = {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
-            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"][None])),
+            "mask": torch.from_numpy(np.ascontiguousarray(out["masks"][0][None])),
             "tile_id": int(row["tile_id"]),
             "index": i,
             "seed": seed,
         }
+        if self.pseudo:
+            sample["weight"] = torch.from_numpy(np.ascontiguousarray(out["masks"][1][None]))
+        return sample
 
 
 class TileDataset(Dataset):

@@ -1,5 +1,8 @@
 """Segmentation losses by name. Each takes logits and a {0,1} mask, both ``(B, 1, H, W)``.
 
+``bce``, ``dice`` and their sum also take soft targets in [0, 1] and a per-pixel
+``weight`` (self-training: a teacher's probabilities, its unsure pixels weighted 0).
+
 ``bce``, ``dice``, ``bce+dice``, ``focal``, ``lovasz`` (Lovasz hinge, a surrogate of
 IoU), ``patch_bce`` and ``patch_f1`` (pool over 16x16 patches as the leaderboard does),
 ``cldice`` and ``dice+cldice`` (soft-clDice, which rewards connected road skeletons).
@@ -17,24 +20,38 @@ from roadseg.errors import RoadsegError
 from roadseg.metrics import patch_labels_torch
 from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[..., torch.Tensor]  # (logits, target[, weight]) -> scalar
 
 
-def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy."""
-    return F.binary_cross_entropy_with_logits(logits, target)
+def bce(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean binary cross-entropy (over the pixels' weights when given)."""
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    total = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return total / weight.sum().clamp(min=1.0)
 
 
-def dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice over the whole batch (smoothed by ``eps``)."""
+def dice(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1.0,
+) -> torch.Tensor:
+    """1 - soft Dice over the whole batch (smoothed by ``eps``; pixels of weight 0 left out)."""
     prob = torch.sigmoid(logits)
+    if weight is not None:
+        prob, target = prob * weight, target * weight
     inter = (prob * target).sum()
     return 1 - (2 * inter + eps) / (prob.sum() + target.sum() + eps)
 
 
-def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def bce_dice(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """BCE + Dice: BCE for per-pixel calibration, Dice against the road/background imbalance."""
-    return bce(logits, target) + dice(logits, target)
+    return bce(logits, target, weight) + dice(logits, target, weight)
 
 
 def focal(
@@ -123,6 +140,8 @@ def dice_cldice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * dice(logits, target) + 0.5 * cldice(logits, target)
 
 
+WEIGHTED = {bce, dice, bce_dice}  # the losses that take a per-pixel weight
+
 LOSSES: dict[str, Loss] = {
     "bce": bce,
     "dice": dice,
@@ -149,8 +168,17 @@ def get_loss(name: str) -> Loss:
         )
     parts = [LOSSES[t] for t in terms]
 
-    def total(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(part(logits, target) for part in parts)
+    def total(
+        logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if weight is None:
+            return sum(part(logits, target) for part in parts)
+        return sum(part(logits, target, weight) for part in parts)
 
     total.__name__ = name
     return total
+
+
+def supports_weights(name: str) -> bool:
+    """Whether every term of the loss ``name`` takes per-pixel weights (:data:`WEIGHTED`)."""
+    return all(LOSSES[t] in WEIGHTED for t in ([name] if name in LOSSES else name.split("+")))

@@ -10,7 +10,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from roadseg.losses import get_loss
+from roadseg.errors import RoadsegError
+from roadseg.losses import get_loss, supports_weights
 from roadseg.metrics import RoadMetrics
 from roadseg.models import create_model
 
@@ -74,7 +75,15 @@ class RoadSegTask(pl.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["mask"])
+        if "weight" in batch:  # self-training: soft targets, the teacher's unsure pixels 0
+            if not supports_weights(self.hparams.loss):
+                raise RoadsegError(
+                    f"loss {self.hparams.loss!r} cannot weight pixels, which self-training "
+                    "(data.pseudo_labels) needs: use bce, dice or bce+dice"
+                )
+            loss = self.loss_fn(logits, batch["mask"], batch["weight"])
+        else:
+            loss = self.loss_fn(logits, batch["mask"])
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(torch.sigmoid(logits.detach()), batch["mask"], batch.get("patches"))
         on_step = stage == "train"

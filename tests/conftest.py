@@ -6,11 +6,13 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
+TILE = 32  # side of the tiles of the synthetic maps
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROADSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -82,3 +84,39 @@ def make_cil_dataset(
 @pytest.fixture
 def cil_root(tmp_path: Path) -> Path:
     return make_cil_dataset(tmp_path / "cil")
+
+
+def smooth_map(h: int, w: int, seed: int) -> np.ndarray:
+    """A textured RGB map: random noise upsampled 4x, so neighbouring pixels are alike."""
+    noise = np.random.default_rng(seed).random((h // 4, w // 4, 3)).astype(np.float32)
+    img = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
+    return (img * 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+@pytest.fixture
+def mapped_dataset(tmp_path):
+    """One 4x3 map of 32-px tiles with a road grid, cut into a CIL-layout dataset (shuffled
+    ids) and one test tile; returns the root, the map image and mask, and each id's place."""
+    cols, rows = 4, 3
+    big = smooth_map(rows * TILE, cols * TILE, seed=3)
+    road = np.zeros((rows * TILE, cols * TILE), np.uint8)
+    road[20:26, :] = road[:, 40:45] = road[70:74, :] = 255  # roads crossing tile edges
+    ids = np.random.default_rng(5).permutation(cols * rows) + 1
+    places = {}
+    for k, (r, c) in enumerate((r, c) for r in range(rows) for c in range(cols)):
+        tid = int(ids[k])
+        cut = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
+        if (r, c) == (1, 1):  # a test tile: imagery only
+            write_raster(
+                tmp_path / "d" / "test" / "images" / f"satimage_{tid}.png", big[:, cut[0], cut[1]]
+            )
+        else:
+            write_raster(
+                tmp_path / "d" / "training" / "images" / f"satimage_{tid}.png",
+                big[:, cut[0], cut[1]],
+            )
+            write_raster(
+                tmp_path / "d" / "training" / "groundtruth" / f"satimage_{tid}.png", road[cut]
+            )
+        places[tid] = (c, r)
+    return tmp_path / "d", big, road, places

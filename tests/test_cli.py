@@ -15,6 +15,7 @@ from tests.conftest import road_tile, write_raster
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 SUBCOMMANDS = [
     "submit",
+    "pseudo-label",
     "tune",
     "predict",
     "validate-submission",

@@ -1,18 +1,10 @@
-import cv2
 import numpy as np
 import pytest
 
 from roadseg.errors import RoadsegError
 from roadseg.folds import assign_folds, split_stages, tile_positions
 from roadseg.index import scan
-from tests.conftest import write_raster
-
-
-def smooth_map(h: int, w: int, seed: int) -> np.ndarray:
-    """A textured RGB map: random noise upsampled 4x, so neighbouring pixels are alike."""
-    noise = np.random.default_rng(seed).random((h // 4, w // 4, 3)).astype(np.float32)
-    img = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
-    return (img * 255).astype(np.uint8).transpose(2, 0, 1)
+from tests.conftest import smooth_map, write_raster
 
 
 @pytest.fixture

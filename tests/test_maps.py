@@ -14,10 +14,8 @@ from roadseg.index import scan
 from roadseg.io import read_image
 from roadseg.maps import MapIndex, context_image, has_neighbours, place_tiles
 from roadseg.predict import Predictor
-from tests.conftest import write_raster
-from tests.test_folds import smooth_map
+from tests.conftest import TILE, smooth_map, write_raster
 
-TILE = 32
 MAPS = [(4, 3), (2, 2)]  # (cols, rows): map 0 is the larger one
 
 
@@ -156,35 +154,6 @@ def test_the_cil_2022_tiles_lie_on_two_maps_of_12_by_12(shared_data, tmp_path):
         assert labels.shape == (4800, 4800) and labels.nodata == 128
 
 
-@pytest.fixture
-def mapped_dataset(tmp_path):
-    """One 4x3 map of 32-px tiles with a road grid, cut into a CIL-layout dataset (shuffled
-    ids) and one test tile; returns the root, the map image and mask, and each id's place."""
-    cols, rows = 4, 3
-    big = smooth_map(rows * TILE, cols * TILE, seed=3)
-    road = np.zeros((rows * TILE, cols * TILE), np.uint8)
-    road[20:26, :] = road[:, 40:45] = road[70:74, :] = 255  # roads crossing tile edges
-    ids = np.random.default_rng(5).permutation(cols * rows) + 1
-    places = {}
-    for k, (r, c) in enumerate((r, c) for r in range(rows) for c in range(cols)):
-        tid = int(ids[k])
-        cut = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
-        if (r, c) == (1, 1):  # a test tile: imagery only
-            write_raster(
-                tmp_path / "d" / "test" / "images" / f"satimage_{tid}.png", big[:, cut[0], cut[1]]
-            )
-        else:
-            write_raster(
-                tmp_path / "d" / "training" / "images" / f"satimage_{tid}.png",
-                big[:, cut[0], cut[1]],
-            )
-            write_raster(
-                tmp_path / "d" / "training" / "groundtruth" / f"satimage_{tid}.png", road[cut]
-            )
-        places[tid] = (c, r)
-    return tmp_path / "d", big, road, places
-
-
 def _datamodule(root, **kw):
     from roadseg.datamodule import RoadDataModule
 
@@ -194,29 +163,30 @@ def _datamodule(root, **kw):
     return dm
 
 
+def _locate(sample: dict, big: np.ndarray, places: dict) -> tuple[int, int]:
+    """(top, left) of a 24-px training window on the map: the crop of the map, near its
+    tile, that its image equals (asserted to exist)."""
+    image_map, img = big.astype(np.float32) / 255, sample["image"].numpy()
+    tile_c, tile_r = places[int(sample["tile_id"])]
+    for top in range(max(0, tile_r * TILE - 12), min(tile_r * TILE + TILE - 12, 3 * TILE - 24) + 1):
+        for left in range(
+            max(0, tile_c * TILE - 12), min(tile_c * TILE + TILE - 12, 4 * TILE - 24) + 1
+        ):
+            if np.array_equal(img, image_map[:, top : top + 24, left : left + 24]):
+                return top, left
+    raise AssertionError("a window is a crop of the map")
+
+
 def test_context_windows_cross_tile_edges_and_are_the_map(mapped_dataset):
     root, big, road, places = mapped_dataset
     dm = _datamodule(root)
     dataset = dm.train_dataloader().dataset
-    image_map, mask_map = big.astype(np.float32) / 255, road > 127
+    mask_map = road > 127
     crossing = 0
     for seed in range(200):
         i = seed % len(dataset)
         sample = dataset[(i, seed)]
-        img = sample["image"].numpy()
-        tile_c, tile_r = places[int(sample["tile_id"])]
-        # find where the window lies on the map: it holds pixels of this tile's surroundings
-        found = None
-        for top in range(tile_r * TILE - 12, tile_r * TILE + TILE - 12 + 1):
-            for left in range(tile_c * TILE - 12, tile_c * TILE + TILE - 12 + 1):
-                on_map = top >= 0 and left >= 0 and top + 24 <= 3 * TILE and left + 24 <= 4 * TILE
-                if on_map and np.array_equal(img, image_map[:, top : top + 24, left : left + 24]):
-                    found = (top, left)
-                    break
-            if found:
-                break
-        assert found is not None, "a window is a crop of the map"
-        top, left = found
+        top, left = _locate(sample, big, places)
         np.testing.assert_array_equal(sample["mask"][0].numpy() > 0.5,
                                       mask_map[top : top + 24, left : left + 24])  # fmt: skip
         crossing += top // TILE != (top + 23) // TILE or left // TILE != (left + 23) // TILE

@@ -1,0 +1,126 @@
+"""Self-training: a teacher's probabilities of the unlabelled tiles as soft training targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roadseg.cli import main
+from roadseg.errors import RoadsegError
+from roadseg.losses import bce, dice, get_loss
+from tests.conftest import TILE, write_raster
+from tests.test_cli import CONFIGS, _fit_args
+from tests.test_maps import _datamodule, _locate
+
+
+def test_pixels_of_weight_zero_do_not_count_in_the_loss():
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(2, 1, 8, 8)), dtype=torch.float32, requires_grad=True)
+    target = torch.tensor(rng.random((2, 1, 8, 8)), dtype=torch.float32)  # soft targets
+    weight = torch.ones_like(target)
+    weight[..., :4] = 0
+    kept = (slice(None), slice(None), slice(None), slice(4, None))
+    assert torch.allclose(bce(logits, target, weight), bce(logits[kept], target[kept]))
+    assert torch.allclose(dice(logits, target, weight), dice(logits[kept], target[kept]))
+    get_loss("bce+dice")(logits, target, weight).backward()
+    assert torch.all(logits.grad[..., :4] == 0) and torch.any(logits.grad[..., 4:] != 0)
+    assert torch.allclose(bce(logits, target, torch.ones_like(target)), bce(logits, target))
+
+
+def _teacher_labels(root: Path, folder: Path) -> dict[int, np.ndarray]:
+    """Pseudo-labels of the test tiles: a ramp 0..255 over each tile, as a teacher's maps."""
+    labels = {}
+    for image in sorted((root / "test" / "images").glob("*.png")):
+        ramp = np.tile(np.linspace(0, 255, TILE).round().astype(np.uint8), (TILE, 1))
+        write_raster(folder / image.name, ramp)
+        labels[int(image.stem.split("_")[1])] = ramp.astype(np.float32) / 255
+    return labels
+
+
+def test_windows_cover_pseudo_labelled_tiles_with_soft_targets_and_weights(
+    mapped_dataset, tmp_path
+):
+    root, big, road, places = mapped_dataset
+    teacher = _teacher_labels(root, tmp_path / "pseudo")
+    dm = _datamodule(root, pseudo_labels=str(tmp_path / "pseudo"), pseudo_confidence=0.8)
+    dataset = dm.train_dataloader().dataset
+    assert dm.frame("train")["pseudo"].sum() == 1 and dm.frame("test").empty
+    # the map of targets and weights the windows must be crops of
+    soft = (road > 127).astype(np.float32)
+    weight = np.ones_like(soft)
+    ((test_id, p),) = teacher.items()
+    c, r = places[test_id]
+    cut = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
+    soft[cut] = p
+    weight[cut] = np.where(np.maximum(p, 1 - p) < 0.8, 0.0, 1.0)
+    on_pseudo = 0
+    for seed in range(120):
+        sample = dataset[(seed % len(dataset), seed)]
+        top, left = _locate(sample, big, places)
+        window = (slice(top, top + 24), slice(left, left + 24))
+        np.testing.assert_allclose(sample["mask"][0].numpy(), soft[window], atol=1e-6)
+        np.testing.assert_array_equal(sample["weight"][0].numpy(), weight[window])
+        on_pseudo += bool((sample["weight"][0] == 0).any())
+        val = {places[t] for t in dm.frame("val")["tile_id"]}
+        covered = {(x // TILE, y // TILE) for y in (top, top + 23) for x in (left, left + 23)}
+        assert not covered & val, "a window never covers a validation tile"
+    assert on_pseudo > 10
+
+
+def test_wrong_labels_on_validation_tiles_change_no_self_training_sample(mapped_dataset, tmp_path):
+    root, _, _, _ = mapped_dataset
+    _teacher_labels(root, tmp_path / "pseudo")
+    kw = {"pseudo_labels": str(tmp_path / "pseudo"), "pseudo_confidence": 0.6}
+    before = _datamodule(root, **kw).train_dataloader().dataset
+    keys = [(seed % len(before), seed) for seed in range(100)]
+    samples = [before[k] for k in keys]
+    for mask in _datamodule(root, **kw).frame("val")["mask"]:  # plant wrong labels: all road
+        write_raster(Path(mask), np.full((TILE, TILE), 255, np.uint8))
+    after = _datamodule(root, **kw).train_dataloader().dataset
+    for key, sample in zip(keys, samples, strict=True):
+        again = after[key]
+        for name in ("image", "mask", "weight"):
+            assert torch.equal(again[name], sample[name])
+
+
+def test_a_folder_without_pseudo_labels_is_refused(mapped_dataset, tmp_path):
+    root, _, _, _ = mapped_dataset
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RoadsegError, match="no pseudo-label of any unlabelled tile"):
+        _datamodule(root, pseudo_labels=str(tmp_path / "empty"))
+    with pytest.raises(RoadsegError, match="pseudo-label folder not found"):
+        _datamodule(root, pseudo_labels=str(tmp_path / "missing"))
+
+
+def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    quick = CONFIGS[0].parent / "quick.yaml"
+    assert main([*_fit_args(quick, cil_root, teacher), "--trainer.max_epochs", "1"]) == 0
+    ckpt = teacher / "checkpoints" / "best.ckpt"
+    pseudo = tmp_path / "pseudo"
+    args = ["pseudo-label", "--ckpt", str(ckpt), "--tta", "--context", "0", "--quiet"]
+    assert main([*args, "--out", str(pseudo)]) == 0
+    assert "wrote 2 pseudo-labels" in capsys.readouterr().out
+    names = sorted(p.name for p in pseudo.iterdir())
+    assert names == ["pseudo.json", "satimage_144.png", "satimage_145.png"]
+    # the labels are the teacher's probabilities of those tiles
+    from roadseg.io import read_image, read_raster
+    from roadseg.predict import Predictor, load_task
+
+    predictor = Predictor([load_task(ckpt)], tta=True, progress=False)
+    prob = predictor.predict_image(read_image(cil_root / "test" / "images" / "satimage_144.png"))
+    label = read_raster(pseudo / "satimage_144.png")[0]
+    assert np.abs(label.astype(np.float32) / 255 - prob).max() <= 0.5 / 255 + 1e-6
+
+    student = tmp_path / "student"
+    args = [*_fit_args(quick, cil_root, student), "--trainer.max_epochs", "1",
+            "--data.pseudo_labels", str(pseudo), "--data.pseudo_confidence", "0.7"]  # fmt: skip
+    assert main(args) == 0
+    assert (student / "checkpoints" / "best.ckpt").is_file()
+    # a loss that cannot weight pixels is refused with what to use instead
+    args += ["--model.loss", "lovasz", "--trainer.default_root_dir", str(tmp_path / "lovasz")]
+    assert main(args) == 2
+    assert "cannot weight pixels" in capsys.readouterr().err

@@ -7,7 +7,9 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -353,11 +355,149 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from roadseg.io import raster_shape
 
     raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
+    if args.vector:
+        from roadseg.vectors import vector_driver
+
+        check_io(outputs=[args.vector], protected=[args.scene, args.out, *_inputs_of(args)])
+        vector_driver(args.vector)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if args.processes < 1:
+        raise RoadsegError(f"--processes must be at least 1, got {args.processes}")
+    if world > 1 and args.processes > 1:
+        raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
+    if args.processes > 1:
+        decision = _predict_processes(args)
+    elif world > 1:
+        decision = _predict_torchrun(args, rank, world)
+        if rank != 0:
+            return
+    else:
+        decision = _predict_share(args, 0, 1, merge=True)
+    print(f"wrote {args.out}")
+    if args.vector:  # the centre lines of the roads the decision keeps
+        _write_lines(args.out, args.vector, args, threshold=decision.pixel)
+
+
+def _run_key(args: argparse.Namespace) -> dict:
+    """What must match for chunks of an earlier prediction of the same scene to be reused."""
+    ckpts = [Path(c).resolve() for c in args.ckpt]
+    return {
+        "ckpt": [f"{c} {c.stat().st_size} {c.stat().st_mtime_ns}" for c in ckpts],
+        "tta": bool(args.tta), "window": args.window, "overlap": args.overlap,
+        "merge": args.merge, "precision": args.precision,
+    }  # fmt: skip
+
+
+def _predict_share(args: argparse.Namespace, rank: int, world: int, *, merge: bool):
+    """Predict process ``rank``'s share of the scene's chunks; returns the decision."""
     predictor, _, decision = _predictor(args)
     predictor.predict_scene(
-        args.scene, args.out, output=args.output, decision=decision, chunk=args.chunk
-    )
-    print(f"wrote {args.out}")
+        args.scene, args.out, output=args.output, decision=decision, chunk=args.chunk,
+        rank=rank, world=world, merge=merge, run_key=_run_key(args),
+    )  # fmt: skip
+    return decision
+
+
+def _merge_scene(args: argparse.Namespace) -> None:
+    import rasterio
+
+    from roadseg.predict import merge_parts, scene_chunks, scene_profile
+
+    with rasterio.open(args.scene) as src:
+        profile, chunks = (
+            scene_profile(src, args.output),
+            scene_chunks(src.width, src.height, args.chunk),
+        )
+    merge_parts(args.out, profile, chunks)
+
+
+def _process_main(args: argparse.Namespace, rank: int, world: int, threads: int) -> None:
+    """One of the processes that ``--processes`` starts (spawned: a fresh interpreter)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _quiet_libraries()
+    args.quiet = args.quiet or rank > 0
+    with contextlib.redirect_stdout(io.StringIO()) if rank > 0 else contextlib.nullcontext():
+        try:
+            _predict_share(args, rank, world, merge=False)
+        except RoadsegError as err:
+            print(f"roadseg: error: process {rank}: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _predict_processes(args: argparse.Namespace):
+    """Predict the scene with ``--processes`` local processes, each a share of the chunks,
+    then merge their parts; a process that dies leaves its finished chunks for a rerun."""
+    import multiprocessing as mp
+
+    import torch
+
+    n = args.processes
+    threads = args.threads or max(1, torch.get_num_threads() // n)
+    print(f"predicting with {n} processes, {threads} threads each")
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=_process_main, args=(args, r, n, threads)) for r in range(n)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    failed = [(r, proc.exitcode) for r, proc in enumerate(procs) if proc.exitcode != 0]
+    if failed:
+        from roadseg.predict import parts_dir
+
+        raise RoadsegError(
+            f"process {failed[0][0]} of {n} stopped (exit code {failed[0][1]}); the chunks "
+            "finished so far are kept: run the same command again to resume",
+            parts_dir(args.out),
+        )
+    _merge_scene(args)
+    if args.merge == "vote":  # what the processes decided with (Predictor.output_decision)
+        from roadseg.postprocess import Decision
+
+        return Decision(pixel=0.5, patch=0.5)
+    return _decision(args, args.ckpt[0])[0]
+
+
+def _predict_torchrun(args: argparse.Namespace, rank: int, world: int):
+    """Under torchrun: this process's share of the chunks (on GPU ``LOCAL_RANK`` when there
+    are GPUs), a gloo barrier, and the merge by rank 0."""
+    import torch
+    import torch.distributed as dist
+
+    if args.device == "auto" and torch.cuda.is_available():
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    dist.init_process_group("gloo")
+    try:
+        args.quiet = args.quiet or rank > 0
+        decision = _predict_share(args, rank, world, merge=False)
+        dist.barrier()
+        if rank == 0:
+            _merge_scene(args)
+    finally:
+        dist.destroy_process_group()
+    return decision
+
+
+def _write_lines(raster, out, args: argparse.Namespace, *, threshold: float) -> None:
+    from roadseg.vectors import describe, to_frame, vectorize_raster, write_vectors
+
+    pieces, crs, transform = vectorize_raster(
+        raster, threshold=threshold, chunk=args.chunk, min_length=args.min_length,
+        simplify=args.simplify, progress=not args.quiet,
+    )  # fmt: skip
+    frame = to_frame(pieces, crs, transform)
+    write_vectors(frame, out)
+    print(f"wrote {out}: {describe(frame)}")
+
+
+def _cmd_vectorize(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+    from roadseg.vectors import vector_driver
+
+    check_io(inputs=[args.raster], outputs=[args.out])
+    vector_driver(args.out)
+    _write_lines(args.raster, args.out, args, threshold=args.threshold)
 
 
 def _cmd_validate_submission(args: argparse.Namespace) -> None:
@@ -373,8 +513,14 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.scoring import format_scores, score_submission
 
-    check_io(inputs=[args.submission], input_folders=[args.truth])
-    scores, tiles, patches = score_submission(args.submission, args.truth)
+    if Path(args.submission).is_dir():  # predicted masks: the patch scores and APLS
+        from roadseg.scoring import score_masks
+
+        check_io(input_folders=[args.submission, args.truth])
+        scores, tiles, patches = score_masks(args.submission, args.truth)
+    else:
+        check_io(inputs=[args.submission], input_folders=[args.truth])
+        scores, tiles, patches = score_submission(args.submission, args.truth)
     print(f"{args.submission}: {tiles} tiles, {patches:,} patches scored against {args.truth}")
     print(format_scores(scores))
 
@@ -573,6 +719,23 @@ def _add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_vector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-length",
+        type=float,
+        default=10.0,
+        help="drop lines shorter than this many pixels that end in nothing (whiskers, specks) "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=1.0,
+        help="simplify lines to this many pixels (Douglas-Peucker; 0: every pixel) "
+        "(default %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roadseg",
@@ -669,7 +832,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk", type=int, default=2048, help="side of the chunks read and written (default 2048)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="predict with this many local processes, each a share of the chunks, then merge "
+        "(CPU cores are shared out; on several GPUs or nodes run it under torchrun instead: "
+        "torchrun --nproc-per-node N -m roadseg predict ...). Finished chunks wait in "
+        "<out>.parts/: a killed run resumes when run again (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each of the --processes (default: this machine's shared out)",
+    )
+    p.add_argument(
+        "--vector",
+        metavar="LINES",
+        help="also write the roads' centre lines (.gpkg or .geojson; see roadseg vectorize), "
+        "from the probability above the decision's pixel threshold, or from the mask",
+    )
+    _add_vector_args(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "vectorize",
+        help="turn a road probability or mask raster into centre lines (GeoPackage/GeoJSON)",
+        description="Thin the road mask to one-pixel centre lines, link them into a graph of "
+        "junctions and segments, drop short whiskers, simplify, and write LineStrings in the "
+        "raster's CRS with length (map units), mean_prob (NaN for a mask) and width (map "
+        "units). Streams chunk by chunk: memory holds one chunk, and a road across chunk "
+        "borders is one line.",
+    )
+    p.add_argument("raster", help="one-band GeoTIFF: probabilities (float) or a 0/1 or 0/255 mask")
+    p.add_argument("--out", required=True, help="lines to write: .gpkg or .geojson")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a probability raster is road above this (default %(default)s)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=2048, help="side of the chunks read (default %(default)s)"
+    )
+    _add_vector_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_vectorize)
 
     p = sub.add_parser(
         "validate-submission",
@@ -685,14 +893,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="score a submission CSV against ground-truth masks (patch accuracy and road F1)",
+        help="score a submission CSV (or predicted masks) against ground-truth masks",
         description="Turn every mask of TRUTH into patch labels with the competition's rule "
         "(raw grey levels scaled to [0, 1], a 16x16 patch is road when its mean is above "
         "0.25) and compare the submission's rows of those tiles with them. Prints patch "
         "accuracy (what the Kaggle leaderboard computes) and road patch F1 (what the course "
-        "calls the score), background F1, precision and recall.",
+        "calls the score), background F1, precision and recall. Given a folder of predicted "
+        "masks instead of a CSV, also APLS: how well the routes along the predicted centre "
+        "lines match the true ones (roadseg.apls).",
     )
-    p.add_argument("submission", help="submission CSV (id,prediction)")
+    p.add_argument(
+        "submission", help="submission CSV (id,prediction), or a folder of predicted masks"
+    )
     p.add_argument(
         "--truth", required=True, help="folder of ground-truth masks (white = road), one per tile"
     )

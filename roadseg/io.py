@@ -165,15 +165,16 @@ def _new_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (ending in ``suffix``, for writers that go by
+    it); rename it onto ``path`` only on success.
 
     The file gets the permissions a plain ``open(path, "w")`` would give it (those of the
     file it replaces, else 0666 less the umask), not the private 0600 of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -305,6 +305,10 @@ class Predictor:
         output: str = "prob",
         decision: Decision | None = None,
         chunk: int = 2048,
+        rank: int = 0,
+        world: int = 1,
+        merge: bool = True,
+        run_key: dict | None = None,
     ) -> None:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory).
 
@@ -314,7 +318,16 @@ class Predictor:
         {0, 1}, nodata 255) made by ``decision``'s pixel threshold and post-processing
         (for ``vote``: by majority). Each chunk is predicted, and post-processed, with
         ``overlap // 2`` pixels (rounded up to whole 16x16 patches) of context on each
-        side, so the patch grid of a vote is the scene's own.
+        side, so the patch grid of a vote is the scene's own, and no chunk depends on
+        another.
+
+        Chunks are written as files to ``<out>.parts/`` as they finish; process ``rank`` of
+        ``world`` predicts every ``world``-th chunk from its rank on, and skips chunks
+        already there, so a killed run resumes where it stopped. With ``merge``, the parts
+        are then joined into ``out_path`` (atomically) and the folder removed; every part
+        must be there by then (for ``world`` > 1, merge after all processes finished).
+        ``run_key``: what else must match for parts of an earlier run to be reused (the
+        models, TTA, ...); a folder of parts of another run is refused.
         """
         if output not in ("prob", "mask"):
             raise RoadsegError(f"unknown output {output!r}; use prob or mask")
@@ -326,28 +339,32 @@ class Predictor:
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(src_path) as src:
-                profile = {
-                    "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
-                    "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
-                    "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-                    "dtype": "float32" if output == "prob" else "uint8",
-                    "nodata": -1.0 if output == "prob" else 255,
+                profile = scene_profile(src, output)
+                chunks = scene_chunks(src.width, src.height, chunk)
+                key = {
+                    "scene": str(Path(src_path).resolve()), "size": [src.width, src.height],
+                    "chunk": chunk, "output": output, "margin": margin,
+                    "decision": decision.describe() if output == "mask" else None,
+                    **(run_key or {}),
                 }  # fmt: skip
-                chunks = [
-                    Window(c, r, min(chunk, src.width - c), min(chunk, src.height - r))
-                    for r in range(0, src.height, chunk)
-                    for c in range(0, src.width, chunk)
+                parts = start_parts(out_path, key)
+                mine = [
+                    (k, win)
+                    for k, win in enumerate(chunks)
+                    if k % world == rank and not part_path(parts, k).exists()
                 ]
-                bar = tqdm(chunks, desc="predicting", unit="chunk", disable=not self.progress)
-                with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-                    for win in bar:
-                        prob, valid, inner = self._predict_chunk(src, win, margin)
-                        if output == "mask":
-                            values = decision.mask(prob)[inner]
-                        else:
-                            values = prob[inner].astype(np.float32)
-                        values[~valid] = profile["nodata"]
-                        dst.write(values[None], window=win)
+                bar = tqdm(mine, desc="predicting", unit="chunk", disable=not self.progress)
+                part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
+                for k, win in bar:
+                    prob, valid, inner = self._predict_chunk(src, win, margin)
+                    if output == "mask":
+                        values = decision.mask(prob)[inner]
+                    else:
+                        values = prob[inner].astype(np.float32)
+                    values[~valid] = profile["nodata"]
+                    write_part(part_path(parts, k), values, part_profile, win)
+        if merge:
+            merge_parts(out_path, profile, chunks)
 
     def _predict_chunk(self, src, win: Window, margin: int):
         """One chunk read with ``margin`` of context: the map of the whole read window, the
@@ -366,3 +383,90 @@ class Predictor:
         rs, cs = win.row_off - r0, win.col_off - c0
         inner = (slice(rs, rs + win.height), slice(cs, cs + win.width))
         return prob, valid[inner], inner
+
+
+PART_BLOCK = 256
+
+
+def scene_profile(src, output: str) -> dict:
+    """GeoTIFF profile of a scene's prediction: one band, tiled, compressed."""
+    return {
+        "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
+        "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
+        "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        "dtype": "float32" if output == "prob" else "uint8",
+        "nodata": -1.0 if output == "prob" else 255,
+    }  # fmt: skip
+
+
+def scene_chunks(width: int, height: int, chunk: int) -> list[Window]:
+    """The chunks of a scene in raster order."""
+    return [
+        Window(c, r, min(chunk, width - c), min(chunk, height - r))
+        for r in range(0, height, chunk)
+        for c in range(0, width, chunk)
+    ]
+
+
+def parts_dir(out_path: str | Path) -> Path:
+    """Where the chunks of ``out_path`` wait until they are merged."""
+    out = Path(out_path)
+    return out.with_name(out.name + ".parts")
+
+
+def part_path(parts: Path, k: int) -> Path:
+    return parts / f"chunk_{k:06d}.tif"
+
+
+def start_parts(out_path: str | Path, key: dict) -> Path:
+    """The parts folder of ``out_path``, with ``run.json`` saying which run it belongs to;
+    refused when it holds parts of another run (another scene, model or options)."""
+    import json
+
+    parts = parts_dir(out_path)
+    stamp = parts / "run.json"
+    text = json.dumps(key, indent=2, sort_keys=True) + "\n"
+    if stamp.is_file():
+        if stamp.read_text() != text:
+            raise RoadsegError(
+                "holds the finished chunks of another prediction (other scene, models or "
+                "options): delete it, or run that prediction again to resume it",
+                parts,
+            )
+        return parts
+    parts.mkdir(parents=True, exist_ok=True)
+    with atomic_path(stamp) as tmp:  # every process writes the same text
+        tmp.write_text(text)
+    return parts
+
+
+def write_part(path: Path, values: np.ndarray, profile: dict, win: Window) -> None:
+    """One finished chunk, atomically (a killed process leaves no half part)."""
+    part = {**profile, "width": int(win.width), "height": int(win.height), "BIGTIFF": "NO"}
+    if win.width < PART_BLOCK or win.height < PART_BLOCK:
+        part["tiled"] = False
+        part.pop("blockxsize"), part.pop("blockysize")
+    part["transform"] = rasterio.windows.transform(win, profile["transform"])
+    with atomic_path(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **part) as dst:
+        dst.write(values[None])
+
+
+def merge_parts(out_path: str | Path, profile: dict, chunks: list[Window]) -> None:
+    """Join every chunk's part into ``out_path`` (atomically), then remove the parts."""
+    import shutil
+
+    parts = parts_dir(out_path)
+    missing = [k for k in range(len(chunks)) if not part_path(parts, k).exists()]
+    if missing:
+        raise RoadsegError(
+            f"{len(missing)} of {len(chunks)} chunks are not predicted yet (first: chunk "
+            f"{missing[0]}); run the same command again to predict them",
+            parts,
+        )
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for k, win in enumerate(chunks):
+                with rasterio.open(part_path(parts, k)) as part:
+                    dst.write(part.read(), window=win)
+    shutil.rmtree(parts)

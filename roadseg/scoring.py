@@ -12,6 +12,8 @@ Two numbers describe a submission, and they are not the same:
   on the same labels, and 0 for an all-background submission.
 
 Background F1 (the F1 of the 0s), precision and recall of the road class come with them.
+Predicted masks (not only patch labels) are also scored by APLS (:mod:`roadseg.apls`):
+whether the roads they draw allow the routes the true roads do.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = ("patch_accuracy", "patch_f1", "background_f1", "patch_precision", "patch_recall")
+METRICS = (
+    "patch_accuracy", "patch_f1", "background_f1", "patch_precision", "patch_recall", "apls",
+)  # fmt: skip
 LABELS = {
     "patch_accuracy": "patch accuracy (the leaderboard's number)",
     "patch_f1": "road patch F1 (the course's score)",
     "background_f1": "background patch F1",
     "patch_precision": "road patch precision",
     "patch_recall": "road patch recall",
+    "apls": "APLS (routes along the centre lines)",
 }
 
 
@@ -91,3 +96,41 @@ def score_submission(
         pred += [predicted[ident] == "1" for ident, _ in rows]
         true += [label for _, label in rows]
     return patch_scores(np.array(pred), np.array(true)), len(masks), len(true)
+
+
+def score_masks(predicted: str | Path, truth: str | Path) -> tuple[dict[str, float], int, int]:
+    """Score a folder of predicted masks (white = road, any raster format) against a folder
+    of true ones, tiles matched by the number in their names: the patch scores as
+    :func:`score_submission` computes them, and the mean APLS of the tiles' centre lines
+    (a mask pixel is road above half its scale).
+
+    Returns the scores, the number of tiles and the number of patches scored.
+    """
+    from roadseg.apls import mask_apls
+    from roadseg.errors import RoadsegError
+    from roadseg.index import list_rasters, tile_id
+    from roadseg.io import read_mask_grey
+    from roadseg.patches import patch_labels
+
+    mine = {tile_id(p): p for p in list_rasters(predicted)}
+    masks = list_rasters(truth)
+    pred, true, apls = [], [], []
+    for mask in masks:
+        if tile_id(mask) not in mine:
+            raise RoadsegError(
+                f"has no predicted mask of tile {tile_id(mask)} ({Path(mask).name})", predicted
+            )
+        truth_grey, pred_grey = read_mask_grey(mask), read_mask_grey(mine[tile_id(mask)])
+        if truth_grey.shape != pred_grey.shape:
+            raise RoadsegError(
+                f"is {pred_grey.shape[1]}x{pred_grey.shape[0]}; its true mask "
+                f"{Path(mask).name} is {truth_grey.shape[1]}x{truth_grey.shape[0]}",
+                mine[tile_id(mask)],
+            )
+        pred.append(patch_labels(pred_grey).ravel())
+        true.append(patch_labels(truth_grey).ravel())
+        apls.append(mask_apls(truth_grey > 0.5, pred_grey > 0.5))
+    scores = patch_scores(np.concatenate(pred), np.concatenate(true)) if masks else {}
+    if masks:
+        scores["apls"] = float(np.mean(apls))
+    return scores, len(masks), int(sum(t.size for t in true))

@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     "pseudo-label",
     "tune",
     "predict",
+    "vectorize",
     "validate-submission",
     "masks-to-submission",
     "index",

@@ -1,0 +1,357 @@
+"""Roads as lines: centre lines of a road mask as a graph of junctions and segments.
+
+The mask is thinned to one-pixel centre lines (scikit-image), the skeleton's pixels are
+linked into chains between junctions and ends, and each chain becomes a LineString in
+the raster's CRS with its length (map units), mean road probability and estimated
+width (twice the distance from the centre line to the mask's edge, map units).
+
+Large rasters stream chunk by chunk: each chunk is thinned with a margin around it, so
+its skeleton is the whole raster's, and keeps the links of the pixels it owns; a link
+between two pixels belongs to the chunk of the first of them in raster order. Chains
+then end at chunk borders, and :func:`join_pieces` joins them where exactly two meet, so
+a road across a chunk border is one line and memory holds one chunk of pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from scipy import ndimage
+from skimage.morphology import skeletonize
+from tqdm import tqdm
+
+from roadseg.errors import RoadsegError
+from roadseg.io import atomic_path
+
+# 8-neighbour offsets (dr, dc) that come after a pixel in raster order: each link once
+FORWARD = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+@dataclass
+class Piece:
+    """A chain of skeleton pixels ``(n, 2)`` (row, col), with sums of the probability and
+    of the distance to the mask's edge over its pixels (all but its first, so that chains
+    joined end to end count each pixel once)."""
+
+    pixels: np.ndarray
+    prob_sum: float
+    half_width_sum: float
+    count: int
+
+
+def _links(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Links between 8-neighbouring skeleton pixels as (first, second) flat indices; a
+    diagonal link is dropped where a pixel beside both makes it a corner of a triangle, so
+    a bend is not read as a junction."""
+    h, w = skeleton.shape
+    firsts, seconds = [], []
+    for dr, dc in FORWARD:
+        a = skeleton[: h - dr, max(0, -dc) : w - max(0, dc)]  # (r, c)
+        b = skeleton[dr:, max(0, dc) : w + min(0, dc)]  # (r + dr, c + dc)
+        both = a & b
+        if dr and dc:  # diagonal: skip when an orthogonal path of two links exists
+            side1 = skeleton[: h - dr, max(0, dc) : w + min(0, dc)]  # (r, c + dc)
+            side2 = skeleton[dr:, max(0, -dc) : w - max(0, dc)]  # (r + dr, c)
+            both &= ~(side1 | side2)
+        rows, cols = np.nonzero(both)
+        cols = cols + max(0, -dc)
+        firsts.append(rows * w + cols)
+        seconds.append((rows + dr) * w + cols + dc)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def trace(
+    skeleton: np.ndarray,
+    owned: np.ndarray,
+    prob: np.ndarray,
+    half_width: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+) -> list[Piece]:
+    """Chains of the links whose first pixel is ``owned`` (bool, same shape), between
+    pixels with other than two such links; pixel coordinates shifted by ``offset``."""
+    h, w = skeleton.shape
+    first, second = _links(skeleton)
+    degree = np.bincount(np.concatenate([first, second]), minlength=h * w)
+    keep = owned.ravel()[first]
+    first, second = first[keep], second[keep]
+    adjacency: dict[int, list[int]] = defaultdict(list)
+    for a, b in zip(first.tolist(), second.tolist(), strict=True):
+        adjacency[a].append(b)
+        adjacency[b].append(a)
+    # a chain ends at a junction or end of the whole skeleton, and where links of other
+    # chunks go on (joined later)
+    ends = {p for p, nbrs in adjacency.items() if len(nbrs) != 2 or degree[p] != 2}
+    used: set[tuple[int, int]] = set()
+    prob_flat, width_flat = prob.ravel(), half_width.ravel()
+    pieces = []
+
+    def walk(start: int, nxt: int) -> list[int]:
+        chain, prev, cur = [start], start, nxt
+        used.add((min(start, nxt), max(start, nxt)))
+        while cur not in ends and cur != start:
+            chain.append(cur)
+            a, b = adjacency[cur]
+            prev, cur = cur, (b if a == prev else a)
+            used.add((min(prev, cur), max(prev, cur)))
+        chain.append(cur)
+        return chain
+
+    def piece(chain: list[int]) -> Piece:
+        idx = np.array(chain)
+        inner = idx[1:]  # a chain's first pixel is counted by the chain it ends
+        rows, cols = np.divmod(idx, w)
+        return Piece(
+            np.stack([rows + offset[0], cols + offset[1]], axis=1).astype(np.int64),
+            float(prob_flat[inner].sum()), float(width_flat[inner].sum()), len(inner),
+        )  # fmt: skip
+
+    for start in sorted(ends):
+        for nxt in adjacency[start]:
+            if (min(start, nxt), max(start, nxt)) not in used:
+                pieces.append(piece(walk(start, nxt)))
+    for start in sorted(adjacency):  # closed loops: no end anywhere on them
+        for nxt in adjacency[start]:
+            if (min(start, nxt), max(start, nxt)) not in used:
+                pieces.append(piece(walk(start, nxt)))
+    return pieces
+
+
+def join_pieces(pieces: list[Piece]) -> list[Piece]:
+    """Join chains end to end wherever exactly two of them meet (a point that is neither
+    a junction nor an end of the network)."""
+    at: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k, p in enumerate(pieces):
+        at[tuple(p.pixels[0])].append(k)
+        at[tuple(p.pixels[-1])].append(k)
+    done = [False] * len(pieces)
+    out = []
+
+    def oriented(k: int, start: tuple[int, int]) -> np.ndarray:
+        px = pieces[k].pixels
+        return px if tuple(px[0]) == start else px[::-1]
+
+    def extend(k: int, start: tuple[int, int]):
+        parts, prob, width, count = [], 0.0, 0.0, 0
+        while True:
+            done[k] = True
+            px = oriented(k, start)
+            parts.append(px if not parts else px[1:])
+            prob, width = prob + pieces[k].prob_sum, width + pieces[k].half_width_sum
+            count += pieces[k].count
+            end = tuple(px[-1])
+            nxt = [j for j in at[end] if not done[j]]
+            if len(at[end]) != 2 or not nxt:
+                return Piece(np.concatenate(parts), prob, width, count)
+            k, start = nxt[0], end
+
+    for point, ks in sorted(at.items()):
+        if len(ks) == 2:
+            continue
+        for k in ks:
+            if not done[k]:
+                out.append(extend(k, point))
+    for k in range(len(pieces)):  # loops made only of degree-2 meetings
+        if not done[k]:
+            out.append(extend(k, tuple(pieces[k].pixels[0])))
+    return out
+
+
+def prune(pieces: list[Piece], min_length: float) -> list[Piece]:
+    """Drop chains shorter than ``min_length`` pixels with a free end: the skeleton's
+    whiskers off a road, and specks that touch nothing; then join what they split."""
+    if min_length <= 0:
+        return pieces
+    degree: dict[tuple[int, int], int] = defaultdict(int)
+    for p in pieces:
+        degree[tuple(p.pixels[0])] += 1
+        degree[tuple(p.pixels[-1])] += 1
+    kept = [
+        p
+        for p in pieces
+        if _pixel_length(p.pixels) >= min_length
+        or min(degree[tuple(p.pixels[0])], degree[tuple(p.pixels[-1])]) > 1
+    ]
+    return join_pieces(kept)
+
+
+def _pixel_length(pixels: np.ndarray) -> float:
+    return float(np.hypot(*np.diff(pixels, axis=0).T).sum()) if len(pixels) > 1 else 0.0
+
+
+def _simplify(pixels: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker on a chain's pixel centres, ends kept."""
+    if len(pixels) <= 2 or tolerance <= 0:
+        return pixels
+    keep = np.zeros(len(pixels), bool)
+    keep[[0, -1]] = True
+    stack = [(0, len(pixels) - 1)]
+    pts = pixels.astype(np.float64)
+    while stack:
+        i, j = stack.pop()
+        if j <= i + 1:
+            continue
+        seg = pts[j] - pts[i]
+        norm = math.hypot(*seg)
+        rel = pts[i + 1 : j] - pts[i]
+        if norm == 0:
+            dist = np.hypot(rel[:, 0], rel[:, 1])
+        else:
+            dist = np.abs(seg[0] * rel[:, 1] - seg[1] * rel[:, 0]) / norm
+        k = int(np.argmax(dist))
+        if dist[k] > tolerance:
+            keep[i + 1 + k] = True
+            stack += [(i, i + 1 + k), (i + 1 + k, j)]
+    return pixels[keep]
+
+
+def read_road_raster(src, window: Window, threshold: float):
+    """(road mask, probability, valid) of a window of a probability (float) or mask
+    (integer 0/1 or 0/255) raster; probability is NaN for a mask."""
+    band = src.read(1, window=window)
+    valid = src.read_masks(1, window=window) > 0
+    if np.issubdtype(band.dtype, np.floating):
+        prob = np.where(valid, band, 0.0).astype(np.float32)
+        return (prob > threshold) & valid, prob, valid
+    road = (band > (127 if band.max(initial=0) > 1 else 0)) & valid
+    return road, np.full(band.shape, np.nan, np.float32), valid
+
+
+def chunk_pieces(
+    road: np.ndarray,
+    prob: np.ndarray | None = None,
+    owned: tuple[slice, slice] | None = None,
+    offset: tuple[int, int] = (0, 0),
+) -> list[Piece]:
+    """The chains of one window of a road mask whose links start in ``owned`` (the chunk
+    inside its margin; default the whole window), in raster pixel coordinates."""
+    skeleton = skeletonize(road)
+    half_width = ndimage.distance_transform_edt(road).astype(np.float32)
+    prob = np.full(road.shape, np.nan, np.float32) if prob is None else prob
+    mine = np.zeros_like(skeleton)
+    mine[owned or (slice(None), slice(None))] = True
+    return trace(skeleton, mine & skeleton, prob, half_width, offset)
+
+
+def finish(pieces: list[Piece], *, min_length: float = 10.0, simplify: float = 1.0) -> list[Piece]:
+    """Join the chunks' chains, prune whiskers and specks, simplify."""
+    pieces = prune(join_pieces(pieces), min_length)
+    return [
+        Piece(_simplify(p.pixels, simplify), p.prob_sum, p.half_width_sum, p.count) for p in pieces
+    ]
+
+
+def vectorize_array(
+    road: np.ndarray,
+    prob: np.ndarray | None = None,
+    *,
+    min_length: float = 10.0,
+    simplify: float = 1.0,
+) -> list[Piece]:
+    """Centre-line chains of a road mask held in memory (a tile), in pixel coordinates."""
+    return finish(chunk_pieces(road, prob) if road.any() else [], min_length=min_length,
+                  simplify=simplify)  # fmt: skip
+
+
+def vectorize_raster(
+    path: str | Path,
+    *,
+    threshold: float = 0.5,
+    chunk: int = 2048,
+    margin: int = 64,
+    min_length: float = 10.0,
+    simplify: float = 1.0,
+    progress: bool = False,
+) -> tuple[list[Piece], object, object]:
+    """Centre-line chains of a one-band road raster (module doc) and its CRS and transform.
+
+    ``threshold``: a probability raster (float) is road above it; an integer raster is a
+    mask (0/1 or 0/255). Chunks of ``chunk`` pixels are thinned with ``margin`` pixels
+    around them (more than a road's width). Chains shorter than ``min_length`` pixels with
+    a free end are dropped; lines are simplified to ``simplify`` pixels (Douglas-Peucker).
+    """
+    if chunk <= 0 or margin < 0:
+        raise RoadsegError(f"chunk ({chunk}) must be positive and margin ({margin}) not negative")
+    pieces: list[Piece] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except rasterio.errors.RasterioIOError as err:
+            raise RoadsegError(f"not a raster rasterio can read ({err})", path) from err
+        with src:
+            if src.count != 1:
+                raise RoadsegError(
+                    f"has {src.count} bands; vectorize takes a one-band road probability or "
+                    "mask (as roadseg predict writes)",
+                    path,
+                )
+            height, width = src.height, src.width
+            starts = [(r, c) for r in range(0, height, chunk) for c in range(0, width, chunk)]
+            for r, c in tqdm(starts, desc="vectorizing", unit="chunk", disable=not progress):
+                r0, c0 = max(0, r - margin), max(0, c - margin)
+                r1, c1 = min(height, r + chunk + margin), min(width, c + chunk + margin)
+                road, prob, _ = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
+                if road.any():
+                    owned = (slice(r - r0, min(r + chunk, height) - r0),
+                             slice(c - c0, min(c + chunk, width) - c0))  # fmt: skip
+                    pieces += chunk_pieces(road, prob, owned, (r0, c0))
+            crs, transform = src.crs, src.transform
+    return finish(pieces, min_length=min_length, simplify=simplify), crs, transform
+
+
+def to_frame(pieces: list[Piece], crs, transform):
+    """A GeoDataFrame of LineStrings in the raster's CRS: ``length`` (map units),
+    ``mean_prob`` (NaN for a mask), ``width`` (map units)."""
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    pixel = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
+    lines, probs, widths = [], [], []
+    for p in pieces:
+        rows, cols = p.pixels[:, 0] + 0.5, p.pixels[:, 1] + 0.5
+        xs, ys = transform * (cols, rows)
+        lines.append(LineString(np.stack([xs, ys], axis=1)))
+        probs.append(p.prob_sum / p.count if p.count else float("nan"))
+        # a centre pixel at distance d from the edge lies in a road 2d - 1 pixels wide
+        widths.append((2 * p.half_width_sum / p.count - 1) * pixel if p.count else float("nan"))
+    frame = gpd.GeoDataFrame({"mean_prob": probs, "width": widths}, geometry=lines, crs=crs)
+    frame.insert(0, "length", frame.geometry.length)
+    return frame
+
+
+def write_vectors(frame, out: str | Path) -> None:
+    """Write lines to GeoPackage (``.gpkg``) or GeoJSON (``.geojson``/``.json``), atomically."""
+    out = Path(out)
+    driver = vector_driver(out)
+    with atomic_path(out, suffix=f".tmp{out.suffix}") as tmp:
+        tmp.unlink()  # the writer creates the file
+        frame.to_file(tmp, driver=driver, layer="roads", engine="pyogrio")
+
+
+def vector_driver(out: str | Path) -> str:
+    """The OGR driver of a lines file, by its suffix (refused before any work)."""
+    drivers = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+    suffix = Path(out).suffix.lower()
+    if suffix not in drivers:
+        raise RoadsegError("unknown vector format: name it .gpkg or .geojson", out)
+    return drivers[suffix]
+
+
+def describe(frame) -> str:
+    """One line: lines, junctions, total length, CRS."""
+    ends = frame.geometry.boundary.explode(index_parts=False)
+    counts = ends.to_wkb().value_counts() if len(ends) else ends
+    junctions = int((counts >= 3).sum()) if len(ends) else 0
+    crs = frame.crs.to_string() if frame.crs is not None else "no CRS (pixel units)"
+    return (
+        f"{len(frame)} lines, {junctions} junctions, total length {frame['length'].sum():.1f} "
+        f"map units, {crs}"
+    )

@@ -11,8 +11,8 @@
 3. encoders: training steps per second of cpu.yaml's network with smp's deprecated
    ``timm-`` EfficientNet-Lite0 encoder against the ``tu-`` one roadseg now uses;
 4. predict: test tiles per second without and with TTA, and seconds for a test set;
-5. scene: seconds and peak memory (RSS of a child process) of streaming two GeoTIFF
-   sizes through ``roadseg predict``.
+5. scene: seconds and peak memory per process of streaming GeoTIFF scenes through
+   ``roadseg predict`` with 1 and 2 processes (``--scene-sizes 16000`` for the large one).
 """
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ MODELS = {
         8,
     ),
     "resnet34-384": ({"encoder": "resnet34"}, 384, 32),
+    # configs/cpu.yaml's network
+    "cpu": (
+        {
+            "encoder": "tu-tf_efficientnet_lite0",
+            "decoder_channels": [128, 64, 32, 16, 16],
+            "input_scale": 0.5,
+        },
+        384,
+        4,
+    ),
 }
 
 
@@ -234,7 +244,9 @@ def write_scene(path: Path, size: int) -> None:
             dst.write(strip, window=rasterio.windows.Window(0, r, size, h))
 
 
-def bench_scene(model_name: str, device: str, sizes: list[int]) -> list[dict]:
+def bench_scene(model_name: str, device: str, sizes: list[int], processes: list[int]) -> list[dict]:
+    """Each size through ``roadseg predict`` with each number of processes: wall time, and
+    the peak memory of each process (the processes' own lines; one process: its RSS)."""
     model_args, _, _ = MODELS[model_name]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,16 +257,22 @@ def bench_scene(model_name: str, device: str, sizes: list[int]) -> list[dict]:
         for size in sizes:
             scene = tmp / f"scene_{size}.tif"
             write_scene(scene, size)
-            command = [sys.executable, "-m", "roadseg", "predict", str(scene), "--out", str(tmp / "out.tif"),
-                       "--ckpt", str(ckpt), "--device", device, "--quiet"]  # fmt: skip
-            probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                     "subprocess.run(sys.argv[1:], check=True); "
-                     "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
-            out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True,
-                                 text=True, cwd=REPO).stdout.split()  # fmt: skip
-            seconds, max_rss_kb = float(out[-2]), int(out[-1])
-            rows.append({"scene": f"{size}x{size}", "megapixels": size * size / 1e6, "seconds": seconds,
-                         "megapixels_per_s": size * size / 1e6 / seconds, "peak_rss_mb": max_rss_kb / 1024})  # fmt: skip
+            for n in processes:
+                command = [sys.executable, "-m", "roadseg", "predict", str(scene), "--out", str(tmp / "out.tif"),
+                           "--ckpt", str(ckpt), "--device", device, "--quiet", "--processes", str(n)]  # fmt: skip
+                probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                         "r = subprocess.run(sys.argv[1:], check=True, stderr=subprocess.PIPE, text=True); "
+                         "print(r.stderr); "
+                         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+                out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True,
+                                     text=True, cwd=REPO).stdout  # fmt: skip
+                seconds, max_rss_kb = float(out.split()[-2]), int(out.split()[-1])
+                peaks = [float(line.split("peak memory ")[1].split()[0])
+                         for line in out.splitlines() if "peak memory" in line]  # fmt: skip
+                rows.append({"scene": f"{size}x{size}", "processes": n, "megapixels": size * size / 1e6,
+                             "seconds": seconds, "megapixels_per_s": size * size / 1e6 / seconds,
+                             "peak_rss_mb_per_process": " / ".join(f"{p:.0f}" for p in peaks) or f"{max_rss_kb / 1024:.0f}"})  # fmt: skip
+                (tmp / "out.tif").unlink()
             scene.unlink()
     return rows
 
@@ -277,7 +295,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "bench.json")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--model", default=None, choices=list(MODELS),
-                        help="default: resnet34-384 on a GPU, quick on a CPU")  # fmt: skip
+                        help="default: resnet34-384 on a GPU, quick on a CPU; cpu: cpu.yaml's network")  # fmt: skip
     parser.add_argument(
         "--only", default="data,train,encoders,predict,scene", help="comma-separated sections"
     )
@@ -286,6 +304,7 @@ def main() -> None:
         "--predict-tiles", type=int, default=None, help="tiles measured per test set"
     )
     parser.add_argument("--scene-sizes", default=None, help="e.g. 2000,4000")
+    parser.add_argument("--scene-processes", default="1,2", help="processes per scene, e.g. 1,2")
     args = parser.parse_args()
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -309,7 +328,8 @@ def main() -> None:
         ("predict", "inference on the test tiles",
          lambda: bench_predict(args.data, model, device, args.predict_tiles or (144 if gpu else 12))),
         ("scene", "GeoTIFF scenes streamed through roadseg predict",
-         lambda: bench_scene(model, device, [int(s) for s in (args.scene_sizes or ("4000,16000" if gpu else "2000,4000")).split(",")])),
+         lambda: bench_scene(model, device, [int(s) for s in (args.scene_sizes or ("4000,16000" if gpu else "2000,4000")).split(",")],
+                             [int(n) for n in args.scene_processes.split(",")])),
     ]  # fmt: skip
     for name, title, run in sections:
         if name in only:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from roadseg import __version__
 from roadseg.errors import RoadsegError
+from roadseg.patches import CONTEXT_MARGIN
 from roadseg.training import LIGHTNING_COMMANDS, run_lightning
 
 # Options of submit, tune and predict, with their defaults: each comes from the command line,
@@ -27,7 +28,6 @@ PREDICT_DEFAULTS = {
     "device": "auto", "precision": "auto", "pixel_threshold": None, "patch_threshold": None,
     "close_gaps": None, "min_area": None, "context": None,
 }  # fmt: skip
-CONTEXT_MARGIN = 96  # pixels of the neighbouring tiles around each tile, when it has any
 PREDICT_TYPES = {
     "tta": (bool,), "merge": (str,), "window": (int,), "overlap": (int,), "batch_size": (int,),
     "device": (str,), "precision": (str,), "pixel_threshold": (float, int),
@@ -334,6 +334,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     for name, values in columns.items():
         print(f"{name}:")
         print(format_scores(values))
+    print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
+          f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
     rings = raw.ring_f1()
     print(
         "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
@@ -358,7 +360,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.vector:
         from roadseg.vectors import vector_driver
 
-        check_io(outputs=[args.vector], protected=[args.scene, args.out, *_inputs_of(args)])
+        pictures = [args.png] if args.png else []
+        check_io(
+            outputs=[args.vector, *pictures], protected=[args.scene, args.out, *_inputs_of(args)]
+        )
         vector_driver(args.vector)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.processes < 1:
@@ -375,7 +380,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         decision = _predict_share(args, 0, 1, merge=True)
     print(f"wrote {args.out}")
     if args.vector:  # the centre lines of the roads the decision keeps
-        _write_lines(args.out, args.vector, args, threshold=decision.pixel)
+        _write_lines(args.out, args.vector, args, threshold=decision.pixel, image=args.scene)
 
 
 def _run_key(args: argparse.Namespace) -> dict:
@@ -389,12 +394,21 @@ def _run_key(args: argparse.Namespace) -> dict:
 
 
 def _predict_share(args: argparse.Namespace, rank: int, world: int, *, merge: bool):
-    """Predict process ``rank``'s share of the scene's chunks; returns the decision."""
+    """Predict process ``rank``'s share of the scene's chunks; returns the decision. With
+    several processes, each says in one line what it did and its peak memory."""
+    import resource
+    import time
+
+    start = time.perf_counter()
     predictor, _, decision = _predictor(args)
-    predictor.predict_scene(
+    done = predictor.predict_scene(
         args.scene, args.out, output=args.output, decision=decision, chunk=args.chunk,
         rank=rank, world=world, merge=merge, run_key=_run_key(args),
     )  # fmt: skip
+    if world > 1:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        print(f"process {rank} of {world}: {done} chunks in {time.perf_counter() - start:.1f} s, "
+              f"peak memory {peak:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
     return decision
 
 
@@ -479,7 +493,8 @@ def _predict_torchrun(args: argparse.Namespace, rank: int, world: int):
     return decision
 
 
-def _write_lines(raster, out, args: argparse.Namespace, *, threshold: float) -> None:
+def _write_lines(raster, out, args: argparse.Namespace, *, threshold: float, image=None) -> None:
+    """Centre lines of ``raster`` to ``out``; with ``--png``, drawn over ``image``."""
     from roadseg.vectors import describe, to_frame, vectorize_raster, write_vectors
 
     pieces, crs, transform = vectorize_raster(
@@ -489,15 +504,20 @@ def _write_lines(raster, out, args: argparse.Namespace, *, threshold: float) -> 
     frame = to_frame(pieces, crs, transform)
     write_vectors(frame, out)
     print(f"wrote {out}: {describe(frame)}")
+    if args.png:
+        from roadseg.vectors import draw_lines
+
+        print(f"wrote {draw_lines(image or raster, frame, args.png)}")
 
 
 def _cmd_vectorize(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.vectors import vector_driver
 
-    check_io(inputs=[args.raster], outputs=[args.out])
+    check_io(inputs=[args.raster, *([args.image] if args.image else [])],
+             outputs=[args.out, *([args.png] if args.png else [])])  # fmt: skip
     vector_driver(args.out)
-    _write_lines(args.raster, args.out, args, threshold=args.threshold)
+    _write_lines(args.raster, args.out, args, threshold=args.threshold, image=args.image)
 
 
 def _cmd_validate_submission(args: argparse.Namespace) -> None:
@@ -852,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the roads' centre lines (.gpkg or .geojson; see roadseg vectorize), "
         "from the probability above the decision's pixel threshold, or from the mask",
     )
+    p.add_argument("--png", help="with --vector: also draw the lines over the scene in this PNG")
     _add_vector_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -876,6 +897,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk", type=int, default=2048, help="side of the chunks read (default %(default)s)"
     )
     _add_vector_args(p)
+    p.add_argument("--png", help="also draw the lines in this PNG, over --image or the raster")
+    p.add_argument("--image", help="imagery to draw the lines over (default: the raster itself)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_vectorize)
 

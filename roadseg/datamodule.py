@@ -19,6 +19,7 @@ from roadseg.errors import RoadsegError
 from roadseg.folds import split_stages
 from roadseg.index import scan_many
 from roadseg.io import MASK_THRESHOLD
+from roadseg.patches import CONTEXT_MARGIN
 
 
 class RoadDataModule(pl.LightningDataModule):
@@ -46,7 +47,8 @@ class RoadDataModule(pl.LightningDataModule):
         context: training windows may reach across tile edges into neighbouring training
             tiles of the same map (:mod:`roadseg.maps` places the tiles, test and
             validation tiles included, but a window never covers a validation, test or
-            missing tile, so their labels are never used).
+            missing tile, so their labels are never used); validation tiles are predicted
+            with 96 px of the map around them (imagery only), as ``submit`` predicts.
         pseudo_labels: self-training: a folder of a teacher's probability maps of the
             unlabelled tiles (``roadseg pseudo-label``); those tiles then train on these soft
             targets (and, with ``context``, windows may cover them). Validation tiles never do.
@@ -140,9 +142,13 @@ class RoadDataModule(pl.LightningDataModule):
         if frame.empty:
             return []
         same_size = frame[["height", "width"]].drop_duplicates().shape[0] == 1
-        dataset = TileDataset(
-            frame, mask_threshold=self.hparams.mask_threshold, cache=self.hparams.cache
-        )
+        maps, margin = None, 0
+        if self.hparams.get("context"):  # validated as submit predicts: in the map's context
+            from roadseg.maps import context_for
+
+            maps, margin, _ = context_for([self.hparams.root], frame, CONTEXT_MARGIN)
+        dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold,
+                              cache=self.hparams.cache, maps=maps, margin=margin)  # fmt: skip
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)
 
     def test_dataloader(self) -> DataLoader:

@@ -216,23 +216,42 @@ class RandomWindowDataset(Dataset):
 
 
 class TileDataset(Dataset):
-    """Evaluation samples: whole tiles, not augmented, with the competition's patch labels."""
+    """Evaluation samples: whole tiles, not augmented, with the competition's patch labels.
+
+    ``maps``, ``margin``: each image is the tile with ``margin`` pixels of its neighbours
+    on the map around it (:func:`roadseg.maps.context_image`), as ``submit`` predicts it;
+    the sample's ``margin`` says how much to crop from the prediction. Masks stay the tile's.
+    """
 
     def __init__(
-        self, frame: pd.DataFrame, *, mask_threshold: float = MASK_THRESHOLD, cache: bool = True
+        self,
+        frame: pd.DataFrame,
+        *,
+        mask_threshold: float = MASK_THRESHOLD,
+        cache: bool = True,
+        maps=None,
+        margin: int = 0,
     ):
         self.reader = TileReader(frame, cache=cache)
         self.mask_threshold = mask_threshold
+        self.maps, self.margin = maps, (margin if maps is not None else 0)
 
     def __len__(self) -> int:
         return len(self.reader.frame)
 
     def __getitem__(self, i: int) -> dict:
         row = self.reader.rows[i]
+        if self.margin:
+            from roadseg.maps import context_image
+
+            image = context_image(row["image"], self.maps, self.margin)
+        else:
+            image = self.reader.image(i)
         sample = {
-            "image": torch.from_numpy(self.reader.image(i)),
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
             "tile_id": int(row["tile_id"]),
             "index": i,
+            "margin": self.margin,
         }
         if isinstance(row["mask"], str):
             grey = self.reader.mask_grey(i)

@@ -12,6 +12,8 @@ import numpy as np
 
 PATCH_SIZE = 16
 PATCH_THRESHOLD = 0.25
+# pixels of the neighbouring tiles around a tile predicted in context (whole patches)
+CONTEXT_MARGIN = 96
 
 
 def patch_grid(height: int, width: int, patch_size: int = PATCH_SIZE) -> tuple[int, int]:

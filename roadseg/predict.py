@@ -309,8 +309,9 @@ class Predictor:
         world: int = 1,
         merge: bool = True,
         run_key: dict | None = None,
-    ) -> None:
-        """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory).
+    ) -> int:
+        """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory);
+        returns the number of chunks this call predicted.
 
         The output keeps the input's CRS and transform, is tiled and compressed, and is
         nodata wherever the input is. ``output``: ``prob`` (float32 in [0, 1], nodata -1;
@@ -365,6 +366,7 @@ class Predictor:
                     write_part(part_path(parts, k), values, part_profile, win)
         if merge:
             merge_parts(out_path, profile, chunks)
+        return len(mine)
 
     def _predict_chunk(self, src, win: Window, margin: int):
         """One chunk read with ``margin`` of context: the map of the whole read window, the

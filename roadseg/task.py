@@ -75,6 +75,9 @@ class RoadSegTask(pl.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
+        margin = int(batch["margin"][0]) if "margin" in batch else 0
+        if margin:  # a tile seen in the context of its map: score the tile alone
+            logits = logits[..., margin:-margin, margin:-margin]
         if "weight" in batch:  # self-training: soft targets, the teacher's unsure pixels 0
             if not supports_weights(self.hparams.loss):
                 raise RoadsegError(

@@ -85,7 +85,8 @@ def validation_frame(ckpt: dict) -> pd.DataFrame:
     was trained with, rebuilt from its saved arguments, makes the split again."""
     from roadseg.datamodule import RoadDataModule
 
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    saved["pseudo_labels"] = None  # training-only: validation never has pseudo-labels
     datamodule = RoadDataModule(**{k: v for k, v in saved.items() if not k.startswith("_")})
     datamodule.setup()
     return datamodule.frame("val")
@@ -112,6 +113,7 @@ class ValidationScores:
         """``clean``: post-processing applied to each binary mask before the patch rule."""
         self.probs = probs
         self.clean = clean
+        self.masks = masks
         self.truth = np.concatenate([patch_labels(read_mask_grey(m)).ravel() for m in masks])
 
     def road_share(self, pixel: float) -> np.ndarray:
@@ -137,6 +139,15 @@ class ValidationScores:
             name: patch_scores(pred[ring == k], self.truth[ring == k])["patch_f1"]
             for k, name in enumerate(names)
         }
+
+    def apls(self, pixel: float = 0.5) -> float:
+        """Mean APLS of the tiles (:mod:`roadseg.apls`): the centre lines of the predicted
+        pixels (after the clean-up) against those of the true masks."""
+        from roadseg.apls import mask_apls
+
+        clean = self.clean or (lambda mask: mask)
+        return float(np.mean([mask_apls(read_mask_grey(m) > 0.5, clean(p > pixel))
+                              for p, m in zip(self.probs, self.masks, strict=True)]))  # fmt: skip
 
     def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
         """Road patch F1 at these thresholds."""

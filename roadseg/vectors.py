@@ -355,3 +355,45 @@ def describe(frame) -> str:
         f"{len(frame)} lines, {junctions} junctions, total length {frame['length'].sum():.1f} "
         f"map units, {crs}"
     )
+
+
+def draw_lines(image: str | Path, frame, png: str | Path, *, max_side: int = 2400) -> Path:
+    """The lines drawn over the imagery (read at reduced size), junctions dotted, as a PNG:
+    to look at what :func:`vectorize_raster` found."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from roadseg.io import image_to_rgb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(image) as src:
+            scale = max(1.0, max(src.width, src.height) / max_side)
+            shape = (src.count, int(src.height / scale), int(src.width / scale))
+            pixels = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.average)
+            bounds = src.bounds
+    if pixels.shape[0] == 1:  # a probability or mask raster: grey
+        grey = pixels[0].astype(np.float32)
+        rgb = np.repeat((grey / max(float(grey.max()), 1e-6))[None], 3, axis=0)
+    else:
+        rgb = image_to_rgb(pixels, image)
+    fig, ax = plt.subplots(figsize=(12, 12 * rgb.shape[1] / rgb.shape[2]), dpi=max_side / 12)
+    ax.imshow(rgb.transpose(1, 2, 0), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
+    if len(frame):
+        frame.plot(ax=ax, color="#ff2d2d", linewidth=1.2)
+        ends = frame.geometry.boundary.explode(index_parts=False)
+        counts = ends.to_wkb().value_counts()
+        junctions = ends[ends.to_wkb().map(counts) >= 3].drop_duplicates()
+        if len(junctions):
+            junctions.plot(ax=ax, color="#ffe600", markersize=14)
+    ax.set_axis_off()
+    ax.set_title(
+        f"{Path(image).name}: {describe(frame)} (red: lines, yellow: junctions)", fontsize=9
+    )
+    png = Path(png)
+    with atomic_path(png, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    return png

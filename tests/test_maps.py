@@ -222,3 +222,23 @@ def test_context_for_skips_a_training_root_that_is_not_here(two_maps, tmp_path):
     assert maps is not None and margin == 16  # capped to whole patches inside a 32-px tile
     assert "context: 16 px" in line
     assert context_for([], frame, 0)[:2] == (None, 0)
+
+
+def test_validation_in_context_sees_the_map_and_scores_the_tile(mapped_dataset):
+    from roadseg.task import RoadSegTask
+
+    root, big, _, places = mapped_dataset
+    dm = _datamodule(root)
+    batch = next(iter(dm.val_dataloader()))
+    margin = int(batch["margin"][0])
+    assert margin == 16  # 96 px capped to whole patches inside a 32-px tile
+    image, mask = batch["image"][0].numpy(), batch["mask"][0]
+    assert image.shape[1:] == (TILE + 2 * margin,) * 2 and mask.shape[1:] == (TILE, TILE)
+    c, r = places[int(batch["tile_id"][0])]
+    tile = big[:, r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE].astype(np.float32) / 255
+    np.testing.assert_array_equal(image[:, margin:-margin, margin:-margin], tile)
+    task = RoadSegTask(model="unet", model_args={"encoder": "tu-tf_efficientnet_lite0",
+                                                 "encoder_weights": None})  # fmt: skip
+    task.log = lambda *a, **k: None  # outside a Trainer
+    loss = task._shared_step(batch, "val")  # logits cropped back to the tile's mask
+    assert torch.isfinite(loss) and task.val_metrics.update_called

@@ -230,6 +230,22 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         ),
         "roadseg score sub.csv --truth truth",
     ),
+    "lines written to a format roadseg cannot write": (
+        lambda t: write_raster(t / "mask.tif", np.zeros((32, 32), np.uint8)),
+        "roadseg vectorize mask.tif --out roads.shp",
+    ),
+    "student pointed at a folder without pseudo-labels": (
+        lambda t: (
+            _cil(t)
+            and (t / "pseudo").mkdir()
+            or _config(
+                t,
+                "model:\n  model_args: {encoder: tu-tf_efficientnet_lite0, "
+                "encoder_weights: null}\ndata:\n  root: data/cil\n  num_workers: 0\n",
+            )
+        ),  # fmt: skip
+        "roadseg fit --config bad.yaml --data.pseudo_labels pseudo --trainer.fast_dev_run true",
+    ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),
         "roadseg masks-to-submission masks --out sub.csv",

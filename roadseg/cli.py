@@ -417,11 +417,11 @@ def _merge_scene(args: argparse.Namespace) -> None:
 
     from roadseg.predict import merge_parts, scene_chunks, scene_profile
 
-    with rasterio.open(args.scene) as src:
-        profile, chunks = (
-            scene_profile(src, args.output),
-            scene_chunks(src.width, src.height, args.chunk),
-        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(args.scene) as src:
+            profile = scene_profile(src, args.output)
+            chunks = scene_chunks(src.width, src.height, args.chunk)
     merge_parts(args.out, profile, chunks)
 
 

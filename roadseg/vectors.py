@@ -333,7 +333,9 @@ def write_vectors(frame, out: str | Path) -> None:
     driver = vector_driver(out)
     with atomic_path(out, suffix=f".tmp{out.suffix}") as tmp:
         tmp.unlink()  # the writer creates the file
-        frame.to_file(tmp, driver=driver, layer="roads", engine="pyogrio")
+        with warnings.catch_warnings():  # no CRS (pixel units) is said by describe()
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            frame.to_file(tmp, driver=driver, layer="roads", engine="pyogrio")
 
 
 def vector_driver(out: str | Path) -> str:

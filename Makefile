@@ -1,10 +1,12 @@
 # roadseg: every target sets itself up (virtual environment, package) when needed.
 #   make train submit                                 the main job: the model that earns a score on
-#                                                     this machine (configs/cpu.yaml, ~40 min on 2 CPU
+#                                                     this machine (configs/cpu.yaml, ~14 min on 2 CPU
 #                                                     cores; configs/unet.yaml with an NVIDIA GPU)
 #   make train CONFIG=configs/....yaml [RESUME=1]     train, then tune thresholds on validation
 #   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [PREDICT=configs/predict/...] [UPLOAD=1]
 #                                                     write submissions/<run>-<dataset>.csv
+#   make selftrain [CONFIG=...]                       self-training on the unlabelled tiles -> runs/<run>-self
+#                                                     (then: make submit CKPT=runs/<run>-self/checkpoints/best.ckpt)
 #   make smoke                                        the pipeline end to end in ~2 minutes (a toy model)
 #   make reproduce [PROFILE=smoke|paper]               the paper's results table and figures
 #   make test | make lint | make data
@@ -30,7 +32,7 @@ STAMP := $(VENV)/.installed
 # A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
 CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit smoke check-config reproduce test bench lint format clean
+.PHONY: help install data train submit selftrain smoke check-config reproduce test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +82,13 @@ smoke: $(STAMP)  ## the pipeline end to end in ~2 CPU minutes: train configs/qui
 	$(BIN)/roadseg fit --config configs/quick.yaml $(if $(wildcard runs/quick/checkpoints/last.ckpt),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/quick/checkpoints/best.ckpt --quiet
 	$(BIN)/roadseg submit --ckpt runs/quick/checkpoints/best.ckpt --quiet
+
+selftrain: $(STAMP) check-config  ## self-training: CONFIG's best model labels the unlabelled tiles (TTA, in context), a student trains on them too: runs/<run>-self
+	@test -f "$(CKPT)" || { echo "make: $(CKPT): no teacher yet; train first: make train CONFIG=$(CONFIG)" >&2; exit 2; }
+	$(BIN)/roadseg pseudo-label --ckpt $(CKPT) --tta --out runs/$(RUN)/pseudo
+	$(BIN)/roadseg fit --config $(CONFIG) --data.pseudo_labels runs/$(RUN)/pseudo \
+		--trainer.default_root_dir runs/$(RUN)-self $(if $(RESUME),--ckpt_path last)
+	$(BIN)/roadseg tune --ckpt runs/$(RUN)-self/checkpoints/best.ckpt
 
 reproduce: $(STAMP)  ## the paper's table and figures into results/ (default: PROFILE=paper with a GPU, smoke without)
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data

@@ -277,8 +277,8 @@ def vectorize_raster(
     around them (more than a road's width). Chains shorter than ``min_length`` pixels with
     a free end are dropped; lines are simplified to ``simplify`` pixels (Douglas-Peucker).
     """
-    if chunk <= 0 or margin < 0:
-        raise RoadsegError(f"chunk ({chunk}) must be positive and margin ({margin}) not negative")
+    if chunk <= 0 or margin < 1:  # links across a chunk border need the pixel beyond it
+        raise RoadsegError(f"chunk ({chunk}) and margin ({margin}) must be at least 1")
     pieces: list[Piece] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

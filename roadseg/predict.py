@@ -10,6 +10,7 @@ stays flat however large the raster is.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,6 +349,7 @@ class Predictor:
                     "decision": decision.describe() if output == "mask" else None,
                     **(run_key or {}),
                 }  # fmt: skip
+                fresh = not parts_dir(out_path).exists()
                 parts = start_parts(out_path, key)
                 mine = [
                     (k, win)
@@ -356,14 +358,21 @@ class Predictor:
                 ]
                 bar = tqdm(mine, desc="predicting", unit="chunk", disable=not self.progress)
                 part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
-                for k, win in bar:
-                    prob, valid, inner = self._predict_chunk(src, win, margin)
-                    if output == "mask":
-                        values = decision.mask(prob)[inner]
-                    else:
-                        values = prob[inner].astype(np.float32)
-                    values[~valid] = profile["nodata"]
-                    write_part(part_path(parts, k), values, part_profile, win)
+                try:
+                    for k, win in bar:
+                        prob, valid, inner = self._predict_chunk(src, win, margin)
+                        if output == "mask":
+                            values = decision.mask(prob)[inner]
+                        else:
+                            values = prob[inner].astype(np.float32)
+                        values[~valid] = profile["nodata"]
+                        write_part(part_path(parts, k), values, part_profile, win)
+                except Exception:
+                    # a bad input fails the same way again: a lone run that started the
+                    # parts leaves nothing behind (a killed or interrupted one keeps them)
+                    if fresh and world == 1:
+                        shutil.rmtree(parts, ignore_errors=True)
+                    raise
         if merge:
             merge_parts(out_path, profile, chunks)
         return len(mine)
@@ -455,8 +464,6 @@ def write_part(path: Path, values: np.ndarray, profile: dict, win: Window) -> No
 
 def merge_parts(out_path: str | Path, profile: dict, chunks: list[Window]) -> None:
     """Join every chunk's part into ``out_path`` (atomically), then remove the parts."""
-    import shutil
-
     parts = parts_dir(out_path)
     missing = [k for k in range(len(chunks)) if not part_path(parts, k).exists()]
     if missing:

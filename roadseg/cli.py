@@ -321,7 +321,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         return
     raw = ValidationScores(probs, list(val["mask"]))
     columns = {"default (pixel 0.5, patch 0.25)": raw.scores()}
-    scores = ValidationScores(probs, list(val["mask"]), clean=decision.clean)
+    scores = raw.with_clean(decision.clean)
     if decision.postprocessing:
         columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
     tuned = scores.tune(

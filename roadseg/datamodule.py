@@ -81,6 +81,7 @@ class RoadDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.index: pd.DataFrame | None = None
+        self._layout: pd.DataFrame | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.index is not None:
@@ -98,6 +99,16 @@ class RoadDataModule(pl.LightningDataModule):
             self.index = with_pseudo_labels(self.index, hp.pseudo_labels)
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
+
+    def layout(self) -> pd.DataFrame:
+        """Every tile of the index placed on its map (:func:`roadseg.maps.place_tiles`),
+        made once: training windows and validation context share it."""
+        if self._layout is None:
+            from roadseg.maps import place_tiles
+
+            assert self.index is not None, "call setup() first"
+            self._layout = place_tiles(self.index)
+        return self._layout
 
     def frame(self, stage: str) -> pd.DataFrame:
         """Index rows of one stage: ``train``, ``val`` or ``test``."""
@@ -119,10 +130,8 @@ class RoadDataModule(pl.LightningDataModule):
         frame = self.frame("train")
         places = None
         if hp.get("context"):
-            from roadseg.maps import place_tiles
-
             # every tile of the main dataset helps link the maps; only training tiles are used
-            placed = place_tiles(self.index)
+            placed = self.layout()
             places = placed[placed["stage"] == "train"].reset_index(drop=True)
             assert list(places["image"]) == list(frame["image"]), "training rows out of order"
         dataset = RandomWindowDataset(
@@ -144,9 +153,9 @@ class RoadDataModule(pl.LightningDataModule):
         same_size = frame[["height", "width"]].drop_duplicates().shape[0] == 1
         maps, margin = None, 0
         if self.hparams.get("context"):  # validated as submit predicts: in the map's context
-            from roadseg.maps import context_for
+            from roadseg.maps import context_in
 
-            maps, margin, _ = context_for([self.hparams.root], frame, CONTEXT_MARGIN)
+            maps, margin, _ = context_in(self.layout(), frame, CONTEXT_MARGIN)
         dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold,
                               cache=self.hparams.cache, maps=maps, margin=margin)  # fmt: skip
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)

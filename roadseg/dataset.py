@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from roadseg.errors import RoadsegError
 from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey, read_raster
+from roadseg.maps import context_image
 from roadseg.patches import patch_labels
 from roadseg.transforms import build_transform
 
@@ -242,8 +243,6 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         row = self.reader.rows[i]
         if self.margin:
-            from roadseg.maps import context_image
-
             image = context_image(row["image"], self.maps, self.margin)
         else:
             image = self.reader.image(i)

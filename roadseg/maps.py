@@ -249,7 +249,16 @@ def context_for(roots: list, tiles: pd.DataFrame, margin: int) -> tuple[MapIndex
     found = [r for r in dict.fromkeys(str(r) for r in roots if r is not None) if Path(r).is_dir()]
     frames = [scan(r) for r in found]
     known = pd.concat([*frames, tiles], ignore_index=True).drop_duplicates("image")
-    layout = place_tiles(known)
+    return context_in(place_tiles(known), tiles, margin)
+
+
+def context_in(
+    layout: pd.DataFrame, tiles: pd.DataFrame, margin: int
+) -> tuple[MapIndex | None, int, str]:
+    """:func:`context_for` on a layout already made (:func:`place_tiles` of every tile
+    known, ``tiles`` among them)."""
+    if margin <= 0:
+        return None, 0, "context: off (each tile predicted alone)"
     if not has_neighbours(layout):
         return None, 0, "context: off (no tile has a neighbour on a map)"
     # The neighbours' pixels reach one tile far at most; whole 16x16 patches, so that the

@@ -63,6 +63,7 @@ class RoadSegTask(pl.LightningModule):
         if compile:
             self.model.compile()
         self.loss_fn = get_loss(loss)
+        self.weighted_loss = supports_weights(loss)
         self.train_metrics = RoadMetrics()
         self.val_metrics = RoadMetrics()
         self.test_metrics = RoadMetrics()
@@ -79,7 +80,7 @@ class RoadSegTask(pl.LightningModule):
         if margin:  # a tile seen in the context of its map: score the tile alone
             logits = logits[..., margin:-margin, margin:-margin]
         if "weight" in batch:  # self-training: soft targets, the teacher's unsure pixels 0
-            if not supports_weights(self.hparams.loss):
+            if not self.weighted_loss:
                 raise RoadsegError(
                     f"loss {self.hparams.loss!r} cannot weight pixels, which self-training "
                     "(data.pseudo_labels) needs: use bce, dice or bce+dice"

@@ -11,6 +11,7 @@ tuned with it applied, and the file records the post-processing they were tuned 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -113,8 +114,15 @@ class ValidationScores:
         """``clean``: post-processing applied to each binary mask before the patch rule."""
         self.probs = probs
         self.clean = clean
-        self.masks = masks
-        self.truth = np.concatenate([patch_labels(read_mask_grey(m)).ravel() for m in masks])
+        greys = [read_mask_grey(m) for m in masks]
+        self.truth = np.concatenate([patch_labels(g).ravel() for g in greys])
+        self.roads = [g > 0.5 for g in greys]  # true road pixels, for APLS
+
+    def with_clean(self, clean: Callable[[np.ndarray], np.ndarray] | None) -> ValidationScores:
+        """The same maps and truth (masks read once) with another post-processing."""
+        other = copy.copy(self)
+        other.clean = clean
+        return other
 
     def road_share(self, pixel: float) -> np.ndarray:
         """Share of road pixels per patch, all tiles concatenated."""
@@ -146,8 +154,8 @@ class ValidationScores:
         from roadseg.apls import mask_apls
 
         clean = self.clean or (lambda mask: mask)
-        return float(np.mean([mask_apls(read_mask_grey(m) > 0.5, clean(p > pixel))
-                              for p, m in zip(self.probs, self.masks, strict=True)]))  # fmt: skip
+        return float(np.mean([mask_apls(road, clean(p > pixel))
+                              for p, road in zip(self.probs, self.roads, strict=True)]))  # fmt: skip
 
     def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
         """Road patch F1 at these thresholds."""

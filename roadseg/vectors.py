@@ -213,15 +213,14 @@ def _simplify(pixels: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def read_road_raster(src, window: Window, threshold: float):
-    """(road mask, probability, valid) of a window of a probability (float) or mask
-    (integer 0/1 or 0/255) raster; probability is NaN for a mask."""
+    """(road mask, probability) of a window of a probability (float) or mask (integer 0/1
+    or 0/255) raster, nodata never road; probability is None for a mask."""
     band = src.read(1, window=window)
     valid = src.read_masks(1, window=window) > 0
     if np.issubdtype(band.dtype, np.floating):
         prob = np.where(valid, band, 0.0).astype(np.float32)
-        return (prob > threshold) & valid, prob, valid
-    road = (band > (127 if band.max(initial=0) > 1 else 0)) & valid
-    return road, np.full(band.shape, np.nan, np.float32), valid
+        return (prob > threshold) & valid, prob
+    return (band > (127 if band.max(initial=0) > 1 else 0)) & valid, None
 
 
 def chunk_pieces(
@@ -237,7 +236,7 @@ def chunk_pieces(
     prob = np.full(road.shape, np.nan, np.float32) if prob is None else prob
     mine = np.zeros_like(skeleton)
     mine[owned or (slice(None), slice(None))] = True
-    return trace(skeleton, mine & skeleton, prob, half_width, offset)
+    return trace(skeleton, mine, prob, half_width, offset)
 
 
 def finish(pieces: list[Piece], *, min_length: float = 10.0, simplify: float = 1.0) -> list[Piece]:
@@ -298,7 +297,7 @@ def vectorize_raster(
             for r, c in tqdm(starts, desc="vectorizing", unit="chunk", disable=not progress):
                 r0, c0 = max(0, r - margin), max(0, c - margin)
                 r1, c1 = min(height, r + chunk + margin), min(width, c + chunk + margin)
-                road, prob, _ = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
+                road, prob = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
                 if road.any():
                     owned = (slice(r - r0, min(r + chunk, height) - r0),
                              slice(c - c0, min(c + chunk, width) - c0))  # fmt: skip
@@ -347,15 +346,21 @@ def vector_driver(out: str | Path) -> str:
     return drivers[suffix]
 
 
+def junctions(frame):
+    """The points where three or more lines end (a GeoSeries, each point once)."""
+    ends = frame.geometry.boundary.explode(index_parts=False)
+    if not len(ends):
+        return ends
+    keys = ends.to_wkb()
+    return ends[keys.map(keys.value_counts()) >= 3].drop_duplicates()
+
+
 def describe(frame) -> str:
     """One line: lines, junctions, total length, CRS."""
-    ends = frame.geometry.boundary.explode(index_parts=False)
-    counts = ends.to_wkb().value_counts() if len(ends) else ends
-    junctions = int((counts >= 3).sum()) if len(ends) else 0
     crs = frame.crs.to_string() if frame.crs is not None else "no CRS (pixel units)"
     return (
-        f"{len(frame)} lines, {junctions} junctions, total length {frame['length'].sum():.1f} "
-        f"map units, {crs}"
+        f"{len(frame)} lines, {len(junctions(frame))} junctions, total length "
+        f"{frame['length'].sum():.1f} map units, {crs}"
     )
 
 
@@ -385,11 +390,9 @@ def draw_lines(image: str | Path, frame, png: str | Path, *, max_side: int = 240
     ax.imshow(rgb.transpose(1, 2, 0), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
     if len(frame):
         frame.plot(ax=ax, color="#ff2d2d", linewidth=1.2)
-        ends = frame.geometry.boundary.explode(index_parts=False)
-        counts = ends.to_wkb().value_counts()
-        junctions = ends[ends.to_wkb().map(counts) >= 3].drop_duplicates()
-        if len(junctions):
-            junctions.plot(ax=ax, color="#ffe600", markersize=14)
+        crossings = junctions(frame)
+        if len(crossings):
+            crossings.plot(ax=ax, color="#ffe600", markersize=14)
     ax.set_axis_off()
     ax.set_title(
         f"{Path(image).name}: {describe(frame)} (red: lines, yellow: junctions)", fontsize=9

@@ -8,7 +8,7 @@
 #   make selftrain [CONFIG=...]                       self-training on the unlabelled tiles -> runs/<run>-self
 #                                                     (then: make submit CKPT=runs/<run>-self/checkpoints/best.ckpt)
 #   make smoke                                        the pipeline end to end in ~2 minutes (a toy model)
-#   make reproduce [PROFILE=smoke|paper]               the paper's results table and figures
+#   make reproduce [PROFILE=smoke|cpu|paper]           the paper's results table and figures (cpu: 2 CPU cores, < 3 h)
 #   make test | make lint | make data
 
 PYTHON ?= python3

@@ -186,10 +186,8 @@ def _test_tiles(args: argparse.Namespace, ckpts: list[dict]):
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> None:
-    import json
-
-    from roadseg.io import atomic_path, write_png
     from roadseg.paths import check_io
+    from roadseg.pseudo import pseudo_label_paths, write_pseudo_labels
 
     _apply_predict_config(args)
     check_io(output_folders=[args.out], protected=_inputs_of(args))
@@ -197,25 +195,13 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
         check_io(input_folders=[args.data])
     ckpts = _read_checkpoints(args)
     trained_on, data, test = _test_tiles(args, ckpts)
-    import numpy as np
-
-    outs = [Path(args.out) / f"{Path(image).stem}.png" for image in test["image"]]
-    if len(set(outs)) < len(outs):
-        raise RoadsegError("two unlabelled tiles share a file name", data)
+    outs = pseudo_label_paths(test, args.out)
     check_io(outputs=outs, protected=[*_inputs_of(args), *test["image"]])
     maps, margin = _context(args, [trained_on, data], test)
     predictor, _, _ = _predictor(args, ckpts, retuning=True)  # probabilities, no decision
-    road = []
-    tiles = predictor.predict_index(test, context=maps, margin=margin)
-    for (_, prob), out in zip(tiles, outs, strict=True):
-        write_png(out, np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8))
-        road.append(float((prob > 0.5).mean()))
-    about = {
-        "teacher": [str(Path(c).resolve()) for c in args.ckpt], "tta": bool(args.tta),
-        "context": margin, "tiles": len(outs), "road_share": round(float(np.mean(road)), 4),
-    }  # fmt: skip
-    with atomic_path(Path(args.out) / "pseudo.json") as tmp:
-        tmp.write_text(json.dumps(about, indent=2) + "\n")
+    about = write_pseudo_labels(
+        predictor, test, args.out, teacher=args.ckpt, context=maps, margin=margin
+    )
     print(
         f"wrote {len(outs)} pseudo-labels (teacher probability x 255) to {args.out}: "
         f"{100 * about['road_share']:.1f}% of their pixels above 0.5; train a student with "
@@ -1002,7 +988,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every (method, fold, seed) of the chosen profile of a reproduction "
         "plan (finished runs are skipped, interrupted ones resume), then write table.csv and "
         "table.md (mean ± std over folds and seeds), runs.csv, timing.md and figures/ under "
-        "--out. The same seeds on the same machine give the same table.",
+        "--out. The same seeds on the same machine give the same table, except where a profile "
+        "budgets wall time (cpu: trainer.max_time), which stops a run at the step the clock "
+        "reaches.",
     )
     p.add_argument(
         "plan",
@@ -1011,7 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="reproduction plan (default %(default)s)",
     )
     p.add_argument(
-        "--profile", default="paper", help="scale of the plan: smoke or paper (default %(default)s)"
+        "--profile", default="paper", help="scale of the plan: smoke (the machinery, minutes), cpu (results on 2 CPU cores, "
+        "under 3 h) or paper (GPU) (default %(default)s)"
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--no-figures", action="store_true", help="tables only")

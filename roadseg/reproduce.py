@@ -24,13 +24,17 @@ with the same seeds on the same machine. The figures go to ``<out>/figures/``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from roadseg.errors import RoadsegError
 from roadseg.experiments import METRICS, _train, markdown_table, run_row
 from roadseg.io import atomic_path
+from roadseg.maps import context_for
+from roadseg.patches import CONTEXT_MARGIN
 from roadseg.paths import load_yaml
 
 SPLIT_NOTE = (
@@ -40,8 +44,53 @@ SPLIT_NOTE = (
 )
 
 
+def _resolve_methods(methods: list[dict], method_args: dict, path: Path) -> dict[str, dict]:
+    """Each method's config and its own arguments, ``base:`` methods expanded: a method
+    with ``base: unet`` is the unet method (config, arguments, this profile's
+    ``method_args`` of unet) plus its own ``args``. ``teacher:`` names an earlier method
+    whose run of the same fold and seed labels the unlabelled tiles for this one."""
+    resolved: dict[str, dict] = {}
+    for method in methods:
+        name = method["name"]
+        if name in resolved:
+            raise RoadsegError(f"two methods of the plan are called {name!r}", path)
+        base = method.get("base")
+        if base is not None and base not in resolved:
+            raise RoadsegError(f"method {name!r}: base {base!r} is not an earlier method", path)
+        teacher = method.get("teacher")
+        if teacher is not None and teacher not in resolved:
+            raise RoadsegError(f"method {name!r}: teacher {teacher!r} is not an earlier method", path)
+        inherited = resolved[base] if base else {"config": None, "args": {}}
+        config = method.get("config") or inherited["config"]
+        if config is None:
+            raise RoadsegError(f"method {name!r} needs a config (or a base method)", path)
+        args = {**inherited["args"], **(method.get("args") or {}), **(method_args.get(name) or {})}
+        resolved[name] = {"config": config, "args": args, "teacher": teacher}
+    return resolved
+
+
+def _check_evaluations(evaluations: list, methods: dict, path: Path) -> list[dict]:
+    names = set(methods)
+    checked = []
+    for e in evaluations:
+        if not isinstance(e, dict) or not {"name", "models"} <= set(e):
+            raise RoadsegError("evaluations are {name, models: [methods], tta, context, postprocess}", path)
+        if e["name"] in names:
+            raise RoadsegError(f"evaluation {e['name']!r}: the name is taken", path)
+        unknown = [m for m in e["models"] if m not in methods]
+        if unknown:
+            raise RoadsegError(f"evaluation {e['name']!r}: {unknown[0]!r} is not a method", path)
+        extra = set(e) - {"name", "models", "tta", "context", "postprocess", "label"}
+        if extra:
+            raise RoadsegError(f"evaluation {e['name']!r}: unknown key {sorted(extra)[0]!r}", path)
+        names.add(e["name"])
+        checked.append({"tta": False, "context": False, "postprocess": {}, **e})
+    return checked
+
+
 def load_reproduction(path: str | Path, profile: str) -> dict:
-    """Read a reproduction plan and resolve one profile: the runs and the split."""
+    """Read a reproduction plan and resolve one profile: the runs, the evaluations and the
+    split."""
     path = Path(path)
     if not path.is_file():
         raise RoadsegError("plan not found", path)
@@ -53,41 +102,49 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     methods = plan.get("methods") or []
     profiles = plan.get("profiles") or {}
     if not methods or not all(
-        isinstance(m, dict) and {"name", "config"} <= set(m) for m in methods
+        isinstance(m, dict) and "name" in m and ("config" in m or "base" in m) for m in methods
     ):
         raise RoadsegError(
-            "a reproduction plan needs methods: a list of {name, config, args}", path
+            "a reproduction plan needs methods: a list of {name, config (or base), args}", path
         )
     if profile not in profiles:
         raise RoadsegError(f"no profile {profile!r}; the plan has: {', '.join(profiles)}", path)
     chosen = profiles[profile] or {}
-    split = {"folds": 5, "split_seed": 0, **(plan.get("split") or {})}
+    split = {"folds": 5, "split_seed": 0, **(plan.get("split") or {}), **(chosen.get("split") or {})}
     folds, seeds = chosen.get("folds") or [0], chosen.get("seeds") or [0]
     bad = [f for f in folds if not 0 <= f < split["folds"]]
     if bad:
         raise RoadsegError(f"fold {bad[0]} does not exist; folds are 0..{split['folds'] - 1}", path)
+    resolved = _resolve_methods(methods, chosen.get("method_args") or {}, path)
+    unknown = [m for m in chosen.get("method_args") or {} if m not in resolved]
+    if unknown:
+        raise RoadsegError(f"profile {profile!r}: method_args of {unknown[0]!r}, not a method", path)
+    evaluations = _check_evaluations(plan.get("evaluations") or [], resolved, path)
     shown = (plan.get("figures") or {}).get("method")
-    if shown is not None and shown not in {m["name"] for m in methods}:
+    if shown is not None and shown not in resolved:
         raise RoadsegError(f"figures.method {shown!r} is not one of the plan's methods", path)
     runs = []
-    for method in methods:
+    for name, method in resolved.items():
         for fold in folds:
             for seed in seeds:
                 args = {
                     "seed_everything": seed, "data.split": "geographic",
                     "data.folds": split["folds"], "data.fold": fold, "data.seed": seed,
                     "data.split_seed": split["split_seed"], **(chosen.get("budget") or {}),
-                    **(method.get("args") or {}),
+                    **method["args"],
                 }  # fmt: skip
                 runs.append({
-                    "method": method["name"], "fold": fold, "seed": seed,
-                    "name": f"{method['name']}/fold{fold}-seed{seed}", "config": method["config"],
+                    "method": name, "fold": fold, "seed": seed,
+                    "name": f"{name}/fold{fold}-seed{seed}", "config": method["config"],
                     "args": args,
+                    "teacher": f"{method['teacher']}/fold{fold}-seed{seed}" if method["teacher"] else None,
                 })  # fmt: skip
     return {
         "profile": profile, "runs": runs, "folds": folds, "seeds": seeds, "split": split,
-        "note": chosen.get("note"),
-        "methods": [m["name"] for m in methods], "figures": plan.get("figures") or {},
+        "note": chosen.get("note"), "evaluations": evaluations,
+        "pseudo_tta": bool(chosen.get("pseudo_tta", True)),
+        "methods": list(resolved), "figures": plan.get("figures") or {},
+        "labels": {m["name"]: m["label"] for m in [*methods, *evaluations] if m.get("label")},
         "root": chosen.get("root") or plan.get("root") or "data/cil-2022",
     }  # fmt: skip
 
@@ -96,19 +153,34 @@ def reproduce(
     plan_path: str | Path, out: str | Path = "results", *, profile: str = "paper",
     figures: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
-    """Train every run of the profile (resuming), write the tables and the figures."""
+    """Train every run of the profile (resuming), evaluate, write the tables and figures."""
     plan = load_reproduction(plan_path, profile)
     out = Path(out)
     run_root = out / "runs" / profile
     for i, run in enumerate(plan["runs"], 1):
         print(f"[{i}/{len(plan['runs'])}] {run['name']}", flush=True)
         args = {"data.root": plan["root"], **run["args"]}
+        if run["teacher"]:
+            labels = run_root / run["name"] / "pseudo-labels"
+            teacher = run_root / run["teacher"] / "checkpoints" / "best.ckpt"
+            make_pseudo_labels(teacher, labels, plan["root"], tta=plan["pseudo_tta"])
+            args["data.pseudo_labels"] = str(labels)
         _train({**run, "args": args}, {}, run_root / run["name"], in_process=True)
-    runs = pd.DataFrame([
-        {"method": r["method"], "fold": r["fold"], "seed": r["seed"],
-         **run_row(run_root / r["name"])}
+    rows = [
+        {"method": r["method"], "fold": r["fold"], "seed": r["seed"], **run_row(run_root / r["name"])}
         for r in plan["runs"]
-    ])  # fmt: skip
+    ]  # fmt: skip
+    predicted: dict = {}  # probabilities shared by evaluations that differ in post-processing alone
+    for i, e in enumerate(plan["evaluations"], 1):
+        for fold in plan["folds"]:
+            for seed in plan["seeds"]:
+                where = f"fold{fold}-seed{seed}"
+                print(f"[evaluation {i}/{len(plan['evaluations'])}] {e['name']} {where}", flush=True)
+                ckpts = [run_root / m / where / "checkpoints" / "best.ckpt" for m in e["models"]]
+                cache = run_root / "evaluations" / e["name"] / f"{where}.json"
+                scores = evaluation(ckpts, cache, e, predicted=predicted)
+                rows.append({"method": e["name"], "fold": fold, "seed": seed, **scores})
+    runs = pd.DataFrame(rows)
     write_tables(runs, plan, out)
     if figures:
         from roadseg.figures import make_figures
@@ -123,6 +195,96 @@ def reproduce(
             context=0,  # as the table's scores: validation during training sees tiles alone
         )  # fmt: skip
     return runs
+
+
+def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool = True) -> None:
+    """The teacher's pseudo-labels of the unlabelled tiles of ``root`` (in context, with TTA
+    unless ``tta`` is false), unless ``out`` has them already."""
+    if (out / "pseudo.json").is_file():
+        return
+    from roadseg.index import scan
+    from roadseg.maps import context_for
+    from roadseg.predict import Predictor
+    from roadseg.pseudo import write_pseudo_labels
+
+    frame = scan(root)
+    tiles = frame[frame["split"] == "test"].reset_index(drop=True)
+    if tiles.empty:
+        raise RoadsegError("self-training needs unlabelled tiles and there are none", root)
+    maps, margin, _ = context_for([root], tiles, CONTEXT_MARGIN)
+    predictor = Predictor.from_checkpoints([teacher], tta=tta, progress=False)
+    start = time.perf_counter()
+    about = write_pseudo_labels(predictor, tiles, out, teacher=[teacher], context=maps, margin=margin)
+    print(f"pseudo-labels of {about['tiles']} tiles by {teacher}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def evaluation(ckpts: list[Path], cache: Path, spec: dict, *, predicted: dict | None = None) -> dict:
+    """The scores of an evaluation row on one fold: the mean of ``ckpts`` (the fold's runs
+    of the methods named), with TTA, context and post-processing as ``spec`` says, on the
+    validation tiles of the first one's split. Kept in ``cache`` (JSON), so a resumed
+    reproduction does not predict again. ``predicted``: probabilities already predicted
+    by an earlier evaluation with the same checkpoints, TTA and context (filled here)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from roadseg.postprocess import Decision
+    from roadseg.predict import Predictor, load_task, read_checkpoint, trained_root
+    from roadseg.thresholds import validation_frame
+
+    start = time.perf_counter()
+    key = (tuple(map(str, ckpts)), bool(spec["tta"]), bool(spec["context"]))
+    predicted = {} if predicted is None else predicted
+    if key not in predicted:
+        predicted.clear()  # one set of probabilities at a time
+        contents = [read_checkpoint(p) for p in ckpts]
+        val = validation_frame(contents[0])
+        maps, margin, _ = context_for(
+            [trained_root(contents[0])], val, CONTEXT_MARGIN if spec["context"] else 0
+        )
+        predictor = Predictor(
+            [load_task(p, ckpt=c) for p, c in zip(ckpts, contents, strict=True)],
+            tta=bool(spec["tta"]), progress=False,
+        )  # fmt: skip
+        predicted[key] = list(predictor.predict_index(val, context=maps, margin=margin))
+    decision = Decision(**(spec.get("postprocess") or {}))
+    scores = score_probabilities(predicted[key], decision)
+    params = 0
+    for ckpt in ckpts:
+        params += run_row(ckpt.parent.parent)["parameters"]
+    result = {
+        **scores, "parameters": params, "train_minutes": (time.perf_counter() - start) / 60,
+        "best_epoch": float("nan"),
+    }  # fmt: skip
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        tmp.write_text(json.dumps(result))
+    return result
+
+
+def score_probabilities(tiles, decision) -> dict:
+    """The table's scores of ``(index row, probabilities)`` pairs against the rows' masks:
+    patch accuracy, road patch F1 (the competition's patch rule on the raw grey masks),
+    pixel IoU, pixel precision and recall (masks binarised as training does)."""
+    from roadseg.io import MASK_THRESHOLD, read_mask_grey
+    from roadseg.patches import patch_labels, patch_means
+    from roadseg.scoring import patch_scores
+
+    tp = fp = fn = 0
+    pred_patches, true_patches = [], []
+    for row, prob in tiles:
+        grey = read_mask_grey(row["mask"])
+        pred = decision.clean(prob > decision.pixel)
+        truth = grey > MASK_THRESHOLD
+        tp += int(np.sum(pred & truth))
+        fp += int(np.sum(pred & ~truth))
+        fn += int(np.sum(~pred & truth))
+        pred_patches.append((patch_means(pred.astype(np.float32)) > decision.patch).ravel())
+        true_patches.append(patch_labels(grey).ravel())
+    patches = patch_scores(np.concatenate(pred_patches), np.concatenate(true_patches))
+    return {
+        "patch_accuracy": patches["patch_accuracy"], "patch_f1": patches["patch_f1"],
+        "iou": tp / max(tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+    }  # fmt: skip
 
 
 def summarise(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
@@ -154,7 +316,7 @@ def describe_split(plan: dict) -> str:
 
 def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
     """``table.csv``/``table.md`` (metrics), ``runs.csv`` and ``timing.csv``/``timing.md``."""
-    table = summarise(runs, plan["methods"])
+    table = summarise(runs, [*plan["methods"], *(e["name"] for e in plan["evaluations"])])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "runs.csv") as tmp:
         runs.drop(columns=["train_minutes"]).to_csv(tmp, index=False, float_format="%.6f")
@@ -167,7 +329,10 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
         "precision": "precision",
         "recall": "recall",
     }
-    shown = pd.DataFrame({"method": table["method"], "runs": table["runs"]})
+    labels = plan.get("labels") or {}
+    shown = pd.DataFrame({
+        "method": [labels.get(m, m) for m in table["method"]], "runs": table["runs"]
+    })  # fmt: skip
     for col, title in names.items():
         shown[title] = [
             f"{m:.3f} ± {s:.3f}"

@@ -90,9 +90,10 @@ selftrain: $(STAMP) check-config  ## self-training: CONFIG's best model labels t
 		--trainer.default_root_dir runs/$(RUN)-self $(if $(RESUME),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/$(RUN)-self/checkpoints/best.ckpt
 
-reproduce: $(STAMP)  ## the paper's table and figures into results/ (default: PROFILE=paper with a GPU, smoke without)
+reproduce: $(STAMP)  ## the paper's table and figures into results/PROFILE/, and the README's tables from them (default: PROFILE=paper with a GPU, smoke without)
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data
-	$(BIN)/roadseg reproduce $(PLAN) --profile $(PROFILE) --out results
+	$(BIN)/roadseg reproduce $(PLAN) --profile $(PROFILE) --out results/$(PROFILE)
+	$(BIN)/roadseg tables README.md
 
 test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shared/data)
 	$(BIN)/python -m pytest

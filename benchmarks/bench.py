@@ -12,7 +12,9 @@
    ``timm-`` EfficientNet-Lite0 encoder against the ``tu-`` one roadseg now uses;
 4. predict: test tiles per second without and with TTA, and seconds for a test set;
 5. scene: seconds and peak memory per process of streaming GeoTIFF scenes through
-   ``roadseg predict`` with 1 and 2 processes (``--scene-sizes 16000`` for the large one).
+   ``roadseg predict`` with 1 and 2 processes (``--scene-sizes 16000`` for the large one);
+6. paper: the cost of ``make reproduce PROFILE=paper`` on this device, from a measured
+   time per training step of each network of the plan (hours per run and in all).
 """
 
 from __future__ import annotations
@@ -224,6 +226,73 @@ def bench_encoders(device: str, steps: int) -> list[dict]:
     return rows
 
 
+def run_settings(config: str, args: dict) -> dict:
+    """A run's config file with the plan's dotted overrides applied (``model.lr: ...``)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / config).read_text())
+    for key, value in args.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cfg
+
+
+def bench_paper(device: str, profile: str = "paper") -> list[dict]:
+    """What a profile of configs/plans/paper.yaml costs on this device: for each network
+    of the plan, seconds per training step (forward, backward, AdamW, at its config's crop,
+    batch and precision; on a CPU measured at batch 2 and scaled by the batch), the
+    optimisation steps of one run (max_epochs x samples_per_epoch / batch) and the hours
+    of one run and of all its folds x seeds. The bare loop's time: data loading and
+    validation come on top (section train measures the pipeline's share), early stopping
+    ends some runs sooner. The linear baselines (one scikit-learn fit) are left out."""
+    from roadseg.reproduce import load_reproduction
+
+    plan = load_reproduction(REPO / "configs" / "plans" / "paper.yaml", profile)
+    gpu = device == "cuda"
+    per_method = len(plan["folds"]) * len(plan["seeds"])
+    rows, measured = [], {}
+    for run in plan["runs"]:
+        if run["fold"] != plan["folds"][0] or run["seed"] != plan["seeds"][0]:
+            continue
+        cfg = run_settings(run["config"], run["args"])
+        model, data, trainer = cfg["model"], cfg["data"], cfg.get("trainer") or {}
+        if model["model"] in ("patch_logreg", "patch_svm"):
+            continue
+        batch, crop = int(data["batch_size"]), int(data["crop_size"])
+        key = json.dumps([model, batch, crop], sort_keys=True, default=str)
+        if key not in measured:
+            args = {**(model.get("model_args") or {})}
+            if "encoder_weights" in args:
+                args["encoder_weights"] = None  # the speed is the same without a download
+            task = RoadSegTask(
+                **{k: v for k, v in model.items() if k not in ("model_args", "compile")},
+                model_args=args,
+            )
+            precision = (trainer.get("precision") or "32-true") if gpu else "32-true"
+            measured_batch = batch if gpu else min(batch, 2)
+            img_per_s = bare_loop(task, measured_batch, crop, device, precision,
+                                  steps=10 if gpu else 1)  # fmt: skip
+            measured[key] = batch / img_per_s
+            del task
+        seconds = measured[key]
+        steps = int(trainer.get("max_epochs") or 1) * -(-int(data["samples_per_epoch"]) // batch)
+        rows.append({
+            "method": run["method"], "batch x crop": f"{batch} x {crop}", "s/step": round(seconds, 3),
+            "steps/run": steps, "h/run": round(seconds * steps / 3600, 2),
+            f"h for {per_method} runs": round(seconds * steps * per_method / 3600, 2),
+        })  # fmt: skip
+    total = sum(r[f"h for {per_method} runs"] for r in rows)
+    rows.append({"method": f"total ({profile} profile, {device})", "batch x crop": "", "s/step": "",
+                 "steps/run": "", "h/run": "", f"h for {per_method} runs": round(total, 1)})  # fmt: skip
+    if not gpu:
+        print("paper profile: measured on this CPU; its GPU time is not measured (no GPU here): "
+              "run make bench on a GPU for it")  # fmt: skip
+    return rows
+
+
 def write_scene(path: Path, size: int) -> None:
     """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory)."""
     import rasterio
@@ -297,7 +366,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, choices=list(MODELS),
                         help="default: resnet34-384 on a GPU, quick on a CPU; cpu: cpu.yaml's network")  # fmt: skip
     parser.add_argument(
-        "--only", default="data,train,encoders,predict,scene", help="comma-separated sections"
+        "--only", default="data,train,encoders,predict,scene,paper", help="comma-separated sections"
     )
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument(
@@ -330,6 +399,8 @@ def main() -> None:
         ("scene", "GeoTIFF scenes streamed through roadseg predict",
          lambda: bench_scene(model, device, [int(s) for s in (args.scene_sizes or ("4000,16000" if gpu else "2000,4000")).split(",")],
                              [int(n) for n in args.scene_processes.split(",")])),
+        ("paper", "cost of make reproduce PROFILE=paper: bare training steps x steps per run",
+         lambda: bench_paper(device)),
     ]  # fmt: skip
     for name, title, run in sections:
         if name in only:

@@ -592,6 +592,22 @@ def _cmd_maps(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'layout.csv'} and {len(shared)} maps (PNG, GeoTIFF)")
 
 
+def _cmd_tables(args: argparse.Namespace) -> None:
+    from roadseg.tables import update_tables
+
+    changed = update_tables(args.markdown, check=args.check)
+    if args.check and changed:
+        raise RoadsegError(
+            f"tables out of date: {', '.join(changed)}; run roadseg tables {args.markdown}",
+            args.markdown,
+        )
+    verb = "would change" if args.check else "rewrote"
+    print(
+        f"{args.markdown}: {verb} {len(changed)} table block(s)"
+        + (f": {', '.join(changed)}" if changed else "")
+    )
+
+
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from roadseg.experiments import run_plan
     from roadseg.paths import check_io
@@ -951,6 +967,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser(
+        "tables",
+        help="rewrite the README's results tables from the results/ files they name",
+        description="Every block <!-- table: PATH --> ... <!-- /table --> of MARKDOWN is "
+        "replaced by the contents of PATH (relative to MARKDOWN), e.g. results/cpu/table.md "
+        "that make reproduce PROFILE=cpu writes, so the README's numbers are the files' numbers.",
+    )
+    p.add_argument(
+        "markdown", nargs="?", default="README.md", help="file to update (default %(default)s)"
+    )
+    p.add_argument(
+        "--check", action="store_true",
+        help="change nothing; fail (exit 2) naming the blocks that differ from their files",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_tables)
+
+    p = sub.add_parser(
         "maps",
         help="place every tile on the maps it was cut from (edge matching) and draw the maps",
         description="Match tile edges to place the tiles of ROOT (and of --extra folders, "
@@ -999,8 +1031,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reproduction plan (default %(default)s)",
     )
     p.add_argument(
-        "--profile", default="paper", help="scale of the plan: smoke (the machinery, minutes), cpu (results on 2 CPU cores, "
-        "under 3 h) or paper (GPU) (default %(default)s)"
+        "--profile",
+        default="paper",
+        help="scale of the plan: smoke (the machinery, minutes), cpu (results on 2 CPU cores, "
+        "under 3 h) or paper (GPU) (default %(default)s)",
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--no-figures", action="store_true", help="tables only")

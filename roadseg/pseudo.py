@@ -22,7 +22,9 @@ def pseudo_label_paths(tiles: pd.DataFrame, out: str | Path) -> list[Path]:
     """Where each unlabelled tile's pseudo-label goes; two tiles of one name are refused."""
     outs = [Path(out) / f"{Path(image).stem}.png" for image in tiles["image"]]
     if len(set(outs)) < len(outs):
-        raise RoadsegError("two unlabelled tiles share a file name", Path(tiles["image"].iloc[0]).parent)
+        raise RoadsegError(
+            "two unlabelled tiles share a file name", Path(tiles["image"].iloc[0]).parent
+        )
     return outs
 
 
@@ -36,7 +38,9 @@ def write_pseudo_labels(
     (each file atomically, ``pseudo.json`` last). Returns what ``pseudo.json`` says."""
     outs = pseudo_label_paths(tiles, out)
     road = []
-    for (_, prob), path in zip(predictor.predict_index(tiles, context=context, margin=margin), outs, strict=True):
+    for (_, prob), path in zip(
+        predictor.predict_index(tiles, context=context, margin=margin), outs, strict=True
+    ):
         write_png(path, np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8))
         road.append(float((prob > 0.5).mean()))
     about = {

@@ -6,19 +6,34 @@ of the experiment per *profile*::
     split: {folds: 5, split_seed: 0}          # geographic folds of the main dataset
     methods:
       - {name: unet, config: configs/unet.yaml, args: {...}}
+      - {name: unet-context, base: unet, args: {data.context: true}}      # an ablation
+      - {name: unet-self, base: unet-context, teacher: unet-context}       # self-training
+    evaluations:                               # rows that train nothing
+      - {name: unet+tta, models: [unet], tta: true}
+      - {name: ensemble, models: [unet, unet-context], postprocess: {min_area: 400}}
     profiles:
       smoke: {folds: [0, 1], seeds: [0], budget: {trainer.max_epochs: 2, ...}}
+      cpu: {split: {folds: 3}, folds: [0, 1, 2], budget: {...}, method_args: {unet: {...}}}
       paper: {folds: [0, 1, 2, 3, 4], seeds: [0, 1, 2], budget: {...}}
     figures: {method: unet}
 
 Every (method, fold, seed) trains (one after the other, in this process) into
 ``<out>/runs/<profile>/<method>/fold<k>-seed<s>`` (finished runs are skipped,
-interrupted ones resume). Then ``<out>/table.csv`` and ``table.md`` hold, per method,
-the mean and standard deviation over its runs of the best validation epoch's patch F1,
-pixel IoU, precision and recall, and the parameter count; ``<out>/runs.csv`` has every
-run. Wall time is a measurement that never repeats exactly, so it goes to
-``<out>/timing.csv`` and ``timing.md``; the table itself is the same on every rerun
-with the same seeds on the same machine. The figures go to ``<out>/figures/``.
+interrupted ones resume). A method with ``base:`` is that method with its own ``args``
+on top; one with ``teacher:`` first has the teacher's run of the same fold and seed
+label the unlabelled tiles (:mod:`roadseg.pseudo`; TTA unless the profile says
+``pseudo_tta: false``) and trains on them too. An evaluation predicts each fold's
+validation tiles with the mean of the named methods' runs of that fold (TTA, context
+and fixed post-processing as it says) and is cached in ``<out>/runs/<profile>/evaluations/``.
+
+Then ``<out>/table.csv`` and ``table.md`` hold, per row, the mean and standard
+deviation over its runs of the best validation epoch's patch accuracy (the
+leaderboard's number), road patch F1, pixel IoU, precision and recall, and the
+parameter count; ``<out>/runs.csv`` has every run. Wall time is a measurement that never
+repeats exactly, so it goes to ``<out>/timing.csv`` and ``timing.md``; the table itself
+is the same on every rerun with the same seeds on the same machine, unless the profile's
+budget is wall time (``trainer.max_time``, as ``cpu``). The figures go to
+``<out>/figures/``.
 """
 
 from __future__ import annotations
@@ -59,7 +74,9 @@ def _resolve_methods(methods: list[dict], method_args: dict, path: Path) -> dict
             raise RoadsegError(f"method {name!r}: base {base!r} is not an earlier method", path)
         teacher = method.get("teacher")
         if teacher is not None and teacher not in resolved:
-            raise RoadsegError(f"method {name!r}: teacher {teacher!r} is not an earlier method", path)
+            raise RoadsegError(
+                f"method {name!r}: teacher {teacher!r} is not an earlier method", path
+            )
         inherited = resolved[base] if base else {"config": None, "args": {}}
         config = method.get("config") or inherited["config"]
         if config is None:
@@ -74,7 +91,9 @@ def _check_evaluations(evaluations: list, methods: dict, path: Path) -> list[dic
     checked = []
     for e in evaluations:
         if not isinstance(e, dict) or not {"name", "models"} <= set(e):
-            raise RoadsegError("evaluations are {name, models: [methods], tta, context, postprocess}", path)
+            raise RoadsegError(
+                "evaluations are {name, models: [methods], tta, context, postprocess}", path
+            )
         if e["name"] in names:
             raise RoadsegError(f"evaluation {e['name']!r}: the name is taken", path)
         unknown = [m for m in e["models"] if m not in methods]
@@ -110,7 +129,12 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     if profile not in profiles:
         raise RoadsegError(f"no profile {profile!r}; the plan has: {', '.join(profiles)}", path)
     chosen = profiles[profile] or {}
-    split = {"folds": 5, "split_seed": 0, **(plan.get("split") or {}), **(chosen.get("split") or {})}
+    split = {
+        "folds": 5,
+        "split_seed": 0,
+        **(plan.get("split") or {}),
+        **(chosen.get("split") or {}),
+    }
     folds, seeds = chosen.get("folds") or [0], chosen.get("seeds") or [0]
     bad = [f for f in folds if not 0 <= f < split["folds"]]
     if bad:
@@ -118,7 +142,9 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     resolved = _resolve_methods(methods, chosen.get("method_args") or {}, path)
     unknown = [m for m in chosen.get("method_args") or {} if m not in resolved]
     if unknown:
-        raise RoadsegError(f"profile {profile!r}: method_args of {unknown[0]!r}, not a method", path)
+        raise RoadsegError(
+            f"profile {profile!r}: method_args of {unknown[0]!r}, not a method", path
+        )
     evaluations = _check_evaluations(plan.get("evaluations") or [], resolved, path)
     shown = (plan.get("figures") or {}).get("method")
     if shown is not None and shown not in resolved:
@@ -175,7 +201,9 @@ def reproduce(
         for fold in plan["folds"]:
             for seed in plan["seeds"]:
                 where = f"fold{fold}-seed{seed}"
-                print(f"[evaluation {i}/{len(plan['evaluations'])}] {e['name']} {where}", flush=True)
+                print(
+                    f"[evaluation {i}/{len(plan['evaluations'])}] {e['name']} {where}", flush=True
+                )
                 ckpts = [run_root / m / where / "checkpoints" / "best.ckpt" for m in e["models"]]
                 cache = run_root / "evaluations" / e["name"] / f"{where}.json"
                 scores = evaluation(ckpts, cache, e, predicted=predicted)
@@ -214,11 +242,18 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
     maps, margin, _ = context_for([root], tiles, CONTEXT_MARGIN)
     predictor = Predictor.from_checkpoints([teacher], tta=tta, progress=False)
     start = time.perf_counter()
-    about = write_pseudo_labels(predictor, tiles, out, teacher=[teacher], context=maps, margin=margin)
-    print(f"pseudo-labels of {about['tiles']} tiles by {teacher}: {time.perf_counter() - start:.0f} s", flush=True)
+    about = write_pseudo_labels(
+        predictor, tiles, out, teacher=[teacher], context=maps, margin=margin
+    )
+    print(
+        f"pseudo-labels of {about['tiles']} tiles by {teacher}: {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
 
 
-def evaluation(ckpts: list[Path], cache: Path, spec: dict, *, predicted: dict | None = None) -> dict:
+def evaluation(
+    ckpts: list[Path], cache: Path, spec: dict, *, predicted: dict | None = None
+) -> dict:
     """The scores of an evaluation row on one fold: the mean of ``ckpts`` (the fold's runs
     of the methods named), with TTA, context and post-processing as ``spec`` says, on the
     validation tiles of the first one's split. Kept in ``cache`` (JSON), so a resumed

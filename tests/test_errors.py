@@ -57,6 +57,13 @@ def _checkpoint(tmp: Path, *, foreign: bool) -> None:
     )
 
 
+def _stale_readme(tmp: Path) -> None:
+    (tmp / "table.md").write_text("| a |\n|---|\n| 0.9 |\n")
+    (tmp / "README.md").write_text(
+        "<!-- table: table.md -->\n| a |\n|---|\n| 0.8 |\n<!-- /table -->\n"
+    )
+
+
 def _submission(tmp: Path, edit: Callable[[list[str]], list[str]]) -> None:
     write_raster(tmp / "test" / "satimage_144.png", np.zeros((3, 32, 32), np.uint8))
     rows = ["id,prediction", *(f"144_{x}_{y},0" for x in (0, 16) for y in (0, 16))]
@@ -167,6 +174,18 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "reproduction plan without the profile asked for": (
         lambda t: _config(t, "methods:\n  - {name: a, config: a.yaml}\nprofiles:\n  smoke: {}\n"),
         "roadseg reproduce bad.yaml --profile paper",
+    ),
+    "reproduction plan whose evaluation names no method": (
+        lambda t: _config(
+            t,
+            "methods:\n  - {name: unet, config: a.yaml}\nevaluations:\n"
+            "  - {name: unet+tta, models: [unt], tta: true}\nprofiles:\n  cpu: {}\n",
+        ),
+        "roadseg reproduce bad.yaml --profile cpu",
+    ),
+    "README table older than its results file": (
+        _stale_readme,
+        "roadseg tables README.md --check",
     ),
     "submission with a wrong header": (
         lambda t: _submission(t, lambda r: ["Id,Prediction", *r[1:]]),

@@ -89,6 +89,64 @@ def test_the_same_seed_gives_the_same_table(cil_root, tmp_path):
     assert tables[0] == tables[1]
 
 
+def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
+    """base: and teacher: methods train with the right arguments, evaluation rows score
+    the fold's checkpoints, and an evaluation of one run alone repeats its table row."""
+    patch_cnn = str(ROOT / "configs" / "patch_cnn.yaml")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "root": str(cil_root), "split": {"folds": 5},
+        "methods": [
+            {"name": "cnn", "config": patch_cnn},
+            {"name": "cnn-plain", "base": "cnn", "args": {"data.augment": "none"}, "label": "CNN, no aug."},
+            # patch_cnn's patch loss cannot weight pixels: the student learns with bce
+            {"name": "cnn-self", "base": "cnn", "teacher": "cnn", "args": {"model.loss": "bce"}},
+        ],
+        "evaluations": [
+            {"name": "cnn-again", "models": ["cnn"]},
+            {"name": "cnn+tta", "models": ["cnn"], "tta": True},
+            {"name": "both", "models": ["cnn", "cnn-plain"], "tta": True},
+            {"name": "both+post", "models": ["cnn", "cnn-plain"], "tta": True,
+             "postprocess": {"min_area": 10**6}, "label": "both, every road removed"},
+        ],
+        "profiles": {"tiny": {"split": {"folds": 3}, "folds": [1], "budget": BUDGET,
+                              "pseudo_tta": False}},
+    }))  # fmt: skip
+    out = tmp_path / "results"
+    runs = reproduce(plan, out, profile="tiny", figures=False).set_index("method")
+
+    assert list(runs.index) == [
+        "cnn",
+        "cnn-plain",
+        "cnn-self",
+        "cnn-again",
+        "cnn+tta",
+        "both",
+        "both+post",
+    ]
+    metrics = ["patch_accuracy", "patch_f1", "iou", "precision", "recall"]
+    for col in metrics:  # the evaluation predicts the validation tiles as training validated them
+        assert runs.loc["cnn-again", col] == pytest.approx(runs.loc["cnn", col], abs=1e-6), col
+    assert runs.loc["both", "parameters"] == 2 * runs.loc["cnn", "parameters"]
+    # a min area larger than a tile removes every road: no road patch, no road pixel
+    assert runs.loc["both+post", "recall"] == 0 and runs.loc["both+post", "iou"] == 0
+    root = out / "runs" / "tiny"
+    hparams = yaml.safe_load((root / "cnn-plain" / "fold1-seed0" / "hparams.yaml").read_text())
+    assert hparams["augment"] == "none" and hparams["fold"] == 1 and hparams["folds"] == 3
+    labels = root / "cnn-self" / "fold1-seed0" / "pseudo-labels"
+    about = json.loads((labels / "pseudo.json").read_text())
+    assert about["tiles"] == 2 and len(list(labels.glob("satimage_*.png"))) == 2
+    assert about["teacher"] == [
+        str((root / "cnn" / "fold1-seed0" / "checkpoints" / "best.ckpt").resolve())
+    ]
+    self_hparams = yaml.safe_load((root / "cnn-self" / "fold1-seed0" / "hparams.yaml").read_text())
+    assert self_hparams["pseudo_labels"] == str(labels)
+    text = (out / "table.md").read_text()
+    assert "| CNN, no aug. | 1 |" in text and "| both, every road removed | 1 |" in text
+    cached = root / "evaluations" / "both" / "fold1-seed0.json"
+    assert json.loads(cached.read_text())["parameters"] == runs.loc["both", "parameters"]
+
+
 def test_plans_that_cannot_run_are_refused(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(
@@ -104,6 +162,55 @@ def test_plans_that_cannot_run_are_refused(tmp_path):
                                     "profiles": {"smoke": {}}, "figures": {"method": "b"}}))  # fmt: skip
     with pytest.raises(RoadsegError, match="figures.method 'b' is not one of the plan's methods"):
         load_reproduction(plan, "smoke")
+    for bad, message in [
+        ({"name": "b", "base": "c"}, "method 'b': base 'c' is not an earlier method"),
+        ({"name": "b", "base": "a", "teacher": "b"}, "method 'b': teacher 'b' is not an earlier"),
+        ({"name": "a", "config": "a.yaml"}, "two methods of the plan are called 'a'"),
+    ]:
+        plan.write_text(yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}, bad],
+                                        "profiles": {"smoke": {}}}))  # fmt: skip
+        with pytest.raises(RoadsegError, match=message):
+            load_reproduction(plan, "smoke")
+    for evaluations, message in [
+        ([{"name": "e", "models": ["z"]}], "evaluation 'e': 'z' is not a method"),
+        ([{"name": "a", "models": ["a"]}], "evaluation 'a': the name is taken"),
+        ([{"name": "e", "models": ["a"], "ttaa": True}], "evaluation 'e': unknown key 'ttaa'"),
+    ]:
+        plan.write_text(yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}],
+                                        "evaluations": evaluations, "profiles": {"smoke": {}}}))  # fmt: skip
+        with pytest.raises(RoadsegError, match=message):
+            load_reproduction(plan, "smoke")
+    plan.write_text(yaml.safe_dump({"methods": [{"name": "a", "config": "a.yaml"}],
+                                    "profiles": {"smoke": {"method_args": {"b": {}}}}}))  # fmt: skip
+    with pytest.raises(RoadsegError, match="method_args of 'b', not a method"):
+        load_reproduction(plan, "smoke")
     resolved = load_reproduction(ROOT / "configs" / "plans" / "paper.yaml", "smoke")
     assert len(resolved["runs"]) == len(resolved["methods"]) * 2
     assert {r["args"]["data.split"] for r in resolved["runs"]} == {"geographic"}
+
+
+def test_the_cpu_profile_is_three_folds_of_every_method_and_ablation():
+    plan = load_reproduction(ROOT / "configs" / "plans" / "paper.yaml", "cpu")
+    assert plan["split"]["folds"] == 3 and plan["folds"] == [0, 1, 2]
+    assert len(plan["runs"]) == 3 * len(plan["methods"])
+    runs = {r["name"]: r for r in plan["runs"]}
+    unet, scratch = runs["unet/fold1-seed0"], runs["unet-scratch/fold1-seed0"]
+    # the profile's U-Net encoder reaches every ablation built on it
+    assert unet["args"]["model.model_args.encoder"] == "tu-tf_efficientnet_lite0"
+    assert scratch["args"]["model.model_args.encoder"] == "tu-tf_efficientnet_lite0"
+    assert scratch["args"]["model.model_args.encoder_weights"] is None
+    assert scratch["config"] == unet["config"] and scratch["args"]["data.fold"] == 1
+    student = runs["unet-self/fold2-seed0"]
+    assert student["teacher"] == "unet-context/fold2-seed0" and student["args"]["data.context"]
+    assert {r["args"]["trainer.max_time"] for r in plan["runs"]} == {"00:00:02:00"}
+    # every evaluation row names methods of the plan, and the ablations are there
+    names = {
+        "unet-aug-none",
+        "unet-aug-d4",
+        "unet-aug-full",
+        "unet-scratch",
+        "unet-context",
+        "unet-self",
+    }
+    assert names <= set(plan["methods"])
+    assert {m for e in plan["evaluations"] for m in e["models"]} <= set(plan["methods"])

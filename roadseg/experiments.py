@@ -95,7 +95,19 @@ def _train(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) 
     start-up cost per run (imports, dataset scan), for plans of many short runs.
     """
     done = run_dir / "done.json"
+    settings = {"config": run["config"], "args": {**budget, **(run.get("args") or {})}}
     if done.is_file():
+        before = json.loads(done.read_text()).get("settings")  # absent: an older roadseg
+        if before is not None and json.loads(json.dumps(settings)) != before:
+            changed = sorted(
+                k for k in {*before["args"], *settings["args"]}
+                if before["args"].get(k) != settings["args"].get(k)
+            ) + (["config"] if before["config"] != settings["config"] else [])  # fmt: skip
+            raise RoadsegError(
+                f"run {run['name']!r} finished with other settings ({', '.join(changed)} "
+                "changed): move or delete its folder to train it again",
+                run_dir,
+            )
         print(f"[{run['name']}] done already: {done}")
         return
     resume = ["--ckpt_path", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
@@ -123,7 +135,13 @@ def _train(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) 
             )
     with atomic_path(done) as tmp:  # a resumed run's time counts from its resumption
         tmp.write_text(
-            json.dumps({"seconds": time.perf_counter() - start, "resumed": bool(resume)})
+            json.dumps(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "resumed": bool(resume),
+                    "settings": settings,
+                }
+            )  # fmt: skip
         )
 
 

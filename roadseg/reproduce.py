@@ -149,6 +149,10 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     shown = (plan.get("figures") or {}).get("method")
     if shown is not None and shown not in resolved:
         raise RoadsegError(f"figures.method {shown!r} is not one of the plan's methods", path)
+    if plan.get("reference") is not None and plan["reference"] not in resolved:
+        raise RoadsegError(
+            f"reference {plan['reference']!r} is not one of the plan's methods", path
+        )
     runs = []
     for name, method in resolved.items():
         for fold in folds:
@@ -168,7 +172,7 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     return {
         "profile": profile, "runs": runs, "folds": folds, "seeds": seeds, "split": split,
         "note": chosen.get("note"), "evaluations": evaluations,
-        "pseudo_tta": bool(chosen.get("pseudo_tta", True)),
+        "pseudo_tta": bool(chosen.get("pseudo_tta", True)), "reference": plan.get("reference"),
         "methods": list(resolved), "figures": plan.get("figures") or {},
         "labels": {m["name"]: m["label"] for m in [*methods, *evaluations] if m.get("label")},
         "root": chosen.get("root") or plan.get("root") or "data/cil-2022",
@@ -196,18 +200,21 @@ def reproduce(
         {"method": r["method"], "fold": r["fold"], "seed": r["seed"], **run_row(run_root / r["name"])}
         for r in plan["runs"]
     ]  # fmt: skip
-    predicted: dict = {}  # probabilities shared by evaluations that differ in post-processing alone
-    for i, e in enumerate(plan["evaluations"], 1):
-        for fold in plan["folds"]:
-            for seed in plan["seeds"]:
-                where = f"fold{fold}-seed{seed}"
+    evaluated = {}
+    for fold in plan["folds"]:  # fold by fold: rows that differ in post-processing alone
+        for seed in plan["seeds"]:  # share one prediction of the fold's tiles
+            where, predicted = f"fold{fold}-seed{seed}", {}
+            for i, e in enumerate(plan["evaluations"], 1):
                 print(
                     f"[evaluation {i}/{len(plan['evaluations'])}] {e['name']} {where}", flush=True
                 )
                 ckpts = [run_root / m / where / "checkpoints" / "best.ckpt" for m in e["models"]]
                 cache = run_root / "evaluations" / e["name"] / f"{where}.json"
-                scores = evaluation(ckpts, cache, e, predicted=predicted)
-                rows.append({"method": e["name"], "fold": fold, "seed": seed, **scores})
+                evaluated[e["name"], fold, seed] = evaluation(ckpts, cache, e, predicted=predicted)
+    rows += [
+        {"method": e["name"], "fold": fold, "seed": seed, **evaluated[e["name"], fold, seed]}
+        for e in plan["evaluations"] for fold in plan["folds"] for seed in plan["seeds"]
+    ]  # fmt: skip
     runs = pd.DataFrame(rows)
     write_tables(runs, plan, out)
     if figures:
@@ -269,7 +276,6 @@ def evaluation(
     key = (tuple(map(str, ckpts)), bool(spec["tta"]), bool(spec["context"]))
     predicted = {} if predicted is None else predicted
     if key not in predicted:
-        predicted.clear()  # one set of probabilities at a time
         contents = [read_checkpoint(p) for p in ckpts]
         val = validation_frame(contents[0])
         maps, margin, _ = context_for(
@@ -322,9 +328,14 @@ def score_probabilities(tiles, decision) -> dict:
     }  # fmt: skip
 
 
-def summarise(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """Per method: number of runs, mean and standard deviation of each metric, parameters."""
+def summarise(runs: pd.DataFrame, methods: list[str], reference: str | None = None) -> pd.DataFrame:
+    """Per method: number of runs, mean and standard deviation of each metric, parameters;
+    with a ``reference`` method, also the mean and standard deviation over (fold, seed) of
+    the difference of road patch F1 from the reference's run on the same fold and seed
+    (paired: the folds' own difficulty, which makes most of the spread, cancels)."""
     rows = []
+    if reference is not None:
+        ref = runs[runs["method"] == reference].set_index(["fold", "seed"])["patch_f1"]
     for method in methods:
         group = runs[runs["method"] == method]
         row = {"method": method, "runs": len(group)}
@@ -333,6 +344,10 @@ def summarise(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
             row[f"{col}_std"] = group[col].std(ddof=1) if len(group) > 1 else 0.0
         row["parameters"] = int(group["parameters"].iloc[0])
         row["best_epoch_mean"] = group["best_epoch"].mean()
+        if reference is not None:
+            diff = group.set_index(["fold", "seed"])["patch_f1"] - ref
+            row["patch_f1_diff_mean"] = diff.mean()
+            row["patch_f1_diff_std"] = diff.std(ddof=1) if len(diff) > 1 else 0.0
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -351,7 +366,10 @@ def describe_split(plan: dict) -> str:
 
 def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
     """``table.csv``/``table.md`` (metrics), ``runs.csv`` and ``timing.csv``/``timing.md``."""
-    table = summarise(runs, [*plan["methods"], *(e["name"] for e in plan["evaluations"])])
+    reference = plan.get("reference")
+    table = summarise(
+        runs, [*plan["methods"], *(e["name"] for e in plan["evaluations"])], reference
+    )
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "runs.csv") as tmp:
         runs.drop(columns=["train_minutes"]).to_csv(tmp, index=False, float_format="%.6f")
@@ -373,6 +391,11 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
             f"{m:.3f} ± {s:.3f}"
             for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"], strict=True)
         ]
+    if reference is not None:
+        shown[f"road F1 − {labels.get(reference, reference)}, paired by fold"] = [
+            f"{m:+.3f} ± {s:.3f}"
+            for m, s in zip(table["patch_f1_diff_mean"], table["patch_f1_diff_std"], strict=True)
+        ]
     shown["parameters"] = table["parameters"].map("{:,}".format)
     with atomic_path(out / "table.md") as tmp:
         note = f"**{plan['note']}**\n\n" if plan.get("note") else ""
@@ -386,7 +409,7 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
         timing.to_csv(tmp, index=False, float_format="%.3f")
     timing_md = pd.DataFrame({
         "method": timing["method"],
-        "train minutes per run": [f"{m:.2f} ± {0 if pd.isna(s) else s:.2f}" for m, s in zip(timing["mean"], timing["std"], strict=True)],
+        "minutes per run (training; predicting for evaluation rows)": [f"{m:.2f} ± {0 if pd.isna(s) else s:.2f}" for m, s in zip(timing["mean"], timing["std"], strict=True)],
         "total minutes": timing["sum"].map("{:.1f}".format),
     })  # fmt: skip
     with atomic_path(out / "timing.md") as tmp:

@@ -60,7 +60,7 @@ def test_a_reduced_plan_gives_the_table_runs_and_every_figure(shared_data, tmp_p
         assert row["patch_f1_std"] == pytest.approx(f1.std(ddof=1), abs=1e-6)
     text = (out / "table.md").read_text()
     assert "geographic folds" in text and "folds 0, 1 of 5" in text and " ± " in text
-    assert "train minutes per run" in (out / "timing.md").read_text()
+    assert "minutes per run" in (out / "timing.md").read_text()
 
     run_dir = out / "runs" / "tiny" / "patch_cnn" / "fold1-seed0"
     provenance = json.loads((run_dir / "provenance.json").read_text())
@@ -78,6 +78,13 @@ def test_a_reduced_plan_gives_the_table_runs_and_every_figure(shared_data, tmp_p
     before = (out / "table.csv").read_bytes()
     reproduce(plan, out, profile="tiny", figures=False)
     assert (out / "table.csv").read_bytes() == before
+    # a finished run whose settings the plan has since changed is not taken as done
+    changed = yaml.safe_load(plan.read_text())
+    changed["methods"][1]["args"] = {"model.lr": 0.01}
+    plan.write_text(yaml.safe_dump(changed))
+    with pytest.raises(RoadsegError, match=r"run 'patch_cnn/fold0-seed0' finished with other "
+                       r"settings \(model.lr changed\): move or delete its folder"):  # fmt: skip
+        reproduce(plan, out, profile="tiny", figures=False)
 
 
 def test_the_same_seed_gives_the_same_table(cil_root, tmp_path):
@@ -109,6 +116,7 @@ def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
             {"name": "both+post", "models": ["cnn", "cnn-plain"], "tta": True,
              "postprocess": {"min_area": 10**6}, "label": "both, every road removed"},
         ],
+        "reference": "cnn",
         "profiles": {"tiny": {"split": {"folds": 3}, "folds": [1], "budget": BUDGET,
                               "pseudo_tta": False}},
     }))  # fmt: skip
@@ -143,6 +151,13 @@ def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
     assert self_hparams["pseudo_labels"] == str(labels)
     text = (out / "table.md").read_text()
     assert "| CNN, no aug. | 1 |" in text and "| both, every road removed | 1 |" in text
+    # paired differences from the reference method, fold by fold
+    table = pd.read_csv(out / "table.csv").set_index("method")
+    assert table.loc["cnn-again", "patch_f1_diff_mean"] == pytest.approx(0, abs=1e-6)
+    assert table.loc["both", "patch_f1_diff_mean"] == pytest.approx(
+        runs.loc["both", "patch_f1"] - runs.loc["cnn", "patch_f1"], abs=1e-6
+    )
+    assert "road F1 − cnn, paired by fold" in text
     cached = root / "evaluations" / "both" / "fold1-seed0.json"
     assert json.loads(cached.read_text())["parameters"] == runs.loc["both", "parameters"]
 

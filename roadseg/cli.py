@@ -621,6 +621,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.reproduce import reproduce
 
+    args.out = args.out or str(Path("results") / args.profile)
     check_io(inputs=[args.plan], output_folders=[args.out])
     if args.profile == "paper" and not args.allow_cpu:
         import torch
@@ -1036,7 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale of the plan: smoke (the machinery, minutes), cpu (results on 2 CPU cores, "
         "under 3 h) or paper (GPU) (default %(default)s)",
     )
-    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--out", default=None, help="output folder (default: results/PROFILE)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.add_argument(
         "--allow-cpu",

@@ -234,8 +234,9 @@ def reproduce(
 
 def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool = True) -> None:
     """The teacher's pseudo-labels of the unlabelled tiles of ``root`` (in context, with TTA
-    unless ``tta`` is false), unless ``out`` has them already."""
-    if (out / "pseudo.json").is_file():
+    unless ``tta`` is false), unless ``out`` has them from this teacher checkpoint already."""
+    done = out / "pseudo.json"
+    if done.is_file() and done.stat().st_mtime_ns >= teacher.stat().st_mtime_ns:
         return
     from roadseg.index import scan
     from roadseg.maps import context_for
@@ -263,11 +264,15 @@ def evaluation(
 ) -> dict:
     """The scores of an evaluation row on one fold: the mean of ``ckpts`` (the fold's runs
     of the methods named), with TTA, context and post-processing as ``spec`` says, on the
-    validation tiles of the first one's split. Kept in ``cache`` (JSON), so a resumed
-    reproduction does not predict again. ``predicted``: probabilities already predicted
+    validation tiles of the first one's split. Kept in ``cache`` (JSON) with the
+    checkpoints' sizes and times, so a resumed reproduction does not predict again unless
+    a model was retrained. ``predicted``: probabilities already predicted
     by an earlier evaluation with the same checkpoints, TTA and context (filled here)."""
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in ckpts]
     if cache.is_file():
-        return json.loads(cache.read_text())
+        kept = json.loads(cache.read_text())
+        if kept.pop("checkpoints", None) == stamps:  # a model retrained since: predict again
+            return kept
     from roadseg.postprocess import Decision
     from roadseg.predict import Predictor, load_task, read_checkpoint, trained_root
     from roadseg.thresholds import validation_frame
@@ -297,7 +302,7 @@ def evaluation(
     }  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
-        tmp.write_text(json.dumps(result))
+        tmp.write_text(json.dumps({**result, "checkpoints": stamps}))
     return result
 
 

@@ -159,7 +159,8 @@ def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
     )
     assert "road F1 − cnn, paired by fold" in text
     cached = root / "evaluations" / "both" / "fold1-seed0.json"
-    assert json.loads(cached.read_text())["parameters"] == runs.loc["both", "parameters"]
+    kept = json.loads(cached.read_text())
+    assert kept["parameters"] == runs.loc["both", "parameters"] and len(kept["checkpoints"]) == 2
 
 
 def test_plans_that_cannot_run_are_refused(tmp_path):

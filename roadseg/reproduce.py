@@ -42,7 +42,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from roadseg.errors import RoadsegError
@@ -200,6 +199,7 @@ def reproduce(
         {"method": r["method"], "fold": r["fold"], "seed": r["seed"], **run_row(run_root / r["name"])}
         for r in plan["runs"]
     ]  # fmt: skip
+    parameters = {r["name"]: row["parameters"] for r, row in zip(plan["runs"], rows, strict=True)}
     evaluated = {}
     for fold in plan["folds"]:  # fold by fold: rows that differ in post-processing alone
         for seed in plan["seeds"]:  # share one prediction of the fold's tiles
@@ -210,7 +210,10 @@ def reproduce(
                 )
                 ckpts = [run_root / m / where / "checkpoints" / "best.ckpt" for m in e["models"]]
                 cache = run_root / "evaluations" / e["name"] / f"{where}.json"
-                evaluated[e["name"], fold, seed] = evaluation(ckpts, cache, e, predicted=predicted)
+                size = sum(parameters[f"{m}/{where}"] for m in e["models"])
+                evaluated[e["name"], fold, seed] = evaluation(
+                    ckpts, cache, e, parameters=size, predicted=predicted
+                )
     rows += [
         {"method": e["name"], "fold": fold, "seed": seed, **evaluated[e["name"], fold, seed]}
         for e in plan["evaluations"] for fold in plan["folds"] for seed in plan["seeds"]
@@ -239,7 +242,6 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
     if done.is_file() and done.stat().st_mtime_ns >= teacher.stat().st_mtime_ns:
         return
     from roadseg.index import scan
-    from roadseg.maps import context_for
     from roadseg.predict import Predictor
     from roadseg.pseudo import write_pseudo_labels
 
@@ -260,14 +262,16 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
 
 
 def evaluation(
-    ckpts: list[Path], cache: Path, spec: dict, *, predicted: dict | None = None
+    ckpts: list[Path], cache: Path, spec: dict, *, parameters: int, predicted: dict | None = None
 ) -> dict:
     """The scores of an evaluation row on one fold: the mean of ``ckpts`` (the fold's runs
-    of the methods named), with TTA, context and post-processing as ``spec`` says, on the
-    validation tiles of the first one's split. Kept in ``cache`` (JSON) with the
-    checkpoints' sizes and times, so a resumed reproduction does not predict again unless
-    a model was retrained. ``predicted``: probabilities already predicted
-    by an earlier evaluation with the same checkpoints, TTA and context (filled here)."""
+    of the methods named, ``parameters`` in all), with TTA, context and post-processing as
+    ``spec`` says, on the validation tiles of the first one's split: patch accuracy, road
+    patch F1 (the competition's patch rule on the raw grey masks), pixel IoU, precision
+    and recall. Kept in ``cache`` (JSON) with the checkpoints' sizes and times, so a
+    resumed reproduction does not predict again unless a model was retrained.
+    ``predicted``: the :class:`~roadseg.thresholds.ValidationScores` of earlier
+    evaluations with the same checkpoints, TTA and context (filled here)."""
     stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in ckpts]
     if cache.is_file():
         kept = json.loads(cache.read_text())
@@ -275,7 +279,7 @@ def evaluation(
             return kept
     from roadseg.postprocess import Decision
     from roadseg.predict import Predictor, load_task, read_checkpoint, trained_root
-    from roadseg.thresholds import validation_frame
+    from roadseg.thresholds import ValidationScores, validation_frame
 
     start = time.perf_counter()
     key = (tuple(map(str, ckpts)), bool(spec["tta"]), bool(spec["context"]))
@@ -290,47 +294,19 @@ def evaluation(
             [load_task(p, ckpt=c) for p, c in zip(ckpts, contents, strict=True)],
             tta=bool(spec["tta"]), progress=False,
         )  # fmt: skip
-        predicted[key] = list(predictor.predict_index(val, context=maps, margin=margin))
+        probs = [prob for _, prob in predictor.predict_index(val, context=maps, margin=margin)]
+        predicted[key] = ValidationScores(probs, list(val["mask"]))
     decision = Decision(**(spec.get("postprocess") or {}))
-    scores = score_probabilities(predicted[key], decision)
-    params = 0
-    for ckpt in ckpts:
-        params += run_row(ckpt.parent.parent)["parameters"]
+    scores = predicted[key].with_clean(decision.clean)
+    everything = scores.all_scores(decision.pixel, decision.patch)
     result = {
-        **scores, "parameters": params, "train_minutes": (time.perf_counter() - start) / 60,
-        "best_epoch": float("nan"),
+        **{name: everything[name] for name in METRICS.values()}, "parameters": parameters,
+        "train_minutes": (time.perf_counter() - start) / 60, "best_epoch": float("nan"),
     }  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         tmp.write_text(json.dumps({**result, "checkpoints": stamps}))
     return result
-
-
-def score_probabilities(tiles, decision) -> dict:
-    """The table's scores of ``(index row, probabilities)`` pairs against the rows' masks:
-    patch accuracy, road patch F1 (the competition's patch rule on the raw grey masks),
-    pixel IoU, pixel precision and recall (masks binarised as training does)."""
-    from roadseg.io import MASK_THRESHOLD, read_mask_grey
-    from roadseg.patches import patch_labels, patch_means
-    from roadseg.scoring import patch_scores
-
-    tp = fp = fn = 0
-    pred_patches, true_patches = [], []
-    for row, prob in tiles:
-        grey = read_mask_grey(row["mask"])
-        pred = decision.clean(prob > decision.pixel)
-        truth = grey > MASK_THRESHOLD
-        tp += int(np.sum(pred & truth))
-        fp += int(np.sum(pred & ~truth))
-        fn += int(np.sum(~pred & truth))
-        pred_patches.append((patch_means(pred.astype(np.float32)) > decision.patch).ravel())
-        true_patches.append(patch_labels(grey).ravel())
-    patches = patch_scores(np.concatenate(pred_patches), np.concatenate(true_patches))
-    return {
-        "patch_accuracy": patches["patch_accuracy"], "patch_f1": patches["patch_f1"],
-        "iou": tp / max(tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
-        "recall": tp / max(tp + fn, 1),
-    }  # fmt: skip
 
 
 def summarise(runs: pd.DataFrame, methods: list[str], reference: str | None = None) -> pd.DataFrame:

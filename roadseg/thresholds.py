@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,16 +124,36 @@ class ValidationScores:
         other.clean = clean
         return other
 
+    def masks(self, pixel: float) -> Iterator[np.ndarray]:
+        """Each tile's predicted road pixels at this threshold, after the clean-up."""
+        clean = self.clean or (lambda mask: mask)
+        return (clean(p > pixel) for p in self.probs)
+
     def road_share(self, pixel: float) -> np.ndarray:
         """Share of road pixels per patch, all tiles concatenated."""
-        clean = self.clean or (lambda mask: mask)
         return np.concatenate(
-            [patch_means(clean(p > pixel).astype(np.float32)).ravel() for p in self.probs]
+            [patch_means(m.astype(np.float32)).ravel() for m in self.masks(pixel)]
         )
 
     def scores(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> dict[str, float]:
         """Every patch score at these thresholds."""
         return patch_scores(self.road_share(pixel) > patch, self.truth)
+
+    def all_scores(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> dict[str, float]:
+        """Every patch score, and pixel IoU, precision and recall against the masks' road
+        pixels (grey above 0.5, as training binarises them): each tile's mask made once."""
+        tp = fp = fn = 0
+        shares = []
+        for mask, road in zip(self.masks(pixel), self.roads, strict=True):
+            tp += int(np.sum(mask & road))
+            fp += int(np.sum(mask & ~road))
+            fn += int(np.sum(~mask & road))
+            shares.append(patch_means(mask.astype(np.float32)).ravel())
+        return {
+            **patch_scores(np.concatenate(shares) > patch, self.truth),
+            "iou": tp / max(tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
+            "recall": tp / max(tp + fn, 1),
+        }  # fmt: skip
 
     def ring_f1(
         self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD, rings: int = 4
@@ -153,9 +173,8 @@ class ValidationScores:
         pixels (after the clean-up) against those of the true masks."""
         from roadseg.apls import mask_apls
 
-        clean = self.clean or (lambda mask: mask)
-        return float(np.mean([mask_apls(road, clean(p > pixel))
-                              for p, road in zip(self.probs, self.roads, strict=True)]))  # fmt: skip
+        return float(np.mean([mask_apls(road, mask)
+                              for mask, road in zip(self.masks(pixel), self.roads, strict=True)]))  # fmt: skip
 
     def f1(self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD) -> float:
         """Road patch F1 at these thresholds."""

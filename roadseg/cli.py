@@ -272,6 +272,10 @@ def _decision(args: argparse.Namespace, ckpt: str, *, tta: bool | None = None):
     return base.replace(**given), origin
 
 
+def _span(interval: tuple[float, float]) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def _cmd_tune(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.scoring import format_scores
@@ -322,10 +326,17 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         print(format_scores(values))
     print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
           f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
-    rings = raw.ring_f1()
+    rings, spread = raw.ring_f1(), raw.intervals()
     print(
         "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
-        "0.25): " + ", ".join(f"{k}: {v:.4f}" for k, v in rings.items())
+        "0.25), with the middle 95% of a bootstrap over tiles: "
+        + ", ".join(f"{k}: {v:.4f} ({_span(spread[f'ring {k}'])})" for k, v in rings.items())
+    )
+    print(
+        f"bootstrap over tiles ({len(val)} validation tiles drawn with replacement 2000 times; "
+        "how far other tiles of the same maps could move the scores at pixel 0.5, patch "
+        f"0.25): road patch F1 {_span(spread['f1'])}, patch accuracy "
+        f"{_span(spread['accuracy'])}"
     )
     if len(ckpts) > 1:
         print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")

@@ -168,6 +168,58 @@ class ValidationScores:
             for k, name in enumerate(names)
         }
 
+    def intervals(
+        self,
+        pixel: float = 0.5,
+        patch: float = PATCH_THRESHOLD,
+        rings: int = 4,
+        draws: int = 2000,
+        level: float = 0.95,
+        seed: int = 0,
+    ) -> dict[str, tuple[float, float]]:
+        """How far other tiles of the same maps could move these scores: a bootstrap over
+        tiles. The validation tiles are drawn with replacement ``draws`` times (seeded, so
+        the same scores give the same intervals) and the central ``level`` share of the
+        resampled scores is returned: ``"f1"`` and ``"accuracy"`` over all patches, and
+        ``"ring <k>"`` the road F1 of each ring of :meth:`ring_f1`.
+
+        Tiles, not patches, are resampled: neighbouring patches of a tile are alike, so
+        patches drawn one by one would give intervals far too narrow."""
+        pred = self.road_share(pixel) > patch
+        counts = []  # per tile: [tp, fp, fn, tn] of all patches, then [tp, fp, fn] per ring
+        start = 0
+        for prob in self.probs:
+            ring = patch_rings(prob.shape, rings).ravel()
+            end = start + ring.size
+            p, t = pred[start:end], self.truth[start:end].astype(bool)
+            row = [np.sum(p & t), np.sum(p & ~t), np.sum(~p & t), np.sum(~p & ~t)]
+            for k in range(rings + 1):
+                at = ring == k
+                row += [np.sum(p & t & at), np.sum(p & ~t & at), np.sum(~p & t & at)]
+            counts.append(row)
+            start = end
+        table = np.asarray(counts, dtype=np.float64)
+        rng = np.random.default_rng(seed)
+        drawn = table[rng.integers(0, len(table), size=(draws, len(table)))].sum(axis=1)
+
+        def f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+            denominator = 2 * tp + fp + fn
+            return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+
+        values = {
+            "f1": f1(drawn[:, 0], drawn[:, 1], drawn[:, 2]),
+            "accuracy": (drawn[:, 0] + drawn[:, 3]) / drawn[:, :4].sum(axis=1),
+        }
+        names = [str(k) for k in range(rings)] + [f"{rings}+"]
+        for k, name in enumerate(names):
+            tp, fp, fn = drawn[:, 4 + 3 * k], drawn[:, 5 + 3 * k], drawn[:, 6 + 3 * k]
+            values[f"ring {name}"] = f1(tp, fp, fn)
+        tail = (1 - level) / 2 * 100
+        return {
+            name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+            for name, v in values.items()
+        }
+
     def apls(self, pixel: float = 0.5) -> float:
         """Mean APLS of the tiles (:mod:`roadseg.apls`): the centre lines of the predicted
         pixels (after the clean-up) against those of the true masks."""

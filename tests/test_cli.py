@@ -115,7 +115,9 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
 
     assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
     tuned = Thresholds.load(f"{ckpt}.thresholds.json")
-    assert "validation patch scores on 1 tiles" in capsys.readouterr().out and 0 < tuned.pixel < 1
+    printed = capsys.readouterr().out
+    assert "validation patch scores on 1 tiles" in printed and 0 < tuned.pixel < 1
+    assert "bootstrap over tiles (1 validation tiles" in printed
 
     out = tmp_path / "sub.csv"
     # data from the checkpoint, thresholds from tune

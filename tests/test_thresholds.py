@@ -1,0 +1,82 @@
+"""Validation scores by ring of patches, and their bootstrap over tiles (hand-made masks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from roadseg.thresholds import ValidationScores, patch_rings
+from tests.conftest import write_raster
+
+SIDE = 96  # 6 x 6 patches: rings 0, 1 and 2+
+
+
+def _scores(tmp_path, truths: list[np.ndarray], preds: list[np.ndarray]) -> ValidationScores:
+    """Scores of 0/1 patch-level predictions against 0/1 patch-level truths (6 x 6 each)."""
+    masks = []
+    for k, truth in enumerate(truths):
+        grey = np.kron(truth, np.ones((16, 16))).astype(np.uint8) * 255
+        masks.append(str(write_raster(tmp_path / f"mask_{k}.png", grey)))
+    probs = [np.kron(p, np.ones((16, 16))).astype(np.float32) for p in preds]
+    return ValidationScores(probs, masks)
+
+
+def test_patch_rings_count_from_the_tile_border():
+    ring = patch_rings((SIDE, SIDE), rings=2)
+    assert ring[0].tolist() == [0] * 6
+    assert ring[2].tolist() == [0, 1, 2, 2, 1, 0]
+    assert np.bincount(ring.ravel()).tolist() == [20, 12, 4]
+
+
+def test_ring_f1_scores_each_ring_on_its_own(tmp_path):
+    truth = np.zeros((6, 6), np.uint8)
+    truth[:, 2] = 1  # a road down column 2: 2 border patches, 2 in ring 1, 2 inside
+    pred = truth.copy()
+    pred[0, 2] = 0  # one border patch missed
+    pred[2, 3] = 1  # one false patch inside
+    rings = _scores(tmp_path, [truth], [pred]).ring_f1(rings=2)
+    assert rings == pytest.approx({"0": 2 * 1 / (2 * 1 + 1), "1": 1.0, "2+": 2 * 2 / (2 * 2 + 1)})
+
+
+def test_bootstrap_of_identical_tiles_is_the_score_itself(tmp_path):
+    truth = np.zeros((6, 6), np.uint8)
+    truth[1, :] = 1
+    pred = truth.copy()
+    pred[1, :2] = 0
+    pred[4, 4] = 1
+    scores = _scores(tmp_path, [truth] * 5, [pred] * 5)
+    spread = scores.intervals(rings=2)
+    point = scores.scores()
+    assert spread["f1"] == pytest.approx((point["patch_f1"],) * 2)
+    assert spread["accuracy"] == pytest.approx((point["patch_accuracy"],) * 2)
+    for name, value in scores.ring_f1(rings=2).items():
+        assert spread[f"ring {name}"] == pytest.approx((value, value))
+
+
+def test_bootstrap_resamples_tiles_not_patches(tmp_path):
+    """One perfect tile and one whose road is missed entirely: a draw of two tiles is either
+    both perfect (F1 1), both missed (F1 0) or one of each, so the 95% interval spans 0 to 1.
+    Patches resampled one by one would put it in a narrow band around the pooled F1."""
+    truth = np.zeros((6, 6), np.uint8)
+    truth[:, 3] = 1
+    scores = _scores(tmp_path, [truth, truth], [truth, np.zeros_like(truth)])
+    spread = scores.intervals(draws=4000)
+    assert scores.f1() == pytest.approx(2 * 6 / (2 * 6 + 6))
+    assert spread["f1"] == pytest.approx((0.0, 1.0))
+    assert scores.intervals(draws=4000) == spread  # seeded: the same scores, the same interval
+    assert scores.intervals(draws=4000, seed=1)["f1"] == pytest.approx((0.0, 1.0))
+
+
+def test_bootstrap_interval_holds_the_score_and_narrows_with_more_tiles(tmp_path):
+    rng = np.random.default_rng(3)
+    truths = [(rng.random((6, 6)) < 0.3).astype(np.uint8) for _ in range(40)]
+    preds = [np.where(rng.random((6, 6)) < 0.2, 1 - t, t) for t in truths]  # 20% of patches wrong
+    few = _scores(tmp_path / "few", truths[:8], preds[:8])
+    many = _scores(tmp_path / "many", truths, preds)
+    for scores in (few, many):
+        low, high = scores.intervals()["f1"]
+        assert low < scores.f1() < high
+    width = {
+        name: np.subtract(*s.intervals()["f1"][::-1]) for name, s in (("few", few), ("many", many))
+    }
+    assert width["many"] < width["few"]

@@ -37,6 +37,11 @@ class RoadSegTask(pl.LightningModule):
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_epochs: epochs of linear warm-up before the cosine decay.
+        schedule_epochs: epochs the cosine decay spans (default: ``trainer.max_epochs``). Set
+            it with a smaller ``max_epochs`` to stop a run where a validated run of the same
+            recipe peaked, on the same learning-rate curve: how the submission model that
+            trains on every labelled tile (``data.val_fraction 0``) follows an early-stopped
+            run.
         channels_last: run the network in channels-last memory format (faster convolutions
             on recent CPUs and on GPUs with mixed precision).
         compile: compile the network with ``torch.compile`` (in place, so checkpoints keep
@@ -52,6 +57,7 @@ class RoadSegTask(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_epochs: int = 0,
+        schedule_epochs: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
     ):
@@ -186,6 +192,8 @@ class RoadSegTask(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        if hp.get("schedule_epochs"):
+            total = max(1, round(per_epoch * hp.schedule_epochs))
         warmup = min(int(hp.warmup_epochs * per_epoch), total - 1)
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0

@@ -78,6 +78,19 @@ def run_lightning(argv: list[str]) -> None:
                     "roadseg fit: no validation split (data.val_fraction 0): every labelled tile "
                     "trains, best.ckpt is the last epoch; its thresholds come from a validated run"
                 )
+                stoppers = [
+                    c for c in cfg.trainer.get("callbacks") or []
+                    if str(c.get("class_path", "")).endswith("EarlyStopping")
+                ]  # fmt: skip
+                if stoppers:
+                    cfg.trainer.callbacks = [
+                        c for c in cfg.trainer.callbacks if not any(c is s for s in stoppers)
+                    ]
+                    print(
+                        "roadseg fit: early stopping is off (nothing to watch): set "
+                        "--trainer.max_epochs to the epoch the validated run kept and "
+                        "--model.schedule_epochs to its max_epochs"
+                    )
             if self.subcommand == "fit":
                 from roadseg.provenance import write_provenance
 

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import numpy as np
@@ -210,15 +211,30 @@ def test_commands_that_read_a_run_never_rewrite_it(cil_root, tmp_path, capsys):
 
 
 def test_a_submission_model_trains_on_every_labelled_tile(cil_root, tmp_path, capsys):
-    """data.val_fraction 0: no validation split, best.ckpt is the last epoch, tune refuses
+    """data.val_fraction 0: no validation split, best.ckpt is the last epoch, early stopping
+    is switched off, the run stops on the learning-rate curve of schedule_epochs, tune refuses
     it with a line that says what to do, and submit writes a CSV with given thresholds."""
+    import torch
+
     run = tmp_path / "all"
-    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run), "--trainer.max_epochs", "1",
+    stopping = tmp_path / "early_stopping.yaml"  # as in configs/cpu-long.yaml
+    stopping.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pytorch_lightning.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val_patch_f1, mode: max, patience: 2}\n"
+    )
+    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run), "--config", str(stopping),
+            "--trainer.max_epochs", "1", "--model.schedule_epochs", "4",
             "--data.val_fraction", "0"]  # fmt: skip
     assert main(args) == 0
-    assert "every labelled tile trains" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "every labelled tile trains" in printed and "early stopping is off" in printed
     ckpt = run / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
+    # 2 steps of a cosine laid over 4 epochs of 2 steps: the rate where that curve is, not 0
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    lr = state["lr_schedulers"][0]["_last_lr"][0]
+    assert lr == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
     assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 2
     assert "trained without a validation split" in capsys.readouterr().err
     out = tmp_path / "all.csv"

@@ -338,6 +338,13 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         f"0.25): road patch F1 {_span(spread['f1'])}, patch accuracy "
         f"{_span(spread['accuracy'])}"
     )
+    tiles = sorted(zip(raw.per_tile(), val["image"], strict=True), key=lambda t: t[0]["patch_f1"])
+    print(
+        "lowest road patch F1 of a tile (pixel 0.5, patch 0.25; road patches found of true, "
+        "predicted): "
+        + ", ".join(f"{Path(str(image)).stem} {s['patch_f1']:.3f} ({s['hit']} of {s['true']}, "
+                    f"{s['predicted']})" for s, image in tiles[:5])
+    )  # fmt: skip
     if len(ckpts) > 1:
         print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
     elif not args.dry_run:

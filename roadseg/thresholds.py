@@ -168,6 +168,21 @@ class ValidationScores:
             for k, name in enumerate(names)
         }
 
+    def per_tile(
+        self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD
+    ) -> list[dict[str, float]]:
+        """Each tile's road patch F1 with its true and predicted road patch counts, in the
+        order of the tiles: where the errors are."""
+        pred = self.road_share(pixel) > patch
+        tiles, start = [], 0
+        for prob in self.probs:
+            end = start + patch_rings(prob.shape).size
+            p, t = pred[start:end], self.truth[start:end].astype(bool)
+            tiles.append({"patch_f1": patch_scores(p, t)["patch_f1"],
+                          "true": int(t.sum()), "predicted": int(p.sum()), "hit": int((p & t).sum())})  # fmt: skip
+            start = end
+        return tiles
+
     def intervals(
         self,
         pixel: float = 0.5,

@@ -119,6 +119,7 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "validation patch scores on 1 tiles" in printed and 0 < tuned.pixel < 1
     assert "bootstrap over tiles (1 validation tiles" in printed
+    assert "lowest road patch F1 of a tile" in printed
 
     out = tmp_path / "sub.csv"
     # data from the checkpoint, thresholds from tune

@@ -80,3 +80,15 @@ def test_bootstrap_interval_holds_the_score_and_narrows_with_more_tiles(tmp_path
         name: np.subtract(*s.intervals()["f1"][::-1]) for name, s in (("few", few), ("many", many))
     }
     assert width["many"] < width["few"]
+
+
+def test_per_tile_names_where_the_errors_are(tmp_path):
+    truth = np.zeros((6, 6), np.uint8)
+    truth[:, 1] = 1  # 6 road patches
+    half = truth.copy()
+    half[3:, 1] = 0  # 3 of them found
+    half[0, 4] = 1  # and one false patch
+    tiles = _scores(tmp_path, [truth, truth], [truth, half]).per_tile()
+    assert tiles[0] == {"patch_f1": 1.0, "true": 6, "predicted": 6, "hit": 6}
+    assert tiles[1] == {"patch_f1": pytest.approx(2 * 3 / (2 * 3 + 1 + 3)), "true": 6,
+                        "predicted": 4, "hit": 3}  # fmt: skip

@@ -101,6 +101,11 @@ def patch_rings(shape: tuple[int, int], rings: int = 4) -> np.ndarray:
     return np.minimum(np.minimum(r, rows - 1 - r), np.minimum(c, cols - 1 - c)).clip(max=rings)
 
 
+def ring_names(rings: int = 4) -> list[str]:
+    """Names of the rings of :func:`patch_rings`: ``"0"`` (border) ... ``f"{rings}+"``."""
+    return [str(k) for k in range(rings)] + [f"{rings}+"]
+
+
 class ValidationScores:
     """Patch scores (:mod:`roadseg.scoring`) of stored validation probabilities at any pair
     of thresholds."""
@@ -162,26 +167,33 @@ class ValidationScores:
         border patches, ..., ``f"{rings}+"`` everything further in."""
         pred = self.road_share(pixel) > patch
         ring = np.concatenate([patch_rings(p.shape, rings).ravel() for p in self.probs])
-        names = [str(k) for k in range(rings)] + [f"{rings}+"]
         return {
             name: patch_scores(pred[ring == k], self.truth[ring == k])["patch_f1"]
-            for k, name in enumerate(names)
+            for k, name in enumerate(ring_names(rings))
         }
+
+    def _by_tile(
+        self, pixel: float, patch: float
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each tile's probabilities, predicted and true patch labels (flat), in tile order."""
+        pred = self.road_share(pixel) > patch
+        start = 0
+        for prob in self.probs:
+            rows, cols = patch_grid(*prob.shape)
+            end = start + rows * cols
+            yield prob, pred[start:end], self.truth[start:end].astype(bool)
+            start = end
 
     def per_tile(
         self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD
     ) -> list[dict[str, float]]:
         """Each tile's road patch F1 with its true and predicted road patch counts, in the
         order of the tiles: where the errors are."""
-        pred = self.road_share(pixel) > patch
-        tiles, start = [], 0
-        for prob in self.probs:
-            end = start + patch_rings(prob.shape).size
-            p, t = pred[start:end], self.truth[start:end].astype(bool)
-            tiles.append({"patch_f1": patch_scores(p, t)["patch_f1"],
-                          "true": int(t.sum()), "predicted": int(p.sum()), "hit": int((p & t).sum())})  # fmt: skip
-            start = end
-        return tiles
+        return [
+            {"patch_f1": patch_scores(p, t)["patch_f1"], "true": int(t.sum()),
+             "predicted": int(p.sum()), "hit": int((p & t).sum())}
+            for _, p, t in self._by_tile(pixel, patch)
+        ]  # fmt: skip
 
     def intervals(
         self,
@@ -200,19 +212,14 @@ class ValidationScores:
 
         Tiles, not patches, are resampled: neighbouring patches of a tile are alike, so
         patches drawn one by one would give intervals far too narrow."""
-        pred = self.road_share(pixel) > patch
         counts = []  # per tile: [tp, fp, fn, tn] of all patches, then [tp, fp, fn] per ring
-        start = 0
-        for prob in self.probs:
+        for prob, p, t in self._by_tile(pixel, patch):
             ring = patch_rings(prob.shape, rings).ravel()
-            end = start + ring.size
-            p, t = pred[start:end], self.truth[start:end].astype(bool)
             row = [np.sum(p & t), np.sum(p & ~t), np.sum(~p & t), np.sum(~p & ~t)]
             for k in range(rings + 1):
                 at = ring == k
                 row += [np.sum(p & t & at), np.sum(p & ~t & at), np.sum(~p & t & at)]
             counts.append(row)
-            start = end
         table = np.asarray(counts, dtype=np.float64)
         rng = np.random.default_rng(seed)
         drawn = table[rng.integers(0, len(table), size=(draws, len(table)))].sum(axis=1)
@@ -225,8 +232,7 @@ class ValidationScores:
             "f1": f1(drawn[:, 0], drawn[:, 1], drawn[:, 2]),
             "accuracy": (drawn[:, 0] + drawn[:, 3]) / drawn[:, :4].sum(axis=1),
         }
-        names = [str(k) for k in range(rings)] + [f"{rings}+"]
-        for k, name in enumerate(names):
+        for k, name in enumerate(ring_names(rings)):
             tp, fp, fn = drawn[:, 4 + 3 * k], drawn[:, 5 + 3 * k], drawn[:, 6 + 3 * k]
             values[f"ring {name}"] = f1(tp, fp, fn)
         tail = (1 - level) / 2 * 100

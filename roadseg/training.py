@@ -87,9 +87,9 @@ def run_lightning(argv: list[str]) -> None:
                         c for c in cfg.trainer.callbacks if not any(c is s for s in stoppers)
                     ]
                     print(
-                        "roadseg fit: early stopping is off (nothing to watch): set "
-                        "--trainer.max_epochs to the epoch the validated run kept and "
-                        "--model.schedule_epochs to its max_epochs"
+                        "roadseg fit: early stopping is off (nothing to watch): to follow a "
+                        "validated run, set --trainer.max_epochs to 1 + the epoch of its "
+                        "best.ckpt and --model.schedule_epochs to its max_epochs"
                     )
             if self.subcommand == "fit":
                 from roadseg.provenance import write_provenance

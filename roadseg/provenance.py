@@ -64,6 +64,16 @@ def provenance(seed: int | None, argv: list[str] | None = None) -> dict:
     }
 
 
+def file_stamps(paths) -> list[list]:
+    """``[path, size, mtime_ns]`` of each file: what a cached result records of the
+    checkpoints it came from, so that it is made again once one of them is rewritten."""
+    stamps = []
+    for path in map(Path, paths):
+        stat = path.stat()
+        stamps.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
 def write_provenance(run_dir: str | Path, seed: int | None, argv: list[str] | None = None) -> Path:
     """Write ``provenance.json`` into ``run_dir`` atomically; returns its path."""
     path = Path(run_dir) / "provenance.json"

@@ -2,7 +2,8 @@
 
 ``roadseg pseudo-label`` and the self-training rows of ``roadseg reproduce`` both write
 them with :func:`write_pseudo_labels`: one ``<tile stem>.png`` per tile (probability x
-255) and ``pseudo.json`` (the teacher, TTA, context, tile count and road share). A
+255) and ``pseudo.json`` (the teacher, its checkpoints' sizes and times, TTA, context,
+tile count and road share). A
 student trains on them with ``--data.pseudo_labels DIR``.
 """
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path, write_png
+from roadseg.provenance import file_stamps
 
 
 def pseudo_label_paths(tiles: pd.DataFrame, out: str | Path) -> list[Path]:
@@ -44,7 +46,8 @@ def write_pseudo_labels(
         write_png(path, np.round(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8))
         road.append(float((prob > 0.5).mean()))
     about = {
-        "teacher": [str(Path(c).resolve()) for c in teacher], "tta": bool(predictor.tta),
+        "teacher": [str(Path(c).resolve()) for c in teacher], "checkpoints": file_stamps(teacher),
+        "tta": bool(predictor.tta),
         "context": margin if context is not None else 0, "tiles": len(outs),
         "road_share": round(float(np.mean(road)), 4),
     }  # fmt: skip

@@ -50,6 +50,7 @@ from roadseg.io import atomic_path
 from roadseg.maps import context_for
 from roadseg.patches import CONTEXT_MARGIN
 from roadseg.paths import load_yaml
+from roadseg.provenance import file_stamps
 
 SPLIT_NOTE = (
     "geographic folds of {root}: tiles are placed on their maps by matching edges, and "
@@ -239,8 +240,8 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
     """The teacher's pseudo-labels of the unlabelled tiles of ``root`` (in context, with TTA
     unless ``tta`` is false), unless ``out`` has them from this teacher checkpoint already."""
     done = out / "pseudo.json"
-    if done.is_file() and done.stat().st_mtime_ns >= teacher.stat().st_mtime_ns:
-        return
+    if done.is_file() and json.loads(done.read_text()).get("checkpoints") == file_stamps([teacher]):
+        return  # labelled by this teacher checkpoint already (not retrained since)
     from roadseg.index import scan
     from roadseg.predict import Predictor
     from roadseg.pseudo import write_pseudo_labels
@@ -272,7 +273,7 @@ def evaluation(
     resumed reproduction does not predict again unless a model was retrained.
     ``predicted``: the :class:`~roadseg.thresholds.ValidationScores` of earlier
     evaluations with the same checkpoints, TTA and context (filled here)."""
-    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in ckpts]
+    stamps = file_stamps(ckpts)
     if cache.is_file():
         kept = json.loads(cache.read_text())
         if kept.pop("checkpoints", None) == stamps:  # a model retrained since: predict again

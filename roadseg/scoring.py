@@ -35,6 +35,14 @@ LABELS = {
 }
 
 
+def f1_from_counts(tp, fp, fn):
+    """F1 of true positive, false positive and false negative counts (numbers or arrays of
+    them); 1 where nothing was predicted or true: nothing to get wrong."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+
+
 def patch_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Scores of predicted 0/1 labels against true ones (any shape, flattened)."""
     pred = np.asarray(pred, dtype=bool).ravel()
@@ -45,15 +53,10 @@ def patch_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     tn = float(np.sum(~pred & ~truth))
     fp = float(np.sum(pred & ~truth))
     fn = float(np.sum(~pred & truth))
-
-    def f1(tp: float, fp: float, fn: float) -> float:
-        # no positives predicted or true: nothing to get wrong
-        return 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
-
     return {
         "patch_accuracy": (tp + tn) / max(pred.size, 1),
-        "patch_f1": f1(tp, fp, fn),
-        "background_f1": f1(tn, fn, fp),
+        "patch_f1": float(f1_from_counts(tp, fp, fn)),
+        "background_f1": float(f1_from_counts(tn, fn, fp)),
         "patch_precision": tp / (tp + fp) if tp + fp else 1.0,
         "patch_recall": tp / (tp + fn) if tp + fn else 1.0,
     }

@@ -25,7 +25,7 @@ from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_THRESHOLD, patch_grid, patch_labels, patch_means
 from roadseg.paths import read_text
 from roadseg.postprocess import Decision
-from roadseg.scoring import patch_scores
+from roadseg.scoring import f1_from_counts, patch_scores
 
 PIXEL_GRID = np.round(np.arange(0.20, 0.81, 0.05), 2)
 PATCH_GRID = np.round(np.arange(0.10, 0.51, 0.025), 3)
@@ -160,29 +160,45 @@ class ValidationScores:
             "recall": tp / max(tp + fn, 1),
         }  # fmt: skip
 
+    def _tile_counts(self, pixel: float, patch: float, rings: int) -> np.ndarray:
+        """Patch counts per tile ``(tiles, 4 + 3 * (rings + 1))``: tp, fp, fn, tn over all
+        its patches, then tp, fp, fn in each ring of :func:`patch_rings`. Every per-tile and
+        per-ring score, and the bootstrap over tiles, is a sum of these rows."""
+        pred = self.road_share(pixel) > patch
+        truth = self.truth.astype(bool)
+        counts, start = [], 0
+        for prob in self.probs:
+            ring = patch_rings(prob.shape, rings).ravel()
+            p, t = pred[start : start + ring.size], truth[start : start + ring.size]
+            row = [np.sum(p & t), np.sum(p & ~t), np.sum(~p & t), np.sum(~p & ~t)]
+            for k in range(rings + 1):
+                at = ring == k
+                row += [np.sum(p & t & at), np.sum(p & ~t & at), np.sum(~p & t & at)]
+            counts.append(row)
+            start += ring.size
+        return np.asarray(counts, dtype=np.float64).reshape(len(self.probs), 4 + 3 * (rings + 1))
+
+    @staticmethod
+    def _scores_of(counts: np.ndarray, rings: int) -> dict[str, np.ndarray]:
+        """F1 and accuracy over all patches and each ring's F1, from counts summed over
+        tiles (``(..., columns)`` of :meth:`_tile_counts`)."""
+        values = {
+            "f1": f1_from_counts(counts[..., 0], counts[..., 1], counts[..., 2]),
+            "accuracy": (counts[..., 0] + counts[..., 3]) / counts[..., :4].sum(axis=-1),
+        }
+        for k, name in enumerate(ring_names(rings)):
+            tp, fp, fn = (counts[..., 4 + 3 * k + i] for i in range(3))
+            values[f"ring {name}"] = f1_from_counts(tp, fp, fn)
+        return values
+
     def ring_f1(
         self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD, rings: int = 4
     ) -> dict[str, float]:
         """Road patch F1 per ring of patches counted from the tile border: ``"0"`` the
         border patches, ..., ``f"{rings}+"`` everything further in."""
-        pred = self.road_share(pixel) > patch
-        ring = np.concatenate([patch_rings(p.shape, rings).ravel() for p in self.probs])
-        return {
-            name: patch_scores(pred[ring == k], self.truth[ring == k])["patch_f1"]
-            for k, name in enumerate(ring_names(rings))
-        }
-
-    def _by_tile(
-        self, pixel: float, patch: float
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Each tile's probabilities, predicted and true patch labels (flat), in tile order."""
-        pred = self.road_share(pixel) > patch
-        start = 0
-        for prob in self.probs:
-            rows, cols = patch_grid(*prob.shape)
-            end = start + rows * cols
-            yield prob, pred[start:end], self.truth[start:end].astype(bool)
-            start = end
+        total = self._tile_counts(pixel, patch, rings).sum(axis=0)
+        values = self._scores_of(total, rings)
+        return {name: float(values[f"ring {name}"]) for name in ring_names(rings)}
 
     def per_tile(
         self, pixel: float = 0.5, patch: float = PATCH_THRESHOLD
@@ -190,9 +206,9 @@ class ValidationScores:
         """Each tile's road patch F1 with its true and predicted road patch counts, in the
         order of the tiles: where the errors are."""
         return [
-            {"patch_f1": patch_scores(p, t)["patch_f1"], "true": int(t.sum()),
-             "predicted": int(p.sum()), "hit": int((p & t).sum())}
-            for _, p, t in self._by_tile(pixel, patch)
+            {"patch_f1": float(f1_from_counts(tp, fp, fn)), "true": int(tp + fn),
+             "predicted": int(tp + fp), "hit": int(tp)}
+            for tp, fp, fn in self._tile_counts(pixel, patch, rings=0)[:, :3]
         ]  # fmt: skip
 
     def intervals(
@@ -212,33 +228,13 @@ class ValidationScores:
 
         Tiles, not patches, are resampled: neighbouring patches of a tile are alike, so
         patches drawn one by one would give intervals far too narrow."""
-        counts = []  # per tile: [tp, fp, fn, tn] of all patches, then [tp, fp, fn] per ring
-        for prob, p, t in self._by_tile(pixel, patch):
-            ring = patch_rings(prob.shape, rings).ravel()
-            row = [np.sum(p & t), np.sum(p & ~t), np.sum(~p & t), np.sum(~p & ~t)]
-            for k in range(rings + 1):
-                at = ring == k
-                row += [np.sum(p & t & at), np.sum(p & ~t & at), np.sum(~p & t & at)]
-            counts.append(row)
-        table = np.asarray(counts, dtype=np.float64)
+        table = self._tile_counts(pixel, patch, rings)
         rng = np.random.default_rng(seed)
         drawn = table[rng.integers(0, len(table), size=(draws, len(table)))].sum(axis=1)
-
-        def f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-            denominator = 2 * tp + fp + fn
-            return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
-
-        values = {
-            "f1": f1(drawn[:, 0], drawn[:, 1], drawn[:, 2]),
-            "accuracy": (drawn[:, 0] + drawn[:, 3]) / drawn[:, :4].sum(axis=1),
-        }
-        for k, name in enumerate(ring_names(rings)):
-            tp, fp, fn = drawn[:, 4 + 3 * k], drawn[:, 5 + 3 * k], drawn[:, 6 + 3 * k]
-            values[f"ring {name}"] = f1(tp, fp, fn)
         tail = (1 - level) / 2 * 100
         return {
             name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            for name, v in values.items()
+            for name, v in self._scores_of(drawn, rings).items()
         }
 
     def apls(self, pixel: float = 0.5) -> float:

@@ -78,14 +78,13 @@ def run_lightning(argv: list[str]) -> None:
                     "roadseg fit: no validation split (data.val_fraction 0): every labelled tile "
                     "trains, best.ckpt is the last epoch; its thresholds come from a validated run"
                 )
-                stoppers = [
-                    c for c in cfg.trainer.get("callbacks") or []
-                    if str(c.get("class_path", "")).endswith("EarlyStopping")
+                callbacks = list(cfg.trainer.get("callbacks") or [])
+                kept = [
+                    c for c in callbacks
+                    if not str(c.get("class_path", "")).endswith("EarlyStopping")
                 ]  # fmt: skip
-                if stoppers:
-                    cfg.trainer.callbacks = [
-                        c for c in cfg.trainer.callbacks if not any(c is s for s in stoppers)
-                    ]
+                if len(kept) < len(callbacks):
+                    cfg.trainer.callbacks = kept
                     print(
                         "roadseg fit: early stopping is off (nothing to watch): to follow a "
                         "validated run, set --trainer.max_epochs to 1 + the epoch of its "

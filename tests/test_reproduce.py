@@ -11,6 +11,7 @@ import yaml
 
 from roadseg.errors import RoadsegError
 from roadseg.figures import FIGURES
+from roadseg.provenance import file_stamps
 from roadseg.reproduce import load_reproduction, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,8 @@ def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
     assert about["teacher"] == [
         str((root / "cnn" / "fold1-seed0" / "checkpoints" / "best.ckpt").resolve())
     ]
+    teacher = root / "cnn" / "fold1-seed0" / "checkpoints" / "best.ckpt"
+    assert about["checkpoints"] == file_stamps([teacher])  # made again once it is retrained
     self_hparams = yaml.safe_load((root / "cnn-self" / "fold1-seed0" / "hparams.yaml").read_text())
     assert self_hparams["pseudo_labels"] == str(labels)
     text = (out / "table.md").read_text()

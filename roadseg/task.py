@@ -42,6 +42,10 @@ class RoadSegTask(pl.LightningModule):
             recipe peaked, on the same learning-rate curve: how the submission model that
             trains on every labelled tile (``data.val_fraction 0``) follows an early-stopped
             run.
+        init_from: a checkpoint whose network weights this run starts from (weights only:
+            the learning rate, epochs and optimizer start afresh; ``--ckpt_path`` is what
+            resumes a run). Its network must be this config's. How a self-training student
+            starts from its teacher instead of from ImageNet.
         channels_last: run the network in channels-last memory format (faster convolutions
             on recent CPUs and on GPUs with mixed precision).
         compile: compile the network with ``torch.compile`` (in place, so checkpoints keep
@@ -58,6 +62,7 @@ class RoadSegTask(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_epochs: int = 0,
         schedule_epochs: int | None = None,
+        init_from: str | None = None,
         channels_last: bool = False,
         compile: bool = False,
     ):
@@ -73,6 +78,32 @@ class RoadSegTask(pl.LightningModule):
         self.train_metrics = RoadMetrics()
         self.val_metrics = RoadMetrics()
         self.test_metrics = RoadMetrics()
+
+    def on_fit_start(self) -> None:
+        # A resumed run (--ckpt_path) has its own weights, already restored by now, and does
+        # not need the file; a checkpoint loaded for prediction never gets here.
+        if self.hparams.get("init_from") and self.trainer.ckpt_path is None:
+            self.load_network(self.hparams.init_from)
+
+    def load_network(self, path: str) -> None:
+        """Copy the network weights of the training checkpoint ``path`` (its averaged
+        weights where it kept an EMA) into this task's network."""
+        from roadseg.predict import read_checkpoint
+
+        weights = {
+            name[len("model.") :]: value
+            for name, value in read_checkpoint(path)["state_dict"].items()
+            if name.startswith("model.")
+        }
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+            raise RoadsegError(
+                f"model.init_from: its network is not this config's {self.hparams.model!r} "
+                f"network ({first}); start from a checkpoint of the same model and model_args",
+                path,
+            ) from None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Road logits ``(B, 1, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]."""

@@ -124,3 +124,47 @@ def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp
     args += ["--model.loss", "lovasz", "--trainer.default_root_dir", str(tmp_path / "lovasz")]
     assert main(args) == 2
     assert "cannot weight pixels" in capsys.readouterr().err
+
+
+def test_a_student_starts_from_its_teachers_weights(cil_root, tmp_path, capsys):
+    """model.init_from copies the teacher's network into the student before its first step
+    (with a learning rate of 0 the student's weights stay the teacher's), and a checkpoint
+    of another network is refused with a line that names it."""
+    quick = CONFIGS[0].parent / "quick.yaml"
+    teacher = tmp_path / "teacher"
+    assert main([*_fit_args(quick, cil_root, teacher), "--trainer.max_epochs", "1"]) == 0
+    ckpt = teacher / "checkpoints" / "best.ckpt"
+    taught = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    student = tmp_path / "student"
+    args = [*_fit_args(quick, cil_root, student), "--trainer.max_epochs", "1",
+            "--model.init_from", str(ckpt), "--model.lr", "0", "--model.weight_decay", "0"]  # fmt: skip
+    assert main(args) == 0
+    learnt = torch.load(student / "checkpoints" / "best.ckpt", map_location="cpu",
+                        weights_only=False)["state_dict"]  # fmt: skip
+    from roadseg.predict import load_task
+
+    names = [f"model.{name}" for name, _ in load_task(ckpt).model.named_parameters()]
+    assert len(names) > 100
+    assert all(torch.equal(learnt[n], taught[n]) for n in names)
+    # without init_from the same run starts from ImageNet and another random decoder
+    fresh = tmp_path / "fresh"
+    assert main([*args[: args.index("--model.init_from")], "--model.lr", "0",
+                 "--trainer.default_root_dir", str(fresh)]) == 0  # fmt: skip
+    other = torch.load(fresh / "checkpoints" / "best.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]  # fmt: skip
+    assert not all(torch.equal(other[n], taught[n]) for n in names)
+    capsys.readouterr()
+    wider = [*args, "--model.model_args.decoder_channels", "[32, 32, 16, 16, 8]",
+             "--trainer.default_root_dir", str(tmp_path / "wider")]  # fmt: skip
+    assert main(wider) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"roadseg: error: {ckpt}: model.init_from: its network is not this ")
+    assert "size mismatch" in err
+    assert "\n" not in err
+    # a resumed student has its own weights: it needs the teacher's file no more
+    ckpt.rename(tmp_path / "moved.ckpt")
+    assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    resumed = torch.load(student / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)  # fmt: skip
+    assert resumed["epoch"] == 2  # the second epoch ran, from the first one's weights (lr 0)
+    assert all(torch.equal(resumed["state_dict"][n], taught[n]) for n in names)

@@ -195,17 +195,35 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
         check_io(input_folders=[args.data])
     ckpts = _read_checkpoints(args)
     trained_on, data, test = _test_tiles(args, ckpts)
+    validation = 0
+    if args.validation:
+        import pandas as pd
+
+        from roadseg.thresholds import validation_frame
+
+        val = validation_frame(ckpts[0])
+        if val.empty:
+            raise RoadsegError(
+                "trained without a validation split: no validation tiles to label "
+                "(leave out --validation)",
+                args.ckpt[0],
+            )
+        validation = len(val)
+        test = pd.concat([test, val[test.columns]], ignore_index=True)
     outs = pseudo_label_paths(test, args.out)
     check_io(outputs=outs, protected=[*_inputs_of(args), *test["image"]])
     maps, margin = _context(args, [trained_on, data], test)
     predictor, _, _ = _predictor(args, ckpts, retuning=True)  # probabilities, no decision
     about = write_pseudo_labels(
-        predictor, test, args.out, teacher=args.ckpt, context=maps, margin=margin
-    )
+        predictor, test, args.out, teacher=args.ckpt, context=maps, margin=margin,
+        validation=validation,
+    )  # fmt: skip
     print(
-        f"wrote {len(outs)} pseudo-labels (teacher probability x 255) to {args.out}: "
-        f"{100 * about['road_share']:.1f}% of their pixels above 0.5; train a student with "
+        f"wrote {len(outs)} pseudo-labels (teacher probability x 255) to {args.out}"
+        + (f", {validation} of them of the validation tiles" if validation else "")
+        + f": {100 * about['road_share']:.1f}% of their pixels above 0.5; train a student with "
         f"--data.pseudo_labels {args.out}"
+        + (" --data.pseudo_validation true" if validation else "")
     )
 
 
@@ -831,6 +849,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the data the checkpoint was trained on)",
     )
     p.add_argument("--out", required=True, help="folder of pseudo-labels to write")
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="also label the checkpoint's validation tiles (imagery only; their labels stay "
+        "for validation), for a student trained with --data.pseudo_validation true: it then "
+        "self-trains on the validation tiles as on the test tiles, and is validated in the "
+        "leaderboard's situation",
+    )
     p.set_defaults(func=_cmd_pseudo_label)
 
     p = sub.add_parser(

@@ -51,7 +51,12 @@ class RoadDataModule(pl.LightningDataModule):
             with 96 px of the map around them (imagery only), as ``submit`` predicts.
         pseudo_labels: self-training: a folder of a teacher's probability maps of the
             unlabelled tiles (``roadseg pseudo-label``); those tiles then train on these soft
-            targets (and, with ``context``, windows may cover them). Validation tiles never do.
+            targets (and, with ``context``, windows may cover them). Validation tiles never
+            train on their labels.
+        pseudo_validation: the validation tiles train on their pseudo-labels too (the
+            teacher's maps of them, ``roadseg pseudo-label --validation``; never their
+            labels), as the test tiles do: the student is then validated on imagery it has
+            self-trained on, which is the leaderboard's situation for a self-trained model.
         pseudo_confidence: pseudo-labelled pixels whose teacher probability p has
             max(p, 1 - p) below this are left out of the loss (0: all count).
     """
@@ -77,6 +82,7 @@ class RoadDataModule(pl.LightningDataModule):
         context: bool = False,
         pseudo_labels: str | None = None,
         pseudo_confidence: float = 0.0,
+        pseudo_validation: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -96,7 +102,14 @@ class RoadDataModule(pl.LightningDataModule):
                 raise RoadsegError(
                     f"data.pseudo_confidence must be in [0, 1], got {hp.pseudo_confidence}"
                 )
-            self.index = with_pseudo_labels(self.index, hp.pseudo_labels)
+            self.index = with_pseudo_labels(
+                self.index, hp.pseudo_labels, validation=bool(hp.get("pseudo_validation"))
+            )
+        elif hp.get("pseudo_validation"):
+            raise RoadsegError(
+                "data.pseudo_validation needs data.pseudo_labels (a folder written by "
+                "roadseg pseudo-label --validation)"
+            )
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
 
@@ -107,7 +120,14 @@ class RoadDataModule(pl.LightningDataModule):
             from roadseg.maps import place_tiles
 
             assert self.index is not None, "call setup() first"
-            self._layout = place_tiles(self.index)
+            copies = self.index.get("copy_of_val", pd.Series(False, index=self.index.index))
+            placed = place_tiles(self.index[~copies])
+            if copies.any():  # a validation tile training on its pseudo-label: its own place
+                at = placed.drop_duplicates("image").set_index("image")[["map", "col", "row"]]
+                extra = self.index[copies].reset_index(drop=True)
+                extra = pd.concat([extra, at.loc[extra["image"]].reset_index(drop=True)], axis=1)
+                placed = pd.concat([placed, extra], ignore_index=True)
+            self._layout = placed
         return self._layout
 
     def frame(self, stage: str) -> pd.DataFrame:
@@ -155,7 +175,8 @@ class RoadDataModule(pl.LightningDataModule):
         if self.hparams.get("context"):  # validated as submit predicts: in the map's context
             from roadseg.maps import context_in
 
-            maps, margin, _ = context_in(self.layout(), frame, CONTEXT_MARGIN)
+            layout = self.layout().drop_duplicates("image")  # the tiles, not their copies
+            maps, margin, _ = context_in(layout, frame, CONTEXT_MARGIN)
         dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold,
                               cache=self.hparams.cache, maps=maps, margin=margin)  # fmt: skip
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)

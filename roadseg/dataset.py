@@ -64,11 +64,21 @@ class TileReader:
         return mask_to_grey(self.raw(i, "mask", window), self.rows[i]["mask"])
 
 
-def with_pseudo_labels(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
+def with_pseudo_labels(
+    frame: pd.DataFrame, folder: str | Path, *, validation: bool = False
+) -> pd.DataFrame:
     """``frame`` (with a ``stage`` column) with its unlabelled tiles turned into training
     tiles whose masks are the teacher's probability maps ``folder/<image name>.png``
     (``roadseg pseudo-label``), marked by a ``pseudo`` column. Tiles without a map stay
-    unlabelled; validation tiles are never touched."""
+    unlabelled.
+
+    Validation tiles keep their row and their labels, which only validation reads. With
+    ``validation``, each of them also trains on its teacher's map, as the test tiles do:
+    a copy of its row, appended at the end with stage ``train``, the pseudo-label as its
+    mask and ``copy_of_val`` True (``roadseg pseudo-label --validation`` writes these maps).
+    Then the validation tiles are to the student what the test tiles are, imagery it has
+    trained on with its teacher's labels, and validation measures what the leaderboard
+    will."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RoadsegError(
@@ -76,6 +86,7 @@ def with_pseudo_labels(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
         )
     frame = frame.copy()
     frame["pseudo"] = False
+    frame["copy_of_val"] = False
     for i in frame.index[frame["stage"] == "test"]:
         label = folder / f"{Path(frame.at[i, 'image']).stem}.png"
         if label.is_file():
@@ -86,6 +97,20 @@ def with_pseudo_labels(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
             "written by roadseg pseudo-label)",
             folder,
         )
+    if validation:
+        copies = frame[frame["stage"] == "val"].copy()
+        labels = [folder / f"{Path(image).stem}.png" for image in copies["image"]]
+        missing = [label.name for label in labels if not label.is_file()]
+        if missing:
+            raise RoadsegError(
+                f"no pseudo-label of validation tile {missing[0]} ({len(missing)} of "
+                f"{len(labels)} missing): write them with roadseg pseudo-label --validation, "
+                "from a teacher with this run's validation split",
+                folder,
+            )
+        copies["mask"] = [str(label) for label in labels]
+        copies[["stage", "pseudo", "copy_of_val"]] = ["train", True, True]
+        frame = pd.concat([frame, copies], ignore_index=True)
     return frame
 
 

@@ -32,12 +32,14 @@ def pseudo_label_paths(tiles: pd.DataFrame, out: str | Path) -> list[Path]:
 
 def write_pseudo_labels(
     predictor, tiles: pd.DataFrame, out: str | Path, *, teacher: list[str | Path],
-    context=None, margin: int = 0,
+    context=None, margin: int = 0, validation: int = 0,
 ) -> dict:  # fmt: skip
     """Predict ``tiles`` (an index of unlabelled tiles) with ``predictor`` (a
     :class:`~roadseg.predict.Predictor` over the teacher checkpoints ``teacher``) in the
     context of their maps when ``context`` is given, and write the pseudo-labels to ``out``
-    (each file atomically, ``pseudo.json`` last). Returns what ``pseudo.json`` says."""
+    (each file atomically, ``pseudo.json`` last). ``validation``: how many of ``tiles``
+    are validation tiles (``roadseg pseudo-label --validation``), said in ``pseudo.json``.
+    Returns what ``pseudo.json`` says."""
     outs = pseudo_label_paths(tiles, out)
     road = []
     for (_, prob), path in zip(
@@ -49,6 +51,7 @@ def write_pseudo_labels(
         "teacher": [str(Path(c).resolve()) for c in teacher], "checkpoints": file_stamps(teacher),
         "tta": bool(predictor.tta),
         "context": margin if context is not None else 0, "tiles": len(outs),
+        "validation_tiles": validation,
         "road_share": round(float(np.mean(road)), 4),
     }  # fmt: skip
     with atomic_path(Path(out) / "pseudo.json") as tmp:

@@ -87,7 +87,8 @@ def validation_frame(ckpt: dict) -> pd.DataFrame:
     from roadseg.datamodule import RoadDataModule
 
     saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    saved["pseudo_labels"] = None  # training-only: validation never has pseudo-labels
+    # training-only: validation never has pseudo-labels
+    saved["pseudo_labels"], saved["pseudo_validation"] = None, False
     datamodule = RoadDataModule(**{k: v for k, v in saved.items() if not k.startswith("_")})
     datamodule.setup()
     return datamodule.frame("val")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,27 @@ def test_windows_cover_pseudo_labelled_tiles_with_soft_targets_and_weights(
     assert on_pseudo > 10
 
 
-def test_wrong_labels_on_validation_tiles_change_no_self_training_sample(mapped_dataset, tmp_path):
+def _validation_labels(root: Path, folder: Path) -> dict[int, np.ndarray]:
+    """Pseudo-labels of the validation tiles (as --validation writes them): a vertical ramp,
+    unlike any true label."""
+    labels = {}
+    for _, row in _datamodule(root).frame("val").iterrows():
+        ramp = np.tile(np.linspace(0, 255, TILE).round().astype(np.uint8)[:, None], (1, TILE))
+        write_raster(folder / Path(row["image"]).name, ramp)
+        labels[int(row["tile_id"])] = ramp.astype(np.float32) / 255
+    return labels
+
+
+@pytest.mark.parametrize("on_validation", [False, True])
+def test_wrong_labels_on_validation_tiles_change_no_self_training_sample(
+    mapped_dataset, tmp_path, on_validation
+):
     root, _, _, _ = mapped_dataset
     _teacher_labels(root, tmp_path / "pseudo")
     kw = {"pseudo_labels": str(tmp_path / "pseudo"), "pseudo_confidence": 0.6}
+    if on_validation:  # the validation tiles train on their teacher's maps: still no labels
+        _validation_labels(root, tmp_path / "pseudo")
+        kw["pseudo_validation"] = True
     before = _datamodule(root, **kw).train_dataloader().dataset
     keys = [(seed % len(before), seed) for seed in range(100)]
     samples = [before[k] for k in keys]
@@ -84,6 +102,49 @@ def test_wrong_labels_on_validation_tiles_change_no_self_training_sample(mapped_
         again = after[key]
         for name in ("image", "mask", "weight"):
             assert torch.equal(again[name], sample[name])
+
+
+def test_validation_tiles_can_self_train_on_their_teachers_maps(mapped_dataset, tmp_path):
+    """data.pseudo_validation: windows may cover a validation tile, whose targets there are
+    its pseudo-label; validation still reads the tile's own labels, and its context."""
+    root, big, road, places = mapped_dataset
+    teacher = {**_teacher_labels(root, tmp_path / "pseudo"),
+               **_validation_labels(root, tmp_path / "pseudo")}  # fmt: skip
+    dm = _datamodule(root, pseudo_labels=str(tmp_path / "pseudo"), pseudo_validation=True)
+    val = dm.frame("val")
+    train = dm.frame("train")
+    assert len(val) == 2 and train["copy_of_val"].sum() == 2 and train["pseudo"].sum() == 3
+    assert all("groundtruth" in mask for mask in val["mask"])  # validation scores true labels
+    soft = (road > 127).astype(np.float32)
+    for tile_id, p in teacher.items():
+        c, r = places[tile_id]
+        soft[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = p
+    dataset = dm.train_dataloader().dataset
+    on_val = 0
+    for seed in range(150):
+        sample = dataset[(seed % len(dataset), seed)]
+        top, left = _locate(sample, big, places)
+        np.testing.assert_allclose(
+            sample["mask"][0].numpy(), soft[top : top + 24, left : left + 24], atol=1e-6
+        )
+        covered = {(x // TILE, y // TILE) for y in (top, top + 23) for x in (left, left + 23)}
+        on_val += bool(covered & {places[t] for t in val["tile_id"]})
+    assert on_val > 20
+    batch = next(iter(dm.val_dataloader()))  # validated in context, on the true labels
+    assert int(batch["margin"][0]) > 0
+    truth = [road[places[t][1] * TILE : (places[t][1] + 1) * TILE,
+                  places[t][0] * TILE : (places[t][0] + 1) * TILE] > 127
+             for t in batch["tile_id"].tolist()]  # fmt: skip
+    np.testing.assert_array_equal(batch["mask"][:, 0].numpy() > 0.5, np.stack(truth))
+
+
+def test_validation_tiles_without_pseudo_labels_are_refused(mapped_dataset, tmp_path):
+    root, _, _, _ = mapped_dataset
+    _teacher_labels(root, tmp_path / "pseudo")
+    with pytest.raises(RoadsegError, match="no pseudo-label of validation tile .*--validation"):
+        _datamodule(root, pseudo_labels=str(tmp_path / "pseudo"), pseudo_validation=True)
+    with pytest.raises(RoadsegError, match="needs data.pseudo_labels"):
+        _datamodule(root, pseudo_validation=True)
 
 
 def test_a_folder_without_pseudo_labels_is_refused(mapped_dataset, tmp_path):
@@ -108,7 +169,8 @@ def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp
     assert names == ["pseudo.json", "satimage_144.png", "satimage_145.png"]
     # the labels are the teacher's probabilities of those tiles
     from roadseg.io import read_image, read_raster
-    from roadseg.predict import Predictor, load_task
+    from roadseg.predict import Predictor, load_task, read_checkpoint
+    from roadseg.thresholds import validation_frame
 
     predictor = Predictor([load_task(ckpt)], tta=True, progress=False)
     prob = predictor.predict_image(read_image(cil_root / "test" / "images" / "satimage_144.png"))
@@ -120,6 +182,26 @@ def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp
             "--data.pseudo_labels", str(pseudo), "--data.pseudo_confidence", "0.7"]  # fmt: skip
     assert main(args) == 0
     assert (student / "checkpoints" / "best.ckpt").is_file()
+    # --validation labels the teacher's validation tiles too, for a student that self-trains
+    # on them as on the test tiles
+    both = tmp_path / "pseudo-val"
+    args_val = ["pseudo-label", "--ckpt", str(ckpt), "--context", "0", "--quiet", "--validation"]
+    assert main([*args_val, "--out", str(both)]) == 0
+    printed = capsys.readouterr().out
+    val_names = {Path(m).name for m in validation_frame(read_checkpoint(ckpt))["image"]}
+    assert f"wrote {2 + len(val_names)} pseudo-labels" in printed
+    assert "--data.pseudo_validation true" in printed
+    assert {p.name for p in both.glob("*.png")} == {
+        "satimage_144.png",
+        "satimage_145.png",
+    } | val_names
+    assert json.loads((both / "pseudo.json").read_text())["validation_tiles"] == len(val_names)
+    selfval = [*_fit_args(quick, cil_root, tmp_path / "selfval"), "--trainer.max_epochs", "1",
+               "--data.pseudo_labels", str(both), "--data.pseudo_validation", "true"]  # fmt: skip
+    assert main(selfval) == 0
+    student_ckpt = tmp_path / "selfval" / "checkpoints" / "best.ckpt"
+    assert main(["tune", "--ckpt", str(student_ckpt), "--dry-run", "--quiet"]) == 0
+    assert f"validation patch scores on {len(val_names)} tiles" in capsys.readouterr().out
     # a loss that cannot weight pixels is refused with what to use instead
     args += ["--model.loss", "lovasz", "--trainer.default_root_dir", str(tmp_path / "lovasz")]
     assert main(args) == 2

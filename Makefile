@@ -5,8 +5,9 @@
 #   make train CONFIG=configs/....yaml [RESUME=1]     train, then tune thresholds on validation
 #   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [PREDICT=configs/predict/...] [UPLOAD=1]
 #                                                     write submissions/<run>-<dataset>.csv
-#   make selftrain [CONFIG=...]                       self-training on the unlabelled tiles -> runs/<run>-self
-#                                                     (then: make submit CKPT=runs/<run>-self/checkpoints/best.ckpt)
+#   make selftrain [CONFIG=...] [VALIDATION=1]        self-training on the unlabelled tiles -> runs/<run>-self
+#                                                     (VALIDATION=1: on the validation tiles' imagery too -> runs/<run>-selfval;
+#                                                     then: make submit CKPT=runs/<run>-self/checkpoints/best.ckpt)
 #   make smoke                                        the pipeline end to end in ~2 minutes (a toy model)
 #   make reproduce [PROFILE=smoke|cpu|paper]           the paper's results table and figures (cpu: 2 CPU cores, < 3 h)
 #   make test | make lint | make data
@@ -26,6 +27,9 @@ PREDICT ?=
 PROFILE ?= $(if $(HAS_GPU),paper,smoke)
 PLAN ?= configs/plans/paper.yaml
 UPLOAD ?=
+VALIDATION ?=
+SELF := $(RUN)-self$(if $(VALIDATION),val)
+PSEUDO := runs/$(RUN)/pseudo$(if $(VALIDATION),-val)
 SHARED ?= ../shared/data
 KAGGLE_COMPETITION ?= ethz-cil-road-segmentation-2023
 STAMP := $(VENV)/.installed
@@ -83,12 +87,13 @@ smoke: $(STAMP)  ## the pipeline end to end in ~2 CPU minutes: train configs/qui
 	$(BIN)/roadseg tune --ckpt runs/quick/checkpoints/best.ckpt --quiet
 	$(BIN)/roadseg submit --ckpt runs/quick/checkpoints/best.ckpt --quiet
 
-selftrain: $(STAMP) check-config  ## self-training: CONFIG's best model labels the unlabelled tiles (TTA, in context), a student trains on them too: runs/<run>-self
+selftrain: $(STAMP) check-config  ## self-training: CONFIG's best model labels the unlabelled tiles (TTA, in context), a student trains on them too: runs/<run>-self (VALIDATION=1: the validation tiles' imagery too, runs/<run>-selfval)
 	@test -f "$(CKPT)" || { echo "make: $(CKPT): no teacher yet; train first: make train CONFIG=$(CONFIG)" >&2; exit 2; }
-	$(BIN)/roadseg pseudo-label --ckpt $(CKPT) --tta --out runs/$(RUN)/pseudo
-	$(BIN)/roadseg fit --config $(CONFIG) --data.pseudo_labels runs/$(RUN)/pseudo \
-		--trainer.default_root_dir runs/$(RUN)-self $(if $(RESUME),--ckpt_path last)
-	$(BIN)/roadseg tune --ckpt runs/$(RUN)-self/checkpoints/best.ckpt
+	$(BIN)/roadseg pseudo-label --ckpt $(CKPT) --tta --out $(PSEUDO) $(if $(VALIDATION),--validation)
+	$(BIN)/roadseg fit --config $(CONFIG) --data.pseudo_labels $(PSEUDO) \
+		$(if $(VALIDATION),--data.pseudo_validation true) \
+		--trainer.default_root_dir runs/$(SELF) $(if $(RESUME),--ckpt_path last)
+	$(BIN)/roadseg tune --ckpt runs/$(SELF)/checkpoints/best.ckpt
 
 reproduce: $(STAMP)  ## the paper's table and figures into results/PROFILE/, and the README's tables from them (default: PROFILE=paper with a GPU, smoke without)
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data

@@ -95,15 +95,24 @@ class RoadSegTask(pl.LightningModule):
             for name, value in read_checkpoint(path)["state_dict"].items()
             if name.startswith("model.")
         }
-        try:
-            self.model.load_state_dict(weights)
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        own = self.model.state_dict()
+        missing = [name for name in own if name not in weights]
+        extra = [name for name in weights if name not in own]
+        shapes = [n for n in own if n in weights and weights[n].shape != own[n].shape]
+        problems = [
+            f"{len(names)} {what} (first: {names[0]})"
+            for names, what in ((missing, "tensors missing"), (extra, "tensors it does not have"),
+                                (shapes, "tensors of another shape"))
+            if names
+        ]  # fmt: skip
+        if problems:
             raise RoadsegError(
                 f"model.init_from: its network is not this config's {self.hparams.model!r} "
-                f"network ({first}); start from a checkpoint of the same model and model_args",
+                f"network ({'; '.join(problems)}); start from a checkpoint of the same model "
+                "and model_args",
                 path,
-            ) from None
+            )
+        self.model.load_state_dict(weights)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Road logits ``(B, 1, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]."""

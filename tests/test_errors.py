@@ -265,6 +265,18 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         ),  # fmt: skip
         "roadseg fit --config bad.yaml --data.pseudo_labels pseudo --trainer.fast_dev_run true",
     ),
+    "student started from a checkpoint of another network": (
+        lambda t: (
+            _cil(t)
+            and _checkpoint(t, foreign=False)
+            or _config(
+                t,
+                "model:\n  model_args: {encoder: tu-tf_efficientnet_lite0, "
+                "encoder_weights: null}\ndata:\n  root: data/cil\n  num_workers: 0\n",
+            )
+        ),  # fmt: skip
+        "roadseg fit --config bad.yaml --model.init_from model.ckpt --trainer.fast_dev_run true",
+    ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),
         "roadseg masks-to-submission masks --out sub.csv",

@@ -47,7 +47,8 @@ class RoadDataModule(pl.LightningDataModule):
         context: training windows may reach across tile edges into neighbouring training
             tiles of the same map (:mod:`roadseg.maps` places the tiles, test and
             validation tiles included, but a window never covers a validation, test or
-            missing tile, so their labels are never used); validation tiles are predicted
+            missing tile, so their labels are never used; pseudo-labelled tiles are
+            training tiles, with their teacher's maps); validation tiles are predicted
             with 96 px of the map around them (imagery only), as ``submit`` predicts.
         pseudo_labels: self-training: a folder of a teacher's probability maps of the
             unlabelled tiles (``roadseg pseudo-label``); those tiles then train on these soft

@@ -121,14 +121,9 @@ class RoadDataModule(pl.LightningDataModule):
             from roadseg.maps import place_tiles
 
             assert self.index is not None, "call setup() first"
-            copies = self.index.get("copy_of_val", pd.Series(False, index=self.index.index))
-            placed = place_tiles(self.index[~copies])
-            if copies.any():  # a validation tile training on its pseudo-label: its own place
-                at = placed.drop_duplicates("image").set_index("image")[["map", "col", "row"]]
-                extra = self.index[copies].reset_index(drop=True)
-                extra = pd.concat([extra, at.loc[extra["image"]].reset_index(drop=True)], axis=1)
-                placed = pd.concat([placed, extra], ignore_index=True)
-            self._layout = placed
+            # one row per tile: a validation tile that also trains on its pseudo-label
+            # (data.pseudo_validation) has a second, training row in the index
+            self._layout = place_tiles(self.index.drop_duplicates("image"))
         return self._layout
 
     def frame(self, stage: str) -> pd.DataFrame:
@@ -151,10 +146,9 @@ class RoadDataModule(pl.LightningDataModule):
         frame = self.frame("train")
         places = None
         if hp.get("context"):
-            # every tile of the main dataset helps link the maps; only training tiles are used
-            placed = self.layout()
-            places = placed[placed["stage"] == "train"].reset_index(drop=True)
-            assert list(places["image"]) == list(frame["image"]), "training rows out of order"
+            # every tile of the main dataset helps link the maps; only training rows are used
+            at = self.layout().set_index("image")[["map", "col", "row"]]
+            places = at.loc[frame["image"]].reset_index(drop=True)
         dataset = RandomWindowDataset(
             frame,
             crop_size=hp.crop_size,
@@ -176,8 +170,7 @@ class RoadDataModule(pl.LightningDataModule):
         if self.hparams.get("context"):  # validated as submit predicts: in the map's context
             from roadseg.maps import context_in
 
-            layout = self.layout().drop_duplicates("image")  # the tiles, not their copies
-            maps, margin, _ = context_in(layout, frame, CONTEXT_MARGIN)
+            maps, margin, _ = context_in(self.layout(), frame, CONTEXT_MARGIN)
         dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold,
                               cache=self.hparams.cache, maps=maps, margin=margin)  # fmt: skip
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)

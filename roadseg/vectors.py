@@ -113,11 +113,8 @@ def trace(
             float(prob_flat[inner].sum()), float(width_flat[inner].sum()), len(inner),
         )  # fmt: skip
 
-    for start in sorted(ends):
-        for nxt in adjacency[start]:
-            if (min(start, nxt), max(start, nxt)) not in used:
-                pieces.append(piece(walk(start, nxt)))
-    for start in sorted(adjacency):  # closed loops: no end anywhere on them
+    # chains from their ends, then the closed loops (no end anywhere on them)
+    for start in [*sorted(ends), *sorted(adjacency)]:
         for nxt in adjacency[start]:
             if (min(start, nxt), max(start, nxt)) not in used:
                 pieces.append(piece(walk(start, nxt)))
@@ -152,15 +149,13 @@ def join_pieces(pieces: list[Piece]) -> list[Piece]:
                 return Piece(np.concatenate(parts), prob, width, count)
             k, start = nxt[0], end
 
-    for point, ks in sorted(at.items()):
-        if len(ks) == 2:
-            continue
-        for k in ks:
-            if not done[k]:
-                out.append(extend(k, point))
-    for k in range(len(pieces)):  # loops made only of degree-2 meetings
+    # from every point where other than two chains meet, then the loops made only of
+    # degree-2 meetings
+    starts = [(k, point) for point, ks in sorted(at.items()) if len(ks) != 2 for k in ks]
+    starts += [(k, tuple(p.pixels[0])) for k, p in enumerate(pieces)]
+    for k, start in starts:
         if not done[k]:
-            out.append(extend(k, tuple(pieces[k].pixels[0])))
+            out.append(extend(k, start))
     return out
 
 

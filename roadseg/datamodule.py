@@ -9,17 +9,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from roadseg.dataset import (
-    RandomWindowDataset,
-    SeededSampler,
-    TileDataset,
-    with_pseudo_labels,
-)
+from roadseg.checkpoints import datamodule_arguments
+from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
 from roadseg.errors import RoadsegError
 from roadseg.folds import split_stages
 from roadseg.index import scan_many
 from roadseg.io import MASK_THRESHOLD
 from roadseg.patches import CONTEXT_MARGIN
+from roadseg.pseudo import with_pseudo_labels
 
 
 class RoadDataModule(pl.LightningDataModule):
@@ -113,6 +110,19 @@ class RoadDataModule(pl.LightningDataModule):
             )
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, **overrides) -> RoadDataModule:
+        """The datamodule a checkpoint (its contents) was trained with, set up, so that
+        its split is made again; ``overrides`` replace saved arguments. Pseudo-labels are
+        left out unless given: they only ever train, and their folder may be gone."""
+        arguments = {
+            **datamodule_arguments(ckpt), "pseudo_labels": None, "pseudo_validation": False,
+            **overrides,
+        }  # fmt: skip
+        datamodule = cls(**arguments)
+        datamodule.setup()
+        return datamodule
 
     def layout(self) -> pd.DataFrame:
         """Every tile of the index placed on its map (:func:`roadseg.maps.place_tiles`),

@@ -6,7 +6,7 @@ patch labels from the raw grey mask, evaluation only), ``tile_id``, ``index`` an
 ``seed``, the sample seed that chose its window and augmentation.
 
 Self-training adds tiles whose "mask" is a teacher's probability map (index column
-``pseudo`` true; :func:`with_pseudo_labels`): their pixels train on those soft targets,
+``pseudo`` true; :func:`roadseg.pseudo.with_pseudo_labels`): their pixels train on those soft targets,
 and every training sample then carries a ``weight`` ``(1, H, W)``: 1 on labelled pixels,
 0 on pseudo-labelled pixels the teacher is unsure of.
 """
@@ -14,7 +14,6 @@ and every training sample then carries a ``weight`` ``(1, H, W)``: 1 on labelled
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,6 @@ import torch.distributed as dist
 from rasterio.windows import Window
 from torch.utils.data import Dataset, DistributedSampler
 
-from roadseg.errors import RoadsegError
 from roadseg.io import MASK_THRESHOLD, binarize_mask, image_to_rgb, mask_to_grey, read_raster
 from roadseg.maps import context_image
 from roadseg.patches import patch_labels
@@ -62,56 +60,6 @@ class TileReader:
         if self.rows[i].get("pseudo") is True:  # a teacher's probabilities, 0-255
             return self.raw(i, "mask", window)[0].astype(np.float32) / 255.0
         return mask_to_grey(self.raw(i, "mask", window), self.rows[i]["mask"])
-
-
-def with_pseudo_labels(
-    frame: pd.DataFrame, folder: str | Path, *, validation: bool = False
-) -> pd.DataFrame:
-    """``frame`` (with a ``stage`` column) with its unlabelled tiles turned into training
-    tiles whose masks are the teacher's probability maps ``folder/<image name>.png``
-    (``roadseg pseudo-label``), marked by a ``pseudo`` column. Tiles without a map stay
-    unlabelled.
-
-    Validation tiles keep their row and their labels, which only validation reads. With
-    ``validation``, each of them also trains on its teacher's map, as the test tiles do:
-    a copy of its row, appended at the end with stage ``train``, the pseudo-label as its
-    mask and ``copy_of_val`` True (``roadseg pseudo-label --validation`` writes these maps).
-    Then the validation tiles are to the student what the test tiles are, imagery it has
-    trained on with its teacher's labels, and validation measures what the leaderboard
-    will."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RoadsegError(
-            "pseudo-label folder not found: write it with roadseg pseudo-label --out", folder
-        )
-    frame = frame.copy()
-    frame["pseudo"] = False
-    frame["copy_of_val"] = False
-    for i in frame.index[frame["stage"] == "test"]:
-        label = folder / f"{Path(frame.at[i, 'image']).stem}.png"
-        if label.is_file():
-            frame.loc[i, ["mask", "stage", "pseudo"]] = [str(label), "train", True]
-    if not frame["pseudo"].any():
-        raise RoadsegError(
-            "no pseudo-label of any unlabelled tile here (expected <image name>.png files "
-            "written by roadseg pseudo-label)",
-            folder,
-        )
-    if validation:
-        copies = frame[frame["stage"] == "val"].copy()
-        labels = [folder / f"{Path(image).stem}.png" for image in copies["image"]]
-        missing = [label.name for label in labels if not label.is_file()]
-        if missing:
-            raise RoadsegError(
-                f"no pseudo-label of validation tile {missing[0]} ({len(missing)} of "
-                f"{len(labels)} missing): write them with roadseg pseudo-label --validation, "
-                "from a teacher with this run's validation split",
-                folder,
-            )
-        copies["mask"] = [str(label) for label in labels]
-        copies[["stage", "pseudo", "copy_of_val"]] = ["train", True, True]
-        frame = pd.concat([frame, copies], ignore_index=True)
-    return frame
 
 
 class RandomWindowDataset(Dataset):

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
+from roadseg.checkpoints import parameter_count, read_checkpoint
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path
 from roadseg.paths import load_yaml
@@ -40,8 +40,8 @@ METRICS = {
 }
 
 
-def load_plan(path: str | Path) -> dict:
-    """Read and check a plan file."""
+def read_plan(path: str | Path) -> dict:
+    """A plan file's mapping (an experiment plan's or a reproduction plan's)."""
     path = Path(path)
     if not path.is_file():
         raise RoadsegError("plan not found", path)
@@ -50,6 +50,12 @@ def load_plan(path: str | Path) -> dict:
         raise RoadsegError(
             "a plan is a mapping (methods:, profiles:, ...); see configs/plans/", path
         )
+    return plan
+
+
+def load_plan(path: str | Path) -> dict:
+    """Read and check an experiment plan."""
+    plan = read_plan(path)
     runs = plan.get("runs") or []
     if not runs or not all(isinstance(r, dict) and "name" in r and "config" in r for r in runs):
         raise RoadsegError("a plan needs runs: a list of {name, config, args}", path)
@@ -82,13 +88,13 @@ def run_plan(
     for run in plan["runs"]:
         if only and run["name"] not in only:
             continue
-        _train(run, plan.get("budget") or {}, out / "runs" / run["name"])
+        train_run(run, plan.get("budget") or {}, out / "runs" / run["name"])
     table = collect(plan, out)
     write_table(table, out)
     return table
 
 
-def _train(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) -> None:
+def train_run(run: dict, budget: dict, run_dir: Path, *, in_process: bool = False) -> None:
     """Train one run into ``run_dir`` (skipped when done, resumed when interrupted).
 
     ``in_process``: run ``roadseg fit`` in this process instead of a child process: no
@@ -150,14 +156,8 @@ def run_row(run_dir: Path) -> dict:
     metrics = pd.read_csv(run_dir / "metrics.csv")
     val = metrics.dropna(subset=["val_patch_f1"])
     best = val.loc[val["val_patch_f1"].idxmax()]  # the first of equal bests, as the checkpoint
-    ckpt = torch.load(  # mapped, not read: only the tensors' shapes are needed
-        run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False, mmap=True
-    )
-    weights = ckpt["state_dict"].items()
-    tensors = {
-        t.data_ptr(): t for k, t in weights if "running_" not in k and "num_batches" not in k
-    }
-    params = sum(t.numel() for t in tensors.values())  # a tensor under two names counts once
+    # mapped, not read: only the tensors' shapes are needed
+    params = parameter_count(read_checkpoint(run_dir / "checkpoints" / "best.ckpt", mapped=True))
     done = json.loads((run_dir / "done.json").read_text())
     return {
         # runs logged before roadseg reported patch accuracy have no such column: NaN

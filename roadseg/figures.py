@@ -71,13 +71,6 @@ def learning_curves(run_dirs: dict[str, Path], out: Path) -> Path:
     return save(fig, out / "learning_curves.png")
 
 
-def predict_tiles(task, frame: pd.DataFrame, maps=None, margin: int = 0) -> list[np.ndarray]:
-    from roadseg.predict import Predictor
-
-    predictor = Predictor([task], progress=False, device="cpu")
-    return [prob for _, prob in predictor.predict_index(frame, context=maps, margin=margin)]
-
-
 def overlay(image: np.ndarray, prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """RGB ``(H, W, 3)``: true positives green, false positives red, false negatives blue."""
     rgb = image.transpose(1, 2, 0).astype(np.float32) * 0.6
@@ -361,8 +354,11 @@ def make_figures(
     ones ``roadseg submit`` uses), else the competition's 0.5 / 0.25. ``context``: pixels
     of neighbouring tiles each tile is predicted with, as ``submit`` does (0: alone).
     """
-    from roadseg.predict import load_task, read_checkpoint, trained_root
-    from roadseg.thresholds import stored_decision, validation_frame
+    from roadseg.checkpoints import read_checkpoint
+    from roadseg.evaluation import Validation
+    from roadseg.predict import Predictor
+    from roadseg.task import RoadSegTask
+    from roadseg.thresholds import stored_decision
 
     out = Path(out)
     decision = decision or stored_decision(ckpt)[0]
@@ -371,15 +367,13 @@ def make_figures(
     if curves:
         written.append(learning_curves(curves, out))
     contents = read_checkpoint(ckpt)
-    task = load_task(ckpt, ckpt=contents)
+    task = RoadSegTask.from_checkpoint(ckpt, ckpt=contents)
     model = task.model.float().eval()
-    val = validation_frame(contents)
+    validation = Validation(contents, context)
+    val = validation.tiles
     sample = val.iloc[: max(tiles, 1)].reset_index(drop=True)
-    from roadseg.maps import context_for
-
-    maps, margin, line = context_for([trained_root(contents)], val, context)
-    print(line)
-    probs = predict_tiles(task, val, maps, margin)
+    print(validation.context_line)
+    probs = validation.predict(Predictor([task], progress=False, device="cpu"))
     written.append(overlays(sample, probs, out, decision))
     written.append(
         pr_curve(val, probs, out, label=Path(ckpt).parent.parent.name, decision=decision)

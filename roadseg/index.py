@@ -124,6 +124,18 @@ def scan(root: str | Path) -> pd.DataFrame:
     return frame
 
 
+def unlabelled_tiles(root: str | Path) -> pd.DataFrame:
+    """The index of the unlabelled (test) tiles of a dataset root, or of a folder of images;
+    refused when there are none."""
+    frame = scan(root)
+    tiles = frame[frame["split"] == "test"].reset_index(drop=True)
+    if tiles.empty:
+        raise RoadsegError(
+            "no unlabelled test images found (expected test/images/ or a folder of images)", root
+        )
+    return tiles
+
+
 def _check_unique_ids(frame: pd.DataFrame) -> None:
     dup = frame[frame.duplicated(["source", "split", "tile_id"], keep=False)]
     if len(dup):

@@ -40,63 +40,6 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file (on the CPU), with a clear error for a missing or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RoadsegError("checkpoint not found (train first: make train, or pass CKPT=...)", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a bad file
-        raise RoadsegError(
-            f"not a readable checkpoint (truncated, or not saved by torch: {type(err).__name__})",
-            path,
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise RoadsegError(
-            "not a roadseg training checkpoint (no state_dict/hyper_parameters)", path
-        )
-    return ckpt
-
-
-def trained_root(ckpt: dict) -> str | None:
-    """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on."""
-    return (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
-
-
-def load_task(
-    path: str | Path, device: str | torch.device = "cpu", ckpt: dict | None = None
-) -> RoadSegTask:
-    """A trained RoadSegTask from its checkpoint, in eval mode (no pretrained weights fetched).
-
-    ``ckpt``: the checkpoint's contents when already read (``read_checkpoint``).
-    """
-    ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    hparams = dict(ckpt["hyper_parameters"])
-    model_args = dict(hparams.get("model_args") or {})
-    if "encoder_weights" in model_args:
-        model_args["encoder_weights"] = None  # the checkpoint holds the trained weights
-    hparams["model_args"] = model_args
-    task = RoadSegTask(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-    try:
-        result = task.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as err:  # shapes differ
-        detail = next(
-            (ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "shapes differ"
-        )
-        raise RoadsegError(
-            f"checkpoint's weights do not fit the model it names ({detail})", path
-        ) from err
-    if result.missing_keys or result.unexpected_keys:
-        first = (result.missing_keys or result.unexpected_keys)[0]
-        raise RoadsegError(
-            f"checkpoint's weights do not fit the model it names ({len(result.missing_keys)} tensors missing, "
-            f"{len(result.unexpected_keys)} unexpected, first: {first}); was it trained with another model?",
-            path,
-        )
-    return task.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
-
-
 def window_starts(size: int, window: int, step: int) -> list[int]:
     """Start offsets of windows covering ``size`` pixels; the last one ends at the edge."""
     if size <= window:
@@ -183,9 +126,16 @@ class Predictor:
         self.progress = progress
 
     @classmethod
-    def from_checkpoints(cls, paths: list[str | Path], **kwargs) -> Predictor:
-        """A predictor over the ensemble of these checkpoints."""
-        return cls([load_task(p) for p in paths], **kwargs)
+    def from_checkpoints(
+        cls, paths: list[str | Path], *, contents: list[dict] | None = None, **kwargs
+    ) -> Predictor:
+        """A predictor over the ensemble of these checkpoints (``contents``: theirs, when
+        already read by :func:`roadseg.checkpoints.read_checkpoint`)."""
+        contents = contents or [None] * len(paths)
+        tasks = [
+            RoadSegTask.from_checkpoint(p, ckpt=c) for p, c in zip(paths, contents, strict=True)
+        ]
+        return cls(tasks, **kwargs)
 
     @property
     def output_decision(self) -> Decision | None:

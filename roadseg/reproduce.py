@@ -45,11 +45,10 @@ from pathlib import Path
 import pandas as pd
 
 from roadseg.errors import RoadsegError
-from roadseg.experiments import METRICS, _train, markdown_table, run_row
+from roadseg.experiments import METRICS, markdown_table, read_plan, run_row, train_run
 from roadseg.io import atomic_path
 from roadseg.maps import context_for
 from roadseg.patches import CONTEXT_MARGIN
-from roadseg.paths import load_yaml
 from roadseg.provenance import file_stamps
 
 SPLIT_NOTE = (
@@ -111,13 +110,7 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
     """Read a reproduction plan and resolve one profile: the runs, the evaluations and the
     split."""
     path = Path(path)
-    if not path.is_file():
-        raise RoadsegError("plan not found", path)
-    plan = load_yaml(path, "plan") or {}
-    if not isinstance(plan, dict):
-        raise RoadsegError(
-            "a plan is a mapping (methods:, profiles:, ...); see configs/plans/", path
-        )
+    plan = read_plan(path)
     methods = plan.get("methods") or []
     profiles = plan.get("profiles") or {}
     if not methods or not all(
@@ -195,7 +188,7 @@ def reproduce(
             teacher = run_root / run["teacher"] / "checkpoints" / "best.ckpt"
             make_pseudo_labels(teacher, labels, plan["root"], tta=plan["pseudo_tta"])
             args["data.pseudo_labels"] = str(labels)
-        _train({**run, "args": args}, {}, run_root / run["name"], in_process=True)
+        train_run({**run, "args": args}, {}, run_root / run["name"], in_process=True)
     rows = [
         {"method": r["method"], "fold": r["fold"], "seed": r["seed"], **run_row(run_root / r["name"])}
         for r in plan["runs"]
@@ -242,14 +235,11 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
     done = out / "pseudo.json"
     if done.is_file() and json.loads(done.read_text()).get("checkpoints") == file_stamps([teacher]):
         return  # labelled by this teacher checkpoint already (not retrained since)
-    from roadseg.index import scan
+    from roadseg.index import unlabelled_tiles
     from roadseg.predict import Predictor
     from roadseg.pseudo import write_pseudo_labels
 
-    frame = scan(root)
-    tiles = frame[frame["split"] == "test"].reset_index(drop=True)
-    if tiles.empty:
-        raise RoadsegError("self-training needs unlabelled tiles and there are none", root)
+    tiles = unlabelled_tiles(root)
     maps, margin, _ = context_for([root], tiles, CONTEXT_MARGIN)
     predictor = Predictor.from_checkpoints([teacher], tta=tta, progress=False)
     start = time.perf_counter()
@@ -271,32 +261,28 @@ def evaluation(
     patch F1 (the competition's patch rule on the raw grey masks), pixel IoU, precision
     and recall. Kept in ``cache`` (JSON) with the checkpoints' sizes and times, so a
     resumed reproduction does not predict again unless a model was retrained.
-    ``predicted``: the :class:`~roadseg.thresholds.ValidationScores` of earlier
+    ``predicted``: the :class:`~roadseg.evaluation.ValidationScores` of earlier
     evaluations with the same checkpoints, TTA and context (filled here)."""
     stamps = file_stamps(ckpts)
     if cache.is_file():
         kept = json.loads(cache.read_text())
         if kept.pop("checkpoints", None) == stamps:  # a model retrained since: predict again
             return kept
+    from roadseg.checkpoints import read_checkpoint
+    from roadseg.evaluation import Validation
     from roadseg.postprocess import Decision
-    from roadseg.predict import Predictor, load_task, read_checkpoint, trained_root
-    from roadseg.thresholds import ValidationScores, validation_frame
+    from roadseg.predict import Predictor
 
     start = time.perf_counter()
     key = (tuple(map(str, ckpts)), bool(spec["tta"]), bool(spec["context"]))
     predicted = {} if predicted is None else predicted
     if key not in predicted:
         contents = [read_checkpoint(p) for p in ckpts]
-        val = validation_frame(contents[0])
-        maps, margin, _ = context_for(
-            [trained_root(contents[0])], val, CONTEXT_MARGIN if spec["context"] else 0
+        validation = Validation(contents[0], CONTEXT_MARGIN if spec["context"] else 0)
+        predictor = Predictor.from_checkpoints(
+            ckpts, contents=contents, tta=bool(spec["tta"]), progress=False
         )
-        predictor = Predictor(
-            [load_task(p, ckpt=c) for p, c in zip(ckpts, contents, strict=True)],
-            tta=bool(spec["tta"]), progress=False,
-        )  # fmt: skip
-        probs = [prob for _, prob in predictor.predict_index(val, context=maps, margin=margin)]
-        predicted[key] = ValidationScores(probs, list(val["mask"]))
+        predicted[key] = validation.scores(predictor)
     decision = Decision(**(spec.get("postprocess") or {}))
     scores = predicted[key].with_clean(decision.clean)
     everything = scores.all_scores(decision.pixel, decision.patch)

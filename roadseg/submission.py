@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from roadseg.errors import RoadsegError, squash
-from roadseg.index import list_rasters, scan, tile_id
+from roadseg.index import list_rasters, tile_id, unlabelled_tiles
 from roadseg.io import atomic_path, read_mask_grey
 from roadseg.patches import PATCH_SIZE, PATCH_THRESHOLD, patch_grid, patch_labels
 from roadseg.paths import read_text
@@ -108,7 +108,7 @@ def validate_submission(path: str | Path, images: str | Path | pd.DataFrame) -> 
 
     ``images`` is a folder of test images, a dataset root with ``test/images``, or an index.
     """
-    index = images if isinstance(images, pd.DataFrame) else _test_index(images)
+    index = images if isinstance(images, pd.DataFrame) else unlabelled_tiles(images)
     frame = read_submission(path)
     expected = expected_ids(index)
     ids = frame["id"]
@@ -129,14 +129,6 @@ def validate_submission(path: str | Path, images: str | Path | pd.DataFrame) -> 
     return SubmissionReport(
         rows=len(frame), tiles=len(index), road_fraction=float((frame["prediction"] == "1").mean())
     )
-
-
-def _test_index(images: str | Path) -> pd.DataFrame:
-    frame = scan(images)
-    test = frame[frame["split"] == "test"]
-    if test.empty:
-        raise RoadsegError("no unlabelled test images found here", images)
-    return test
 
 
 def masks_to_submission(

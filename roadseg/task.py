@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from roadseg.checkpoints import network_weights, read_checkpoint, task_arguments, weights_mismatch
 from roadseg.errors import RoadsegError
 from roadseg.losses import get_loss, supports_weights
 from roadseg.metrics import RoadMetrics
@@ -85,30 +87,34 @@ class RoadSegTask(pl.LightningModule):
         if self.hparams.get("init_from") and self.trainer.ckpt_path is None:
             self.load_network(self.hparams.init_from)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, ckpt: dict | None = None) -> RoadSegTask:
+        """A trained task from its checkpoint, on the CPU in eval mode (no pretrained weights
+        fetched).
+
+        ``ckpt``: the checkpoint's contents when already read (:func:`read_checkpoint`).
+        """
+        ckpt = read_checkpoint(path) if ckpt is None else ckpt
+        task = cls(**task_arguments(ckpt))
+        mismatch = weights_mismatch(task.state_dict(), ckpt["state_dict"])
+        if mismatch:
+            raise RoadsegError(
+                f"checkpoint's weights do not fit the model it names ({mismatch}); was it "
+                "trained with another model?",
+                path,
+            )
+        task.load_state_dict(ckpt["state_dict"])
+        return task.eval()
+
     def load_network(self, path: str) -> None:
         """Copy the network weights of the training checkpoint ``path`` (its averaged
         weights where it kept an EMA) into this task's network."""
-        from roadseg.predict import read_checkpoint
-
-        weights = {
-            name[len("model.") :]: value
-            for name, value in read_checkpoint(path)["state_dict"].items()
-            if name.startswith("model.")
-        }
-        own = self.model.state_dict()
-        missing = [name for name in own if name not in weights]
-        extra = [name for name in weights if name not in own]
-        shapes = [n for n in own if n in weights and weights[n].shape != own[n].shape]
-        problems = [
-            f"{len(names)} {what} (first: {names[0]})"
-            for names, what in ((missing, "tensors missing"), (extra, "tensors it does not have"),
-                                (shapes, "tensors of another shape"))
-            if names
-        ]  # fmt: skip
-        if problems:
+        weights = network_weights(read_checkpoint(path))
+        mismatch = weights_mismatch(self.model.state_dict(), weights)
+        if mismatch:
             raise RoadsegError(
                 f"model.init_from: its network is not this config's {self.hparams.model!r} "
-                f"network ({'; '.join(problems)}); start from a checkpoint of the same model "
+                f"network ({mismatch}); start from a checkpoint of the same model "
                 "and model_args",
                 path,
             )

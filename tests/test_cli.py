@@ -61,7 +61,7 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
 
 
 def test_a_training_config_stands_for_its_best_checkpoint(tmp_path):
-    from roadseg.cli import _checkpoint_of
+    from roadseg.checkpoints import checkpoint_of as _checkpoint_of
 
     assert _checkpoint_of("configs/cpu.yaml") == str(Path("runs/cpu/checkpoints/best.ckpt"))
     config = tmp_path / "mine.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roadseg.predict import load_task
+from roadseg.task import RoadSegTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cil_root, tmp_path, ema)
         assert any(not torch.equal(current[k], v) for k, v in straight_ckpt["state_dict"].items())
         for name, tensor in current.items():
             assert torch.equal(tensor, resumed_ckpt["current_model_state"][name]), name
-        loaded = load_task(last).state_dict()
+        loaded = RoadSegTask.from_checkpoint(last).state_dict()
         assert loaded.keys() == straight_ckpt["state_dict"].keys()
         for name, tensor in loaded.items():
             assert torch.equal(tensor, resumed_ckpt["state_dict"][name]), name

@@ -168,11 +168,13 @@ def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp
     names = sorted(p.name for p in pseudo.iterdir())
     assert names == ["pseudo.json", "satimage_144.png", "satimage_145.png"]
     # the labels are the teacher's probabilities of those tiles
+    from roadseg.checkpoints import read_checkpoint
+    from roadseg.evaluation import validation_tiles
     from roadseg.io import read_image, read_raster
-    from roadseg.predict import Predictor, load_task, read_checkpoint
-    from roadseg.thresholds import validation_frame
+    from roadseg.predict import Predictor
+    from roadseg.task import RoadSegTask
 
-    predictor = Predictor([load_task(ckpt)], tta=True, progress=False)
+    predictor = Predictor([RoadSegTask.from_checkpoint(ckpt)], tta=True, progress=False)
     prob = predictor.predict_image(read_image(cil_root / "test" / "images" / "satimage_144.png"))
     label = read_raster(pseudo / "satimage_144.png")[0]
     assert np.abs(label.astype(np.float32) / 255 - prob).max() <= 0.5 / 255 + 1e-6
@@ -188,7 +190,7 @@ def test_teacher_writes_pseudo_labels_and_a_student_trains_on_them(cil_root, tmp
     args_val = ["pseudo-label", "--ckpt", str(ckpt), "--context", "0", "--quiet", "--validation"]
     assert main([*args_val, "--out", str(both)]) == 0
     printed = capsys.readouterr().out
-    val_names = {Path(m).name for m in validation_frame(read_checkpoint(ckpt))["image"]}
+    val_names = {Path(m).name for m in validation_tiles(read_checkpoint(ckpt))["image"]}
     assert f"wrote {2 + len(val_names)} pseudo-labels" in printed
     assert "--data.pseudo_validation true" in printed
     assert {p.name for p in both.glob("*.png")} == {
@@ -223,9 +225,11 @@ def test_a_student_starts_from_its_teachers_weights(cil_root, tmp_path, capsys):
     assert main(args) == 0
     learnt = torch.load(student / "checkpoints" / "best.ckpt", map_location="cpu",
                         weights_only=False)["state_dict"]  # fmt: skip
-    from roadseg.predict import load_task
+    from roadseg.task import RoadSegTask
 
-    names = [f"model.{name}" for name, _ in load_task(ckpt).model.named_parameters()]
+    names = [
+        f"model.{name}" for name, _ in RoadSegTask.from_checkpoint(ckpt).model.named_parameters()
+    ]
     assert len(names) > 100
     assert all(torch.equal(learnt[n], taught[n]) for n in names)
     # without init_from the same run starts from ImageNet and another random decoder

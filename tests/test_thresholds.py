@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roadseg.thresholds import ValidationScores, patch_rings
+from roadseg.evaluation import ValidationScores, patch_rings
 from tests.conftest import write_raster
 
 SIDE = 96  # 6 x 6 patches: rings 0, 1 and 2+

@@ -1,0 +1,138 @@
+"""Options several command families share, and their translation into library objects."""
+
+from __future__ import annotations
+
+import argparse
+
+from roadseg.options import PredictOptions
+from roadseg.patches import CONTEXT_MARGIN
+
+
+def predict_options(args: argparse.Namespace) -> PredictOptions:
+    """The prediction options of a command line (see :func:`add_predictor_args`)."""
+    given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
+    return PredictOptions.resolve(given, args.config, quiet=args.quiet)
+
+
+def decision_options(args: argparse.Namespace, ckpt: str) -> PredictOptions:
+    """Options of one checkpoint with the decision options of a command line
+    (see :func:`add_decision_args`), for commands that decide but do not predict tiles."""
+    return PredictOptions(
+        ckpt=(ckpt,), pixel_threshold=args.pixel_threshold,
+        patch_threshold=args.patch_threshold, close_gaps=args.close_gaps, min_area=args.min_area,
+    )  # fmt: skip
+
+
+def add_decision_args(p: argparse.ArgumentParser) -> None:
+    """Options of the decision (thresholds, clean-up); unset, each comes from the thresholds
+    that ``roadseg tune`` stored beside the checkpoint, else the competition's defaults."""
+    p.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="road probability threshold (default: tuned, else 0.5)",
+    )
+    p.add_argument(
+        "--patch-threshold",
+        type=float,
+        help="road share of a 16x16 patch (default: tuned, else 0.25)",
+    )
+    p.add_argument(
+        "--close-gaps",
+        type=int,
+        metavar="PX",
+        help="post-processing: bridge breaks along roads up to PX pixels (default: tuned, else off)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=int,
+        metavar="PX",
+        help="post-processing: remove road components under PX pixels (default: tuned, else off)",
+    )
+
+
+def add_predictor_args(p: argparse.ArgumentParser) -> None:
+    """Options of :class:`~roadseg.options.PredictOptions`. Defaults are None here and
+    filled by :meth:`~roadseg.options.PredictOptions.resolve` (command line > --config >
+    defaults), so an options file can set any of them."""
+    p.add_argument(
+        "--ckpt",
+        action="append",
+        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt), or a training config "
+        "(its run's best.ckpt); repeat for an ensemble",
+    )
+    p.add_argument(
+        "--config",
+        help="YAML file of these options (ckpt: [...], tta: true, merge: vote, min_area: 300, "
+        "...); options given on the command line win. Examples in configs/predict/",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="average over the 8 flips/rotations (8x slower)",
+    )
+    p.add_argument(
+        "--merge",
+        choices=["mean", "vote"],
+        help="how an ensemble combines: mean probability, or majority vote of the members' "
+        "patch labels, each by its own thresholds (default mean)",
+    )
+    p.add_argument("--window", type=int, help="prediction window side (default 1024)")
+    p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
+    add_decision_args(p)
+    add_context_arg(
+        p,
+        "predict each tile with PX pixels of its neighbouring tiles around it (placed on "
+        "their maps by matching edges), then crop back; 0 = each tile alone "
+        f"(default {CONTEXT_MARGIN} when the tiles have neighbours, as cil-2022's do)",
+    )
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 on CUDA, fp32 on CPU (default auto)",
+    )
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 4)")
+    add_quiet_arg(p)
+
+
+def add_context_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--context", type=int, metavar="PX", help=text)
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_vector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-length",
+        type=float,
+        default=10.0,
+        help="drop lines shorter than this many pixels that end in nothing (whiskers, specks) "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=1.0,
+        help="simplify lines to this many pixels (Douglas-Peucker; 0: every pixel) "
+        "(default %(default)s)",
+    )
+
+
+def write_lines(raster, out, args: argparse.Namespace, *, threshold: float, image=None) -> None:
+    """Centre lines of ``raster`` to ``out``; with ``--png``, drawn over ``image``."""
+    from roadseg.vectors import describe, to_frame, vectorize_raster, write_vectors
+
+    pieces, crs, transform = vectorize_raster(
+        raster, threshold=threshold, chunk=args.chunk, min_length=args.min_length,
+        simplify=args.simplify, progress=not args.quiet,
+    )  # fmt: skip
+    frame = to_frame(pieces, crs, transform)
+    write_vectors(frame, out)
+    print(f"wrote {out}: {describe(frame)}")
+    if args.png:
+        from roadseg.vectors import draw_lines
+
+        print(f"wrote {draw_lines(image or raster, frame, args.png)}")

@@ -1,0 +1,416 @@
+"""Commands that predict: submit, pseudo-label, tune, predict, vectorize."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from roadseg.cli.common import (
+    add_predictor_args,
+    add_quiet_arg,
+    add_vector_args,
+    predict_options,
+    write_lines,
+)
+from roadseg.errors import RoadsegError
+from roadseg.options import PredictOptions
+
+
+def _test_tiles(options: PredictOptions, data: str | None, ckpts: list[dict]):
+    """(root the checkpoint trained on, root of the tiles to predict, index of those
+    unlabelled tiles): the tiles of ``data``, else of the checkpoint's own dataset."""
+    from roadseg.checkpoints import trained_root
+    from roadseg.index import unlabelled_tiles
+
+    trained_on = trained_root(ckpts[0])
+    data = data if data is not None else trained_on
+    if data is None:
+        raise RoadsegError(
+            "checkpoint does not say which data it was trained on; pass --data", options.ckpt[0]
+        )
+    return trained_on, data, unlabelled_tiles(data)
+
+
+def _context(options: PredictOptions, roots: list, tiles):
+    """(MapIndex, margin) for predicting ``tiles`` in the context of their maps (see
+    :func:`roadseg.maps.context_for`), and a line saying what it is."""
+    from roadseg.maps import context_for
+
+    maps, margin, line = context_for(roots, tiles, options.margin)
+    print(line)
+    return maps, margin
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from roadseg.checkpoints import run_name
+    from roadseg.paths import check_io
+    from roadseg.submission import tile_rows, validate_submission, write_submission
+
+    options = predict_options(args)
+    if args.out:  # a bad --out is refused before anything is read
+        check_io(outputs=[args.out], protected=options.inputs)
+    if args.data is not None:
+        check_io(input_folders=[args.data])
+    ckpts = options.read_checkpoints()  # torch is imported from here on
+    trained_on, data, test = _test_tiles(options, args.data, ckpts)
+    run = run_name(options.ckpt[0])
+    out = (
+        Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
+    )
+    check_io(outputs=[out], protected=[*options.inputs, *test["image"]])
+    maps, margin = _context(options, [trained_on, data], test)
+    predictor, decision = options.predictor(ckpts)
+
+    def rows():
+        for row, prob in predictor.predict_index(test, context=maps, margin=margin):
+            yield from tile_rows(int(row["tile_id"]), decision.labels(prob))
+
+    write_submission(rows(), out)
+    print(f"wrote {out}: {validate_submission(out, test)}")
+    if args.upload:
+        from roadseg.kaggle import upload
+
+        print(upload(out, args.competition, args.message or f"roadseg {run}"))
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+    from roadseg.pseudo import pseudo_label_paths, write_pseudo_labels
+
+    options = predict_options(args)
+    check_io(output_folders=[args.out], protected=options.inputs)
+    if args.data is not None:
+        check_io(input_folders=[args.data])
+    ckpts = options.read_checkpoints()
+    trained_on, data, tiles = _test_tiles(options, args.data, ckpts)
+    validation = 0
+    if args.validation:
+        tiles, validation = _with_validation_tiles(tiles, ckpts[0], options.ckpt[0])
+    outs = pseudo_label_paths(tiles, args.out)
+    check_io(outputs=outs, protected=[*options.inputs, *tiles["image"]])
+    maps, margin = _context(options, [trained_on, data], tiles)
+    predictor, _ = options.predictor(ckpts, retuning=True)  # probabilities, no decision
+    about = write_pseudo_labels(
+        predictor, tiles, args.out, teacher=list(options.ckpt), context=maps, margin=margin,
+        validation=validation,
+    )  # fmt: skip
+    print(
+        f"wrote {len(outs)} pseudo-labels (teacher probability x 255) to {args.out}"
+        + (f", {validation} of them of the validation tiles" if validation else "")
+        + f": {100 * about['road_share']:.1f}% of their pixels above 0.5; train a student with "
+        f"--data.pseudo_labels {args.out}"
+        + (" --data.pseudo_validation true" if validation else "")
+    )
+
+
+def _with_validation_tiles(tiles, ckpt: dict, path: str):
+    """The unlabelled tiles and the checkpoint's validation tiles, and how many of those."""
+    import pandas as pd
+
+    from roadseg.evaluation import validation_tiles
+
+    val = validation_tiles(ckpt)
+    if val.empty:
+        raise RoadsegError(
+            "trained without a validation split: no validation tiles to label "
+            "(leave out --validation)",
+            path,
+        )
+    return pd.concat([tiles, val[tiles.columns]], ignore_index=True), len(val)
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from roadseg.evaluation import Validation
+    from roadseg.paths import check_io
+    from roadseg.thresholds import thresholds_path
+
+    options = predict_options(args)
+    writes = not args.dry_run and len(options.ckpt) == 1 and options.merge != "vote"
+    if writes:
+        check_io(outputs=[thresholds_path(options.ckpt[0])], protected=options.inputs)
+    ckpts = options.read_checkpoints()
+    validation = Validation(ckpts[0], options.margin)
+    if validation.tiles.empty:
+        raise RoadsegError(
+            "trained without a validation split (every labelled tile trained): nothing to tune "
+            "on; give submit the thresholds tune found for a validated run of the same config "
+            "(--pixel-threshold P --patch-threshold Q)",
+            options.ckpt[0],
+        )
+    print(validation.context_line)
+    predictor, decision = options.predictor(ckpts, retuning=True)
+    raw = validation.scores(predictor)
+    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
+    setup += f", {options.merge}" if len(ckpts) > 1 else ""
+    setup += f", TTA {'on' if options.tta else 'off'}"
+    print(f"validation patch scores on {len(validation.tiles)} tiles ({setup}):")
+    if options.merge == "vote":
+        _print_vote(raw)
+        return
+    tuned = _print_thresholds(raw, decision, metric=args.metric, tta=options.tta)
+    _print_spread(raw, validation.tiles)
+    if len(ckpts) > 1:
+        print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
+    elif not args.dry_run:
+        out = thresholds_path(options.ckpt[0])
+        tuned.save(out)
+        print(f"wrote {out} (submit, predict and figures use it unless options are given)")
+
+
+def _print_vote(scores) -> None:
+    from roadseg.scoring import format_scores
+
+    print("majority vote of the members' patch labels:")
+    print(format_scores(scores.scores(0.5, 0.5)))
+    print("(a vote's thresholds are the members' own: tune each member alone)")
+
+
+def _print_thresholds(raw, decision, *, metric: str, tta: bool):
+    """Scores at the defaults, at the decision's clean-up and at the tuned thresholds, and
+    APLS; returns the tuned :class:`~roadseg.thresholds.Thresholds`."""
+    from roadseg.scoring import format_scores
+
+    columns = {"default (pixel 0.5, patch 0.25)": raw.scores()}
+    scores = raw.with_clean(decision.clean)
+    if decision.postprocessing:
+        columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
+    tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area, metric=metric)
+    tuned = dataclasses.replace(tuned, tta=bool(tta))
+    columns[f"tuned for {metric} ({tuned.decision().describe()})"] = scores.scores(
+        tuned.pixel, tuned.patch
+    )
+    for name, values in columns.items():
+        print(f"{name}:")
+        print(format_scores(values))
+    print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
+          f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
+    return tuned
+
+
+def _span(interval: tuple[float, float]) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
+def _print_spread(raw, tiles) -> None:
+    """Road patch F1 by ring, the bootstrap intervals, and the tiles with the lowest F1."""
+    rings, spread = raw.ring_f1(), raw.intervals()
+    print(
+        "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
+        "0.25), with the middle 95% of a bootstrap over tiles: "
+        + ", ".join(f"{k}: {v:.4f} ({_span(spread[f'ring {k}'])})" for k, v in rings.items())
+    )
+    print(
+        f"bootstrap over tiles ({len(tiles)} validation tiles drawn with replacement 2000 times; "
+        "how far other tiles of the same maps could move the scores at pixel 0.5, patch "
+        f"0.25): road patch F1 {_span(spread['f1'])}, patch accuracy "
+        f"{_span(spread['accuracy'])}"
+    )
+    lowest = sorted(
+        zip(raw.per_tile(), tiles["image"], strict=True), key=lambda t: t[0]["patch_f1"]
+    )
+    print(
+        "lowest road patch F1 of a tile (pixel 0.5, patch 0.25; road patches found of true, "
+        "predicted): "
+        + ", ".join(f"{Path(str(image)).stem} {s['patch_f1']:.3f} ({s['hit']} of {s['true']}, "
+                    f"{s['predicted']})" for s, image in lowest[:5])
+    )  # fmt: skip
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from roadseg.io import raster_shape
+    from roadseg.paths import check_io
+    from roadseg.scenes import predict_scene_run
+
+    options = predict_options(args)
+    check_io(inputs=[args.scene], outputs=[args.out], protected=options.inputs)
+    raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
+    if args.vector:
+        from roadseg.vectors import vector_driver
+
+        pictures = [args.png] if args.png else []
+        check_io(
+            outputs=[args.vector, *pictures], protected=[args.scene, args.out, *options.inputs]
+        )
+        vector_driver(args.vector)
+    run = predict_scene_run(
+        options, args.scene, args.out, output=args.output, chunk=args.chunk,
+        processes=args.processes, threads=args.threads,
+    )  # fmt: skip
+    if not run.wrote:
+        return
+    print(f"wrote {args.out}")
+    if args.vector:  # the centre lines of the roads the decision keeps
+        write_lines(args.out, args.vector, args, threshold=run.decision.pixel, image=args.scene)
+
+
+def _cmd_vectorize(args: argparse.Namespace) -> None:
+    from roadseg.paths import check_io
+    from roadseg.vectors import vector_driver
+
+    check_io(inputs=[args.raster, *([args.image] if args.image else [])],
+             outputs=[args.out, *([args.png] if args.png else [])])  # fmt: skip
+    vector_driver(args.out)
+    write_lines(args.raster, args.out, args, threshold=args.threshold, image=args.image)
+
+
+def add_commands(sub) -> None:
+    """The prediction commands' parsers."""
+    _add_submit(sub)
+    _add_pseudo_label(sub)
+    _add_tune(sub)
+    _add_predict(sub)
+    _add_vectorize(sub)
+
+
+def _add_submit(sub) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="predict the test tiles with a checkpoint and write a submission CSV",
+        description="Predict every test tile at full resolution, reduce to 16x16 patch labels "
+        "(a patch is road when more than 25% of its pixels are), write the CSV atomically "
+        "and validate it.",
+    )
+    add_predictor_args(p)
+    p.add_argument(
+        "--data",
+        help="dataset root with test/images, or a folder of test images "
+        "(default: the data the checkpoint was trained on)",
+    )
+    p.add_argument("--out", help="CSV to write (default: submissions/<run>-<dataset>.csv)")
+    p.add_argument(
+        "--upload", action="store_true", help="send the CSV to Kaggle (needs an API token)"
+    )
+    p.add_argument(
+        "--competition",
+        default=os.environ.get("KAGGLE_COMPETITION", "ethz-cil-road-segmentation-2023"),
+        help="Kaggle competition slug (default: $KAGGLE_COMPETITION or %(default)s)",
+    )
+    p.add_argument("--message", help="submission message (default: roadseg <run>)")
+    p.set_defaults(func=_cmd_submit)
+
+
+def _add_pseudo_label(sub) -> None:
+    p = sub.add_parser(
+        "pseudo-label",
+        help="self-training: write a teacher's road probabilities of the unlabelled tiles",
+        description="Predict every unlabelled (test) tile with the teacher checkpoint(s) "
+        "(an ensemble when several; add --tta; in the context of the maps like submit) and write "
+        "<out>/<image name>.png, the probability x 255, plus pseudo.json saying which teacher. "
+        "A student then trains on them beside the labelled tiles: roadseg fit ... "
+        "--data.pseudo_labels OUT [--data.pseudo_confidence 0.8]. This uses the test images, "
+        "never their labels: check that your competition's rules allow it.",
+    )
+    add_predictor_args(p)
+    p.add_argument(
+        "--data",
+        help="dataset root with test/images, or a folder of unlabelled images "
+        "(default: the data the checkpoint was trained on)",
+    )
+    p.add_argument("--out", required=True, help="folder of pseudo-labels to write")
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="also label the checkpoint's validation tiles (imagery only; their labels stay "
+        "for validation), for a student trained with --data.pseudo_validation true: it then "
+        "self-trains on the validation tiles as on the test tiles, and is validated in the "
+        "leaderboard's situation",
+    )
+    p.set_defaults(func=_cmd_pseudo_label)
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="find the thresholds that maximise validation road F1 (or patch accuracy) and store them by the checkpoint",
+        description="Predict the validation tiles of the checkpoint's own split, search the pixel "
+        "and patch thresholds on a grid, print patch accuracy (the leaderboard's number), road "
+        "patch F1, background F1, precision and recall at the default and at the tuned "
+        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on), which "
+        "submit, predict and figures then use.",
+    )
+    add_predictor_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    p.add_argument(
+        "--metric",
+        choices=["f1", "accuracy"],
+        default="f1",
+        help="what the thresholds maximise: f1 (road patch F1, the course's score) or accuracy "
+        "(patch accuracy, what the Kaggle leaderboard computes; it prefers fewer road "
+        "patches) (default %(default)s)",
+    )
+    p.set_defaults(func=_cmd_tune)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict a raster of any size (a GeoTIFF scene) into a GeoTIFF",
+        description="Stream a raster chunk by chunk through overlapping windows into a tiled, "
+        "compressed GeoTIFF with the input's CRS and transform; memory stays flat however "
+        "large the scene. Input nodata stays nodata.",
+    )
+    p.add_argument("scene", help="input raster (GeoTIFF, PNG, ...)")
+    p.add_argument("--out", required=True, help="GeoTIFF to write")
+    add_predictor_args(p)
+    p.add_argument(
+        "--output",
+        choices=["prob", "mask"],
+        default="prob",
+        help="prob: float32 road probability (nodata -1); mask: uint8 0/1 (nodata 255)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=2048, help="side of the chunks read and written (default 2048)"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="predict with this many local processes, each a share of the chunks, then merge "
+        "(CPU cores are shared out; on several GPUs or nodes run it under torchrun instead: "
+        "torchrun --nproc-per-node N -m roadseg predict ...). Finished chunks wait in "
+        "<out>.parts/: a killed run resumes when run again (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each of the --processes (default: this machine's shared out)",
+    )
+    p.add_argument(
+        "--vector",
+        metavar="LINES",
+        help="also write the roads' centre lines (.gpkg or .geojson; see roadseg vectorize), "
+        "from the probability above the decision's pixel threshold, or from the mask",
+    )
+    p.add_argument("--png", help="with --vector: also draw the lines over the scene in this PNG")
+    add_vector_args(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _add_vectorize(sub) -> None:
+    p = sub.add_parser(
+        "vectorize",
+        help="turn a road probability or mask raster into centre lines (GeoPackage/GeoJSON)",
+        description="Thin the road mask to one-pixel centre lines, link them into a graph of "
+        "junctions and segments, drop short whiskers, simplify, and write LineStrings in the "
+        "raster's CRS with length (map units), mean_prob (NaN for a mask) and width (map "
+        "units). Streams chunk by chunk: memory holds one chunk, and a road across chunk "
+        "borders is one line.",
+    )
+    p.add_argument("raster", help="one-band GeoTIFF: probabilities (float) or a 0/1 or 0/255 mask")
+    p.add_argument("--out", required=True, help="lines to write: .gpkg or .geojson")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a probability raster is road above this (default %(default)s)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=2048, help="side of the chunks read (default %(default)s)"
+    )
+    add_vector_args(p)
+    p.add_argument("--png", help="also draw the lines in this PNG, over --image or the raster")
+    p.add_argument("--image", help="imagery to draw the lines over (default: the raster itself)")
+    add_quiet_arg(p)
+    p.set_defaults(func=_cmd_vectorize)

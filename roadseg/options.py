@@ -1,0 +1,198 @@
+"""How to predict: the options of ``submit``, ``tune``, ``predict`` and ``pseudo-label`` as one
+typed, frozen object.
+
+Each option comes from the command line, else from an options file (``--config``, YAML;
+examples in ``configs/predict/``), else from :class:`PredictOptions`' defaults. The decision
+(thresholds, clean-up) comes from the options where given, else from what ``roadseg tune``
+stored beside the checkpoint, else from the competition's defaults (0.5 / 0.25).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from roadseg.checkpoints import check_checkpoint_path, checkpoint_of
+from roadseg.errors import RoadsegError
+from roadseg.patches import CONTEXT_MARGIN
+
+if TYPE_CHECKING:  # scipy's start-up is paid by the commands that decide, not by every one
+    from roadseg.postprocess import Decision
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What a predicting command predicts with; ``None`` thresholds: stored or default."""
+
+    ckpt: tuple[str, ...]
+    tta: bool = False
+    merge: str = "mean"
+    window: int = 1024
+    overlap: int = 128
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    pixel_threshold: float | None = None
+    patch_threshold: float | None = None
+    close_gaps: int | None = None
+    min_area: int | None = None
+    context: int | None = None
+    quiet: bool = False  # no progress bars (command line only)
+    config: str | None = None  # the options file they came from
+
+    @classmethod
+    def resolve(
+        cls, given: Mapping[str, object], config: str | None = None, *, quiet: bool = False
+    ) -> PredictOptions:
+        """The options given (``None``: not given; ``ckpt`` a list) over those of the
+        options file ``config`` over the defaults; every checkpoint is checked to exist."""
+        values = _options_file(config) if config else {}
+        chosen = {
+            name: given[name] if given.get(name) is not None else values.get(name, default)
+            for name, default in _defaults().items()
+        }
+        ckpts = [checkpoint_of(str(c)) for c in given.get("ckpt") or _file_ckpts(values, config)]
+        for ckpt in ckpts:
+            check_checkpoint_path(ckpt)
+        return cls(ckpt=tuple(ckpts), **chosen, quiet=quiet, config=config)
+
+    @property
+    def margin(self) -> int:
+        """Pixels of neighbouring tiles each tile is predicted with (before the maps say)."""
+        return CONTEXT_MARGIN if self.context is None else self.context
+
+    @property
+    def inputs(self) -> list[str]:
+        """The files a predicting command reads besides its images: checkpoints, options."""
+        return [*self.ckpt, *([self.config] if self.config else [])]
+
+    def read_checkpoints(self) -> list[dict]:
+        """The contents of every checkpoint (weights not yet in a model)."""
+        from roadseg.checkpoints import read_checkpoint
+
+        return [read_checkpoint(p) for p in self.ckpt]
+
+    def decision(self, ckpt: str, *, tta: bool | None = None) -> tuple[Decision, str]:
+        """(Decision, where from) of one checkpoint: the options given, else what ``roadseg
+        tune`` stored beside the checkpoint, else the defaults.
+
+        ``tta``: whether the maps it will decide on use TTA; a note is printed when the
+        stored thresholds were tuned otherwise (``None``: no such maps, no note).
+        """
+        from roadseg.thresholds import stored_decision
+
+        base, origin, tuned = stored_decision(ckpt)
+        if tuned is not None and None not in (tuned.tta, tta) and tuned.tta != tta:
+            print(
+                f"note: {ckpt}: thresholds were tuned {'with' if tuned.tta else 'without'} TTA "
+                f"and are used {'with' if tta else 'without'} it; for the best match run "
+                f"roadseg tune{' --tta' if tta else ''} again"
+            )
+        given = {
+            "pixel": self.pixel_threshold, "patch": self.patch_threshold,
+            "close_gaps": self.close_gaps, "min_area": self.min_area,
+        }  # fmt: skip
+        if any(v is not None for v in given.values()):
+            origin = f"{origin}, overridden by the options given"
+        return base.replace(**given), origin
+
+    def output_decision(self) -> Decision:
+        """The decision the outputs of these options use (a vote's: strict majority)."""
+        if self.merge == "vote":  # Predictor.output_decision
+            from roadseg.postprocess import Decision
+
+            return Decision(pixel=0.5, patch=0.5)
+        return self.decision(self.ckpt[0])[0]
+
+    def predictor(self, contents: list[dict] | None = None, *, retuning: bool = False):
+        """(Predictor over the checkpoints, an ensemble when several; the decision that
+        turns its maps into masks and labels), the decision printed with where it is from.
+
+        ``contents``: the checkpoints' contents when already read (:meth:`read_checkpoints`).
+        ``retuning``: the stored thresholds are about to be replaced (``tune``) or not used
+        (``pseudo-label``), so whether they were tuned with TTA does not matter.
+        """
+        from roadseg.predict import Predictor
+
+        contents = self.read_checkpoints() if contents is None else contents
+        decisions = [self.decision(p, tta=None if retuning else self.tta) for p in self.ckpt]
+        predictor = Predictor.from_checkpoints(
+            list(self.ckpt), contents=contents, window=self.window, overlap=self.overlap, batch_size=self.batch_size,
+            tta=self.tta, device=self.device, precision=self.precision,
+            progress=not self.quiet, merge=self.merge, decisions=[d for d, _ in decisions],
+        )  # fmt: skip
+        decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
+        if decision is None:
+            decision, origin = decisions[0]
+        print(f"decision: {decision.describe()} ({origin})")
+        if self.merge == "vote":
+            for path, (d, where) in zip(self.ckpt, decisions, strict=True):
+                print(f"  member {path}: {d.describe()} ({where})")
+        return predictor, decision
+
+    def run_key(self) -> dict:
+        """What must match for chunks of an earlier prediction of a scene to be reused."""
+        ckpts = [Path(c).resolve() for c in self.ckpt]
+        return {
+            "ckpt": [f"{c} {c.stat().st_size} {c.stat().st_mtime_ns}" for c in ckpts],
+            "tta": bool(self.tta), "window": self.window, "overlap": self.overlap,
+            "merge": self.merge, "precision": self.precision,
+        }  # fmt: skip
+
+
+def _defaults() -> dict[str, object]:
+    """The options an options file may set, with their defaults, in their order."""
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(PredictOptions)
+        if f.name not in ("ckpt", "quiet", "config")
+    }
+
+
+def _kinds(name: str) -> tuple[type, ...]:
+    """The types an option's value may have in an options file (an int is a float too)."""
+    hint = typing.get_type_hints(PredictOptions)[name]
+    kinds = tuple(k for k in (typing.get_args(hint) or (hint,)) if k is not types.NoneType)
+    return (float, int) if float in kinds else kinds
+
+
+def _options_file(config: str) -> dict:
+    """The options of an options file, each of a known name and of its type."""
+    from roadseg.paths import load_yaml
+
+    path = Path(config)
+    values = load_yaml(path, "options file") or {}
+    if not isinstance(values, dict):
+        raise RoadsegError("expected a mapping of option: value", path)
+    known = _defaults()
+    unknown = sorted(set(values) - set(known) - {"ckpt"})
+    if unknown:
+        raise RoadsegError(f"unknown option {unknown[0]!r}; known: ckpt, {', '.join(known)}", path)
+    for key, value in values.items():
+        if key == "ckpt" or value is None:
+            continue
+        kinds = _kinds(key)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise RoadsegError(f"option {key}: {value!r} is not {names}", config)
+    return values
+
+
+def _file_ckpts(values: dict, config: str | None) -> list[str]:
+    """The checkpoints an options file names; one at least must be named somewhere."""
+    ckpt = values.get("ckpt")
+    ckpts = [ckpt] if isinstance(ckpt, str) else ckpt
+    if ckpts is not None and (
+        not isinstance(ckpts, list) or not all(isinstance(c, str) and c.strip() for c in ckpts)
+    ):
+        raise RoadsegError("ckpt: must be a checkpoint path or a list of them", config)
+    if not ckpts:
+        raise RoadsegError(
+            "no checkpoint: pass --ckpt (repeat for an ensemble) or put ckpt: in --config"
+        )
+    return ckpts

@@ -1,0 +1,165 @@
+"""Scene runs: one raster of any size predicted by one process, by several local processes,
+or by the ranks of ``torchrun``, through a folder of finished parts that a rerun resumes.
+
+``predict_scene_run(options, "scene.tif", "roads.tif", processes=2)`` is what ``roadseg
+predict`` runs. Every process predicts every N-th chunk of the scene into ``<out>.parts/``
+(:meth:`roadseg.predict.Predictor.predict_scene`); when all are done, the parts are merged
+into the output atomically. A process that dies leaves its finished chunks for the rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from roadseg.console import one_line, quiet_libraries
+from roadseg.errors import RoadsegError
+from roadseg.options import PredictOptions
+from roadseg.postprocess import Decision
+
+
+@dataclass(frozen=True)
+class SceneRun:
+    """What a scene run did: the decision of its outputs, and whether this process wrote
+    the output (under torchrun only rank 0 merges)."""
+
+    decision: Decision
+    wrote: bool = True
+
+
+def predict_scene_run(
+    options: PredictOptions, scene: str | Path, out: str | Path, *, output: str = "prob",
+    chunk: int = 2048, processes: int = 1, threads: int | None = None,
+) -> SceneRun:  # fmt: skip
+    """Predict ``scene`` into the GeoTIFF ``out`` with ``processes`` local processes (each
+    ``threads`` CPU threads, default: this machine's shared out), or as this rank's share
+    when started by torchrun (``WORLD_SIZE`` set). ``output``: ``prob`` or ``mask``."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if processes < 1:
+        raise RoadsegError(f"--processes must be at least 1, got {processes}")
+    if world > 1 and processes > 1:
+        raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
+    job = _Job(options, str(scene), str(out), output, chunk)
+    if processes > 1:
+        return SceneRun(_predict_processes(job, processes, threads))
+    if world > 1:
+        return SceneRun(_predict_torchrun(job, rank, world), wrote=rank == 0)
+    return SceneRun(_predict_share(job, 0, 1, merge=True))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One scene's prediction, as each process receives it (picklable)."""
+
+    options: PredictOptions
+    scene: str
+    out: str
+    output: str
+    chunk: int
+
+
+def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision:
+    """Predict process ``rank``'s share of the scene's chunks; returns the decision. With
+    several processes, each says in one line what it did and its peak memory."""
+    import resource
+    import time
+
+    start = time.perf_counter()
+    predictor, decision = job.options.predictor()
+    done = predictor.predict_scene(
+        job.scene, job.out, output=job.output, decision=decision, chunk=job.chunk,
+        rank=rank, world=world, merge=merge, run_key=job.options.run_key(),
+    )  # fmt: skip
+    if world > 1:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        print(f"process {rank} of {world}: {done} chunks in {time.perf_counter() - start:.1f} s, "
+              f"peak memory {peak:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
+    return decision
+
+
+def _merge_scene(job: _Job) -> None:
+    import rasterio
+
+    from roadseg.predict import merge_parts, scene_chunks, scene_profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(job.scene) as src:
+            profile = scene_profile(src, job.output)
+            chunks = scene_chunks(src.width, src.height, job.chunk)
+    merge_parts(job.out, profile, chunks)
+
+
+def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:
+    """One of the processes that ``processes`` starts (spawned: a fresh interpreter)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    job = dataclasses.replace(
+        job, options=dataclasses.replace(job.options, quiet=job.options.quiet or rank > 0)
+    )
+    with contextlib.redirect_stdout(io.StringIO()) if rank > 0 else contextlib.nullcontext():
+        try:
+            _predict_share(job, rank, world, merge=False)
+        except RoadsegError as err:
+            print(f"roadseg: error: process {rank}: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _predict_processes(job: _Job, n: int, threads: int | None) -> Decision:
+    """Predict the scene with ``n`` local processes, each a share of the chunks, then merge
+    their parts; a process that dies leaves its finished chunks for a rerun."""
+    import multiprocessing as mp
+
+    import torch
+
+    threads = threads or max(1, torch.get_num_threads() // n)
+    print(f"predicting with {n} processes, {threads} threads each")
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=_process_main, args=(job, r, n, threads)) for r in range(n)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    failed = [(r, proc.exitcode) for r, proc in enumerate(procs) if proc.exitcode != 0]
+    if failed:
+        from roadseg.predict import parts_dir
+
+        raise RoadsegError(
+            f"process {failed[0][0]} of {n} stopped (exit code {failed[0][1]}); the chunks "
+            "finished so far are kept: run the same command again to resume",
+            parts_dir(job.out),
+        )
+    _merge_scene(job)
+    return job.options.output_decision()
+
+
+def _predict_torchrun(job: _Job, rank: int, world: int) -> Decision:
+    """Under torchrun: this process's share of the chunks (on GPU ``LOCAL_RANK`` when there
+    are GPUs), a gloo barrier, and the merge by rank 0."""
+    import torch
+    import torch.distributed as dist
+
+    options = job.options
+    if options.device == "auto" and torch.cuda.is_available():
+        options = dataclasses.replace(
+            options, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        )
+    options = dataclasses.replace(options, quiet=options.quiet or rank > 0)
+    job = dataclasses.replace(job, options=options)
+    dist.init_process_group("gloo")
+    try:
+        decision = _predict_share(job, rank, world, merge=False)
+        dist.barrier()
+        if rank == 0:
+            _merge_scene(job)
+    finally:
+        dist.destroy_process_group()
+    return decision

@@ -59,7 +59,9 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise RoadsegError("submission file not found", path)
-    text = read_text(path, "submission CSV")
+    # as tolerant as the competition: a spreadsheet's byte-order mark, CRLF line ends and
+    # blank lines (pandas skips those) are accepted
+    text = read_text(path, "submission CSV").removeprefix("\ufeff")
     header = next(csv.reader(io.StringIO(text)), None)
     if header is None or tuple(h.strip() for h in header) != HEADER:
         shown = ",".join(header or [])

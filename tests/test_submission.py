@@ -86,6 +86,20 @@ def test_validate_accepts_a_complete_submission(tmp_path, test_images):
     assert (report.rows, report.tiles, report.road_fraction) == (8, 2, 0.5)
 
 
+def test_a_spreadsheet_saved_submission_is_accepted(tmp_path, test_images):
+    """A CSV saved again by a spreadsheet program: UTF-8 byte-order mark, CRLF line ends and
+    a trailing blank line, as the competition accepts it."""
+    ids = expected_ids(scan(test_images))
+    lines = ["id,prediction", *[f"{i},{k % 2}" for k, i in enumerate(ids)]]
+    path = tmp_path / "saved.csv"
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    report = validate_submission(path, test_images)
+    assert (report.rows, report.tiles, report.road_fraction) == (8, 2, 0.5)
+    frame = read_submission(path)
+    assert list(frame.columns) == ["id", "prediction"]
+    assert list(frame["id"]) == ids
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

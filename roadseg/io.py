@@ -182,6 +182,10 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else _new_file_mode())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None:  # a full disk, a quota: say which output it was writing
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ decoding errors into a :class:`~roadseg.errors.RoadsegError` that names the file
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,11 @@ def describe_os_error(err: OSError) -> str:
         return "a part of this path is a file, not a folder"
     if isinstance(err, PermissionError):
         return "permission denied (check the file's owner and mode)"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            f"cannot be written ({err.strerror}): free some space or write elsewhere; "
+            "an earlier file of this name is unchanged"
+        )
     return f"cannot be read ({err.strerror or type(err).__name__})"
 
 

@@ -101,3 +101,39 @@ def test_write_png_round_trip(tmp_path):
     write_png(tmp_path / "p.png", mask)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
     np.testing.assert_allclose(read_mask_grey(tmp_path / "p.png") * 255, mask, atol=1e-4)
+
+
+def test_a_full_disk_names_the_output_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    """An OSError without a file name (the disk fills up while a CSV is written) is said in
+    one line naming the output; the earlier file stays and no temporary file is left."""
+    import csv
+    import errno
+
+    from roadseg.cli import main
+
+    masks = tmp_path / "masks"
+    for n in (1, 2, 3):
+        write_raster(masks / f"pred_{n}.png", np.full((32, 32), 255 * (n % 2), np.uint8))
+    out = tmp_path / "sub.csv"
+    out.write_text("an earlier submission\n")
+    real_writer = csv.writer
+
+    class FillingDisk:
+        def __init__(self, *args, **kwargs):
+            self.writer, self.rows = real_writer(*args, **kwargs), 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.writer.writerow(row)
+
+    monkeypatch.setattr(csv, "writer", FillingDisk)
+    assert main(["masks-to-submission", str(masks), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"roadseg: error: {out}: cannot be written (No space left on device): free some space "
+        "or write elsewhere; an earlier file of this name is unchanged"
+    )
+    assert out.read_text() == "an earlier submission\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks", "sub.csv"]

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from roadseg.io import atomic_path, read_image, read_mask_grey  # noqa: E402
 from roadseg.patches import PATCH_SIZE, labels_to_mask, patch_labels, patch_means  # noqa: E402
@@ -71,11 +72,17 @@ def learning_curves(run_dirs: dict[str, Path], out: Path) -> Path:
     return save(fig, out / "learning_curves.png")
 
 
+# Okabe-Ito colours, told apart with every common colour-vision deficiency
+HIT, FALSE_ROAD, MISSED = (0.0, 0.447, 0.698), (0.902, 0.624, 0.0), (0.8, 0.475, 0.655)
+OUTCOMES = "blue: road found, orange: false road, purple: road missed"
+
+
 def overlay(image: np.ndarray, prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """RGB ``(H, W, 3)``: true positives green, false positives red, false negatives blue."""
+    """RGB ``(H, W, 3)``: true positives blue, false positives orange, false negatives
+    purple (:data:`OUTCOMES`)."""
     rgb = image.transpose(1, 2, 0).astype(np.float32) * 0.6
     pred, true = prob > 0.5, truth > 0.5
-    colours = {(True, True): (0, 1, 0), (True, False): (1, 0, 0), (False, True): (0, 0.4, 1)}
+    colours = {(True, True): HIT, (True, False): FALSE_ROAD, (False, True): MISSED}
     for (p, t), colour in colours.items():
         where = (pred == p) & (true == t)
         rgb[where] = 0.4 * rgb[where] + 0.6 * np.array(colour, np.float32)
@@ -100,9 +107,7 @@ def overlays(
         axes[1, i].set_title("16x16 patches", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle(
-        f"{decision.describe()}; green: true positive, red: false positive, blue: false negative"
-    )
+    fig.suptitle(f"{decision.describe()}; {OUTCOMES}")
     return save(fig, out / "overlays.png")
 
 
@@ -183,7 +188,8 @@ def saliency(model, image: np.ndarray, r: int, c: int, out: Path) -> Path:
     grad = x.grad[0].abs().amax(dim=0).numpy()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     axes[0].imshow(image.transpose(1, 2, 0))
-    axes[1].imshow(grad, cmap="inferno", vmax=np.percentile(grad, 99.5))
+    shown = axes[1].imshow(grad, cmap="inferno", vmax=np.percentile(grad, 99.5))
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, label="|d road logit / d pixel| (max of RGB)")
     for ax in axes:
         ax.add_patch(plt.Rectangle((c, r), PATCH_SIZE, PATCH_SIZE, fill=False, ec="cyan", lw=1.5))
         ax.axis("off")
@@ -197,13 +203,17 @@ def occlusion(
     model, image: np.ndarray, r: int, c: int, out: Path, *, size: int = 24, stride: int = 8,
     view: int = 160,
 ) -> Path:  # fmt: skip
-    """Score drop of the patch at (r, c) as a grey square slides over a ``view``-pixel crop."""
+    """Score drop of the patch at (r, c) as a square of the crop's mean colour slides over a
+    ``view``-pixel crop. The mean colour carries no road evidence (a grey square looks like
+    asphalt, so covering a road with it raised the road score: the map showed the occluder,
+    not what the network uses)."""
     h, w = image.shape[1:]
     top = int(np.clip(r + PATCH_SIZE // 2 - view // 2, 0, max(h - view, 0)))
     left = int(np.clip(c + PATCH_SIZE // 2 - view // 2, 0, max(w - view, 0)))
     crop = torch.from_numpy(image[:, top : top + view, left : left + view].copy())
     pr, pc = r - top, c - left
     base = float(patch_score(model, crop[None], pr, pc)[0])
+    mean = crop.mean(dim=(1, 2))[:, None, None]  # (3, 1, 1)
     positions = [
         (y, x) for y in range(0, view - size + 1, stride) for x in range(0, view - size + 1, stride)
     ]
@@ -213,7 +223,7 @@ def occlusion(
         chunk = positions[start : start + 32]
         batch = crop[None].repeat(len(chunk), 1, 1, 1)
         for i, (y, x) in enumerate(chunk):
-            batch[i, :, y : y + size, x : x + size] = 0.5
+            batch[i, :, y : y + size, x : x + size] = mean
         scores = patch_score(model, batch, pr, pc).numpy()
         for (y, x), s in zip(chunk, scores, strict=True):
             drops[y : y + size, x : x + size] += base - s
@@ -228,7 +238,7 @@ def occlusion(
         ax.add_patch(plt.Rectangle((pc, pr), PATCH_SIZE, PATCH_SIZE, fill=False, ec="lime", lw=1.5))
         ax.axis("off")
     axes[0].set_title(f"crop, patch explained (green); logit {base:.2f}")
-    axes[1].set_title(f"occlusion: {size}px grey square, stride {stride}")
+    axes[1].set_title(f"occlusion: {size}px square of the crop's mean colour, stride {stride}")
     return save(fig, out / "occlusion.png")
 
 
@@ -302,7 +312,9 @@ def tsne(model, frame: pd.DataFrame, out: Path) -> Path | None:
     return save(fig, out / "tsne.png")
 
 
-def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: int = 0) -> Path:
+def class_model(
+    model, out: Path, *, size: int = 128, steps: int = 150, seed: int = 0, progress: bool = True
+) -> Path:
     """Gradient ascent on the input to maximise the centre patch's road logit."""
     gen = torch.Generator().manual_seed(seed)
     param = (torch.randn(1, 3, size, size, generator=gen) * 0.1).requires_grad_(True)
@@ -310,7 +322,8 @@ def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: in
     r = c = size // 2 - PATCH_SIZE // 2
     with torch.no_grad():
         start = float(patch_score(model, torch.sigmoid(param), r, c)[0])
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="class model", unit="step", leave=False,
+                  disable=not progress):  # fmt: skip
         dy, dx = torch.randint(-4, 5, (2,), generator=gen).tolist()  # jitter: smoother images
         x = torch.roll(torch.sigmoid(param), shifts=(dy, dx), dims=(-2, -1))
         loss = -patch_score(model, x, r, c).mean() + 0.05 * (param**2).mean()
@@ -323,7 +336,8 @@ def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: in
         score = float(patch_score(model, x, r, c)[0])
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     axes[0].imshow(x[0].numpy().transpose(1, 2, 0))
-    axes[1].imshow(prob, cmap="gray", vmin=0, vmax=1)
+    shown = axes[1].imshow(prob, cmap="gray", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, label="road probability")
     for ax in axes:
         ax.add_patch(plt.Rectangle((c, r), PATCH_SIZE, PATCH_SIZE, fill=False, ec="red", lw=1.5))
         ax.axis("off")
@@ -338,6 +352,28 @@ def class_model(model, out: Path, *, size: int = 128, steps: int = 150, seed: in
     return save(fig, out / "class_model.png")
 
 
+def _explanations(model, sample: pd.DataFrame, probs: list, out: Path, bar) -> list[Path]:
+    """Saliency, occlusion, t-SNE and class model of the sample tile with the most road
+    (the clearest explanations); ``bar`` counts them."""
+    shares = [float((read_mask_grey(m) > 0.5).mean()) for m in sample["mask"]]
+    best = int(np.argmax(shares))
+    image = read_image(sample["image"].iloc[best])
+    r, c = road_patch(probs[best], read_mask_grey(sample["mask"].iloc[best]))
+    written = []
+    for name, draw in (
+        ("saliency", lambda: saliency(model, image, r, c, out)),
+        ("occlusion", lambda: occlusion(model, image, r, c, out)),
+        ("t-SNE", lambda: tsne(model, sample, out)),
+        ("class model", lambda: class_model(model, out, progress=not bar.disable)),
+    ):
+        bar.set_postfix_str(name)
+        path = draw()
+        if path is not None:
+            written.append(path)
+        bar.update()
+    return written
+
+
 def make_figures(
     out: str | Path,
     *,
@@ -346,6 +382,7 @@ def make_figures(
     tiles: int = 8,
     decision: Decision | None = None,
     context: int = 96,
+    progress: bool = True,
 ) -> list[Path]:
     """All figures for one trained checkpoint (and the learning curves of ``curves`` runs).
 
@@ -361,11 +398,13 @@ def make_figures(
     from roadseg.thresholds import stored_decision
 
     out = Path(out)
-    decision = decision or stored_decision(ckpt)[0]
+    decision = decision or stored_decision(ckpt, tta=False)[0]  # figures predict without TTA
     torch.manual_seed(0)
+    bar = tqdm(total=9, desc="figures", unit="figure", disable=not progress)
     written = []
     if curves:
         written.append(learning_curves(curves, out))
+    bar.update()
     contents = read_checkpoint(ckpt)
     task = RoadSegTask.from_checkpoint(ckpt, ckpt=contents)
     model = task.model.float().eval()
@@ -373,6 +412,7 @@ def make_figures(
     val = validation.tiles
     sample = val.iloc[: max(tiles, 1)].reset_index(drop=True)
     print(validation.context_line)
+    bar.set_postfix_str("predicting the validation tiles")
     probs = validation.predict(Predictor([task], progress=False, device="cpu"))
     written.append(overlays(sample, probs, out, decision))
     written.append(
@@ -380,17 +420,9 @@ def make_figures(
     )
     if first_conv(model) is not None:
         written.append(filters(model, out))
-    # the sample tile with the most road: the clearest explanations
-    shares = [float((read_mask_grey(m) > 0.5).mean()) for m in sample["mask"]]
-    best = int(np.argmax(shares))
-    image = read_image(sample["image"].iloc[best])
-    r, c = road_patch(probs[best], read_mask_grey(sample["mask"].iloc[best]))
-    written.append(saliency(model, image, r, c, out))
-    written.append(occlusion(model, image, r, c, out))
-    embedded = tsne(model, sample, out)
-    if embedded is not None:
-        written.append(embedded)
-    written.append(class_model(model, out))
+    bar.update(3)
+    written += _explanations(model, sample, probs, out, bar)
+    bar.close()
     for path in written:
         print(f"wrote {path}")
     return written

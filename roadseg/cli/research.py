@@ -53,13 +53,23 @@ def _cmd_figures(args: argparse.Namespace) -> None:
     print(f"decision: {decision.describe()} ({origin})")
     from roadseg.figures import make_figures
 
+    runs = args.runs or _own_run(args.ckpt)
     make_figures(
         args.out,
         ckpt=args.ckpt,
-        curves={Path(r).name: Path(r) for r in args.runs},
+        curves={Path(r).name: Path(r) for r in runs},
         decision=decision,
         context=CONTEXT_MARGIN if args.context is None else args.context,
     )
+
+
+def _own_run(ckpt: str) -> list[str]:
+    """The run folder of ``runs/<run>/checkpoints/x.ckpt`` when it logged metrics.csv."""
+    run = Path(ckpt).parent.parent
+    if Path(ckpt).parent.name != "checkpoints" or not (run / "metrics.csv").is_file():
+        return []
+    print(f"learning curves of {run} (the checkpoint's run; --runs draws others beside it)")
+    return [str(run)]
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -139,7 +149,10 @@ def _add_figures(sub) -> None:
         "--out", default="results/figures", help="folder for the PNGs (default %(default)s)"
     )
     p.add_argument(
-        "--runs", nargs="*", default=[], help="run folders whose learning curves to draw"
+        "--runs",
+        nargs="*",
+        default=[],
+        help="run folders whose learning curves to draw (default: the checkpoint's own run)",
     )
     add_decision_args(p)
     add_context_arg(

@@ -4,7 +4,7 @@
 #                                                     cores; configs/unet.yaml with an NVIDIA GPU)
 #   make train CONFIG=configs/....yaml [RESUME=1]     train, then tune thresholds on validation
 #   make submit [CONFIG=...] [CKPT=...] [DATA=...] [TTA=1] [PREDICT=configs/predict/...] [UPLOAD=1]
-#                                                     write submissions/<run>-<dataset>.csv
+#                                                     write submissions/<run>-<dataset>[-tta].csv
 #   make selftrain [CONFIG=...] [VALIDATION=1]        self-training on the unlabelled tiles -> runs/<run>-self
 #                                                     (VALIDATION=1: on the validation tiles' imagery too -> runs/<run>-selfval;
 #                                                     then: make submit CKPT=runs/<run>-self/checkpoints/best.ckpt)
@@ -69,7 +69,9 @@ data:  ## link ../shared/data into data/, or download the competition with the K
 	fi
 
 check-config:
-	@test -f "$(CONFIG)" || { echo "make: $(CONFIG): no such config file; configs/ has: $$(cd configs && ls *.yaml | tr '\n' ' ')" >&2; exit 2; }
+	@test -f "$(CONFIG)" || { \
+		if [ -f "configs/$(CONFIG)" ]; then echo "make: CONFIG=$(CONFIG): no such file; did you mean CONFIG=configs/$(CONFIG)?" >&2; \
+		else echo "make: CONFIG=$(CONFIG): no such config file; configs/ has: $$(ls configs/*.yaml | tr '\n' ' ')" >&2; fi; exit 2; }
 
 train: $(STAMP) check-config  ## train CONFIG (default: cpu.yaml, or unet.yaml with a GPU), tune its thresholds; RESUME=1 continues
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data

@@ -122,13 +122,33 @@ def check_checkpoint_path(path: str | Path) -> None:
 
     p = Path(path)
     if not p.exists():
-        hint = "train first (make train), or pass the path of a trained checkpoint"
-        if p.parent.name == "checkpoints":
-            config = Path("configs") / f"{p.parent.parent.name}.yaml"
-            if config.is_file():
-                hint = f"train first: make train CONFIG={config}"
-        raise RoadsegError(f"checkpoint not found ({hint})", p)
+        raise RoadsegError(f"checkpoint not found ({_missing_checkpoint_hint(p)})", p)
     check_input(p, what="checkpoint")
+
+
+def _missing_checkpoint_hint(path: Path) -> str:
+    """A near name when the checkpoint's folder (or its run's) is there, else how to train."""
+    import difflib
+
+    folder = path.parent
+    if folder.is_dir():  # a typo in the file's name?
+        names = sorted(p.name for p in folder.glob("*.ckpt"))
+        close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+        if close:
+            return f"did you mean {folder / close[0]}?"
+        if names:
+            return f"{folder}/ has: {', '.join(names)}"
+    elif folder.name == "checkpoints" and folder.parent.parent.is_dir():  # in the run's name?
+        runs = folder.parent.parent
+        names = sorted(p.name for p in runs.iterdir() if (p / "checkpoints").is_dir())
+        close = difflib.get_close_matches(folder.parent.name, names, n=1, cutoff=0.6)
+        if close:
+            return f"did you mean {runs / close[0] / 'checkpoints' / path.name}?"
+    if folder.name == "checkpoints":
+        config = Path("configs") / f"{folder.parent.name}.yaml"
+        if config.is_file():
+            return f"train first: make train CONFIG={config}"
+    return "train first (make train), or pass the path of a trained checkpoint"
 
 
 def run_name(path: str | Path) -> str:

@@ -20,3 +20,8 @@ class RoadsegError(Exception):
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept and how to go on (the CLI prints it after
+    ``roadseg: interrupted:``)."""

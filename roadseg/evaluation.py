@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,17 @@ def validation_tiles(ckpt: dict) -> pd.DataFrame:
     from roadseg.datamodule import RoadDataModule
 
     return RoadDataModule.from_checkpoint(ckpt).frame("val")
+
+
+def trained_tiles(ckpt: dict) -> set[Path]:
+    """The labelled tiles a checkpoint trained on (resolved image paths; none when its
+    dataset is not on this machine): scores on them read high."""
+    root = trained_root(ckpt)
+    if root is None or not Path(root).is_dir():
+        return set()
+    from roadseg.datamodule import RoadDataModule
+
+    return {Path(p).resolve() for p in RoadDataModule.from_checkpoint(ckpt).frame("train")["image"]}
 
 
 class Validation:

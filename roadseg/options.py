@@ -42,6 +42,7 @@ class PredictOptions:
     close_gaps: int | None = None
     min_area: int | None = None
     context: int | None = None
+    metric: str | None = None  # whose tuned thresholds: f1 or accuracy (None: tuned last)
     quiet: bool = False  # no progress bars (command line only)
     config: str | None = None  # the options file they came from
 
@@ -56,6 +57,8 @@ class PredictOptions:
             name: given[name] if given.get(name) is not None else values.get(name, default)
             for name, default in _defaults().items()
         }
+        if chosen["metric"] not in (None, "f1", "accuracy"):
+            raise RoadsegError(f"option metric: {chosen['metric']!r} is not f1 or accuracy", config)
         ckpts = [checkpoint_of(str(c)) for c in given.get("ckpt") or _file_ckpts(values, config)]
         for ckpt in ckpts:
             check_checkpoint_path(ckpt)
@@ -77,22 +80,13 @@ class PredictOptions:
 
         return [read_checkpoint(p) for p in self.ckpt]
 
-    def decision(self, ckpt: str, *, tta: bool | None = None) -> tuple[Decision, str]:
+    def decision(self, ckpt: str) -> tuple[Decision, str]:
         """(Decision, where from) of one checkpoint: the options given, else what ``roadseg
-        tune`` stored beside the checkpoint, else the defaults.
-
-        ``tta``: whether the maps it will decide on use TTA; a note is printed when the
-        stored thresholds were tuned otherwise (``None``: no such maps, no note).
-        """
+        tune`` stored beside the checkpoint for maps made as these options make them (with
+        or without TTA), else the defaults."""
         from roadseg.thresholds import stored_decision
 
-        base, origin, tuned = stored_decision(ckpt)
-        if tuned is not None and None not in (tuned.tta, tta) and tuned.tta != tta:
-            print(
-                f"note: {ckpt}: thresholds were tuned {'with' if tuned.tta else 'without'} TTA "
-                f"and are used {'with' if tta else 'without'} it; for the best match run "
-                f"roadseg tune{' --tta' if tta else ''} again"
-            )
+        base, origin, _ = stored_decision(ckpt, tta=bool(self.tta), metric=self.metric)
         given = {
             "pixel": self.pixel_threshold, "patch": self.patch_threshold,
             "close_gaps": self.close_gaps, "min_area": self.min_area,
@@ -109,18 +103,16 @@ class PredictOptions:
             return Decision(pixel=0.5, patch=0.5)
         return self.decision(self.ckpt[0])[0]
 
-    def predictor(self, contents: list[dict] | None = None, *, retuning: bool = False):
+    def predictor(self, contents: list[dict] | None = None):
         """(Predictor over the checkpoints, an ensemble when several; the decision that
         turns its maps into masks and labels), the decision printed with where it is from.
 
         ``contents``: the checkpoints' contents when already read (:meth:`read_checkpoints`).
-        ``retuning``: the stored thresholds are about to be replaced (``tune``) or not used
-        (``pseudo-label``), so whether they were tuned with TTA does not matter.
         """
         from roadseg.predict import Predictor
 
         contents = self.read_checkpoints() if contents is None else contents
-        decisions = [self.decision(p, tta=None if retuning else self.tta) for p in self.ckpt]
+        decisions = [self.decision(p) for p in self.ckpt]
         predictor = Predictor.from_checkpoints(
             list(self.ckpt), contents=contents, window=self.window, overlap=self.overlap, batch_size=self.batch_size,
             tta=self.tta, device=self.device, precision=self.precision,

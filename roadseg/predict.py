@@ -286,19 +286,15 @@ class Predictor:
         if chunk <= 0 or chunk % PATCH_SIZE:
             raise RoadsegError(f"chunk ({chunk}) must be a positive multiple of {PATCH_SIZE}")
         decision = self.output_decision or decision or Decision()
-        margin = -(-(self.overlap // 2) // PATCH_SIZE) * PATCH_SIZE
+        margin = chunk_margin(self.overlap)
         # GDAL's block cache grows to 5% of RAM by default; capped, memory stays flat.
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(src_path) as src:
                 profile = scene_profile(src, output)
                 chunks = scene_chunks(src.width, src.height, chunk)
-                key = {
-                    "scene": str(Path(src_path).resolve()), "size": [src.width, src.height],
-                    "chunk": chunk, "output": output, "margin": margin,
-                    "decision": decision.describe() if output == "mask" else None,
-                    **(run_key or {}),
-                }  # fmt: skip
+                key = scene_key(src_path, src, chunk=chunk, output=output, margin=margin,
+                                decision=decision, run_key=run_key)  # fmt: skip
                 fresh = not parts_dir(out_path).exists()
                 parts = start_parts(out_path, key)
                 mine = [
@@ -347,6 +343,26 @@ class Predictor:
 
 
 PART_BLOCK = 256
+
+
+def chunk_margin(overlap: int) -> int:
+    """Context read around each chunk of a scene: half the windows' overlap, rounded up to
+    whole 16x16 patches (the patch grid of a vote is then the scene's own)."""
+    return -(-(overlap // 2) // PATCH_SIZE) * PATCH_SIZE
+
+
+def scene_key(
+    src_path: str | Path, src, *, chunk: int, output: str, margin: int, decision: Decision,
+    run_key: dict | None,
+) -> dict:  # fmt: skip
+    """What the parts of a scene's prediction belong to (``run.json`` of the parts folder):
+    the scene (its path and the open raster), its chunks, the output, and ``run_key``
+    (models, options)."""
+    return {
+        "scene": str(Path(src_path).resolve()), "size": [src.width, src.height],
+        "chunk": chunk, "output": output, "margin": margin,
+        "decision": decision.describe() if output == "mask" else None, **(run_key or {}),
+    }  # fmt: skip
 
 
 def scene_profile(src, output: str) -> dict:

@@ -13,13 +13,14 @@ import contextlib
 import dataclasses
 import io
 import os
+import signal
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from roadseg.console import one_line, quiet_libraries
-from roadseg.errors import RoadsegError
+from roadseg.errors import Interrupted, RoadsegError
 from roadseg.options import PredictOptions
 from roadseg.postprocess import Decision
 
@@ -46,11 +47,45 @@ def predict_scene_run(
     if world > 1 and processes > 1:
         raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
     job = _Job(options, str(scene), str(out), output, chunk)
-    if processes > 1:
-        return SceneRun(_predict_processes(job, processes, threads))
-    if world > 1:
-        return SceneRun(_predict_torchrun(job, rank, world), wrote=rank == 0)
-    return SceneRun(_predict_share(job, 0, 1, merge=True))
+    try:
+        if processes > 1:
+            return SceneRun(_predict_processes(job, processes, threads))
+        if world > 1:
+            return SceneRun(_predict_torchrun(job, rank, world), wrote=rank == 0)
+        return SceneRun(_predict_share(job, 0, 1, merge=True))
+    except KeyboardInterrupt as err:
+        raise Interrupted(_kept(job)) from err
+
+
+def _kept(job: _Job) -> str:
+    """What an interrupted scene run leaves, and how to go on."""
+    from roadseg.predict import parts_dir
+
+    parts = parts_dir(job.out)
+    if not parts.is_dir():
+        return "nothing was kept"
+    done = len(list(parts.glob("chunk_*.tif")))
+    return (
+        f"{parts}: the {done} chunks finished are kept; run the same command again to "
+        "predict the rest"
+    )
+
+
+def _start_parts(job: _Job) -> None:
+    """The parts folder, refused here (once, in the parent) when it holds another run's."""
+    import rasterio
+
+    from roadseg.predict import chunk_margin, scene_key, start_parts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(job.scene) as src:
+            key = scene_key(
+                job.scene, src, chunk=job.chunk, output=job.output,
+                margin=chunk_margin(job.options.overlap), decision=job.options.output_decision(),
+                run_key=job.options.run_key(),
+            )  # fmt: skip
+    start_parts(job.out, key)
 
 
 @dataclass(frozen=True)
@@ -100,6 +135,9 @@ def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:
     """One of the processes that ``processes`` starts (spawned: a fresh interpreter)."""
     import torch
 
+    # stopped by the parent (Ctrl-C there): exit normally, so that a half-written part's
+    # temporary file and this process's semaphores are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     torch.set_num_threads(threads)
     quiet_libraries()
     job = dataclasses.replace(
@@ -121,24 +159,51 @@ def _predict_processes(job: _Job, n: int, threads: int | None) -> Decision:
     import torch
 
     threads = threads or max(1, torch.get_num_threads() // n)
+    _start_parts(job)
     print(f"predicting with {n} processes, {threads} threads each")
     context = mp.get_context("spawn")
     procs = [context.Process(target=_process_main, args=(job, r, n, threads)) for r in range(n)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    failed = [(r, proc.exitcode) for r, proc in enumerate(procs) if proc.exitcode != 0]
-    if failed:
-        from roadseg.predict import parts_dir
-
-        raise RoadsegError(
-            f"process {failed[0][0]} of {n} stopped (exit code {failed[0][1]}); the chunks "
-            "finished so far are kept: run the same command again to resume",
-            parts_dir(job.out),
-        )
+    # Ctrl-C reaches this process alone: the children start with SIGINT ignored (they
+    # inherit it), and are stopped below, each part they finished kept
+    default = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        signal.signal(signal.SIGINT, default)
+    try:
+        for proc in procs:
+            proc.join()
+    finally:  # interrupted: stop every process at once, then wait for them
+        running = [proc for proc in procs if proc.is_alive()]
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.join()
+    _check_processes(job, procs)
     _merge_scene(job)
     return job.options.output_decision()
+
+
+def _check_processes(job: _Job, procs: list) -> None:
+    """Refuse to merge when a process stopped: said in one line with what is kept."""
+    from roadseg.predict import parts_dir
+
+    failed = [(r, proc.exitcode) for r, proc in enumerate(procs) if proc.exitcode != 0]
+    if not failed:
+        return
+    rank, code = failed[0]
+    if code == 2:  # it printed the error a user can fix; a rerun would meet it again
+        raise RoadsegError(
+            f"process {rank} of {len(procs)} stopped on the error above; the chunks finished "
+            "so far are kept",
+            parts_dir(job.out),
+        )
+    raise RoadsegError(
+        f"process {rank} of {len(procs)} stopped (exit code {code}); the chunks finished so "
+        "far are kept: run the same command again to resume",
+        parts_dir(job.out),
+    )
 
 
 def _predict_torchrun(job: _Job, rank: int, world: int) -> Decision:

@@ -72,7 +72,9 @@ def score_submission(
 ) -> tuple[dict[str, float], int, int]:
     """Score a submission CSV against a folder of ground-truth masks with the competition's
     patch rule (raw grey levels scaled to [0, 1], a patch is road when its mean is above
-    0.25). Only the tiles with a mask are scored; every one of them must be in the CSV.
+    0.25). The tiles of the CSV that have a mask are scored, each with all its patches; a
+    mask whose tile has no row at all is left out (a CSV of the validation tiles scored
+    against every training mask), but a CSV that covers none of the masks is refused.
 
     Returns the scores, the number of tiles and the number of patches scored.
     """
@@ -86,8 +88,10 @@ def score_submission(
     check_predictions(frame, submission)
     predicted = dict(zip(frame["id"], frame["prediction"], strict=True))
     masks = list_rasters(truth)
+    tiles = {ident.split("_", 1)[0] for ident in predicted}
+    covered = [m for m in masks if f"{tile_id(m):03d}" in tiles] or masks  # none: say so below
     pred, true = [], []
-    for mask in masks:
+    for mask in covered:
         rows = tile_rows(tile_id(mask), patch_labels(read_mask_grey(mask)))
         missing = [ident for ident, _ in rows if ident not in predicted]
         if missing:
@@ -98,7 +102,7 @@ def score_submission(
             )
         pred += [predicted[ident] == "1" for ident, _ in rows]
         true += [label for _, label in rows]
-    return patch_scores(np.array(pred), np.array(true)), len(masks), len(true)
+    return patch_scores(np.array(pred), np.array(true)), len(covered), len(true)
 
 
 def score_masks(predicted: str | Path, truth: str | Path) -> tuple[dict[str, float], int, int]:

@@ -44,16 +44,11 @@ class Thresholds:
     def decision(self) -> Decision:
         return Decision(self.pixel, self.patch, self.close_gaps, self.min_area)
 
-    def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
     @classmethod
-    def load(cls, path: str | Path) -> Thresholds:
+    def from_dict(cls, values: dict, path: str | Path) -> Thresholds:
         try:
-            values = json.loads(read_text(path, "thresholds file"))
             return cls(**values)
-        except (json.JSONDecodeError, TypeError) as err:
+        except TypeError as err:
             raise RoadsegError(
                 f"not a thresholds file written by roadseg tune ({type(err).__name__}); "
                 "delete it and run roadseg tune again",
@@ -61,17 +56,77 @@ class Thresholds:
             ) from err
 
 
-def thresholds_path(ckpt: str | Path) -> Path:
-    """Where the tuned thresholds of a checkpoint live."""
-    return Path(f"{ckpt}.thresholds.json")
+def thresholds_path(ckpt: str | Path, *, tta: bool = False) -> Path:
+    """Where the thresholds tuned on a checkpoint's maps without (or with) TTA live: the
+    two modes' maps differ, and so do their best thresholds."""
+    return Path(f"{ckpt}.thresholds{'-tta' if tta else ''}.json")
 
 
-def stored_decision(ckpt: str | Path) -> tuple[Decision, str, Thresholds | None]:
+def _read(path: Path) -> dict:
+    try:
+        values = json.loads(read_text(path, "thresholds file"))
+    except json.JSONDecodeError as err:
+        raise RoadsegError(
+            "not a thresholds file written by roadseg tune (JSONDecodeError); delete it and "
+            "run roadseg tune again",
+            path,
+        ) from err
+    if not isinstance(values, dict):
+        raise RoadsegError("not a thresholds file written by roadseg tune; delete it", path)
+    return values
+
+
+def tuned_thresholds(ckpt: str | Path, *, tta: bool) -> tuple[dict[str, Thresholds], str, Path]:
+    """The thresholds tuned for each metric in one mode, the metric tuned last, and their
+    file (no entries when none). A file of roadseg before per-mode files (one entry, its
+    mode in ``tta``) counts for the mode it was tuned in."""
+    path = thresholds_path(ckpt, tta=tta)
+    if path.is_file():
+        values = _read(path)
+        by_metric = {
+            m: Thresholds.from_dict(v, path) for m, v in (values.get("by_metric") or {}).items()
+        }
+        return by_metric, values.get("use", "f1"), path
+    legacy = thresholds_path(ckpt)
+    if legacy.is_file() and "pixel" in (values := _read(legacy)):
+        tuned = Thresholds.from_dict(values, legacy)
+        if bool(tuned.tta) == tta:
+            return {tuned.metric: tuned}, tuned.metric, legacy
+    return {}, "f1", path
+
+
+def store_thresholds(ckpt: str | Path, tuned: Thresholds) -> Path:
+    """Store ``tuned`` for its mode and metric (the other metric's stay), atomically."""
+    tta = bool(tuned.tta)
+    path = thresholds_path(ckpt, tta=tta)
+    kept = tuned_thresholds(ckpt, tta=tta)[0] if path.is_file() else {}
+    by_metric = {**{m: asdict(t) for m, t in kept.items()}, tuned.metric: asdict(tuned)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"use": tuned.metric, "by_metric": by_metric}, indent=2) + "\n")
+    return path
+
+
+def stored_decision(
+    ckpt: str | Path, *, tta: bool = False, metric: str | None = None
+) -> tuple[Decision, str, Thresholds | None]:
     """The decision every output of a checkpoint uses unless options override it: the
-    thresholds ``roadseg tune`` stored beside it, else the defaults. Returns the decision,
-    where it came from, and the stored thresholds (``None`` when there are none)."""
-    path = thresholds_path(ckpt)
-    if not path.is_file():
-        return Decision(), "defaults", None
-    tuned = Thresholds.load(path)
-    return tuned.decision(), f"tuned on validation, {path}", tuned
+    thresholds ``roadseg tune`` stored for maps made as these are (with or without TTA;
+    for ``metric``, else the one tuned last), else those of the other mode with a note
+    saying so in the origin, else the defaults. Returns the decision, where it came from,
+    and the stored thresholds (``None`` when there are none)."""
+    for mode in (tta, not tta):
+        by_metric, last, path = tuned_thresholds(ckpt, tta=mode)
+        chosen = metric if metric in by_metric else last if last in by_metric else None
+        if chosen is None:
+            continue
+        tuned = by_metric[chosen]
+        origin = f"tuned for {chosen} {'with' if mode else 'without'} TTA on validation, {path}"
+        if metric is not None and chosen != metric:
+            origin += f"; none tuned for {metric}: run roadseg tune --metric {metric}"
+        if mode != tta:
+            origin += (
+                f"; none tuned {'with' if tta else 'without'} TTA: for the best match run "
+                f"roadseg tune{' --tta' if tta else ''}"
+            )
+        return tuned.decision(), origin, tuned
+    return Decision(), "defaults", None

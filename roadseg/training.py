@@ -8,6 +8,7 @@ in :mod:`roadseg.runs`.
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from jsonargparse import ArgumentError, Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-from roadseg.checkpoints import global_step
+from roadseg.checkpoints import check_checkpoint_path, global_step
 from roadseg.datamodule import RoadDataModule
 from roadseg.errors import RoadsegError, squash
 from roadseg.runs import (
@@ -38,8 +39,9 @@ class RoadSegCLI(LightningCLI):
     provenance.
     """
 
-    def __init__(self, argv: list[str], **kwargs):
+    def __init__(self, argv: list[str], *, started: RunStart | None = None, **kwargs):
         self.argv = argv
+        self.started = started or RunStart()
         super().__init__(RoadSegTask, RoadDataModule, args=argv, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -57,6 +59,7 @@ class RoadSegCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         root = self._run_folder(cfg)
+        self.started.note(root)
         if self.subcommand == "fit":
             self._refuse_trained_folder(cfg, root)
             self._without_validation(cfg)
@@ -144,6 +147,39 @@ class RoadSegCLI(LightningCLI):
             cfg.trainer.callbacks = callbacks
 
 
+class RunStart:
+    """What a run folder held when a command started, so that a command that fails before
+    it has trained anything leaves nothing behind (a config.yaml, provenance.json, an empty
+    version folder); once a checkpoint is written, everything stays for ``--ckpt_path last``."""
+
+    def __init__(self):
+        self.root: Path | None = None
+        self.before: set[Path] = set()
+        self.time = time.time()
+
+    def note(self, root: Path) -> None:
+        self.root = root
+        self.before = set(root.rglob("*")) if root.exists() else set()
+
+    def remove_unfinished(self) -> None:
+        """Remove what the command added, unless it wrote a checkpoint."""
+        if self.root is None or not self.root.exists():
+            return
+        if any(p.stat().st_mtime >= self.time for p in self.root.rglob("*.ckpt")):
+            return
+        added = sorted(set(self.root.rglob("*")) - self.before, key=lambda p: -len(p.parts))
+        for path in added:  # deepest first: files, then the folders they leave empty
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            elif path.is_file():
+                path.unlink()
+        for folder in (self.root, *self.root.parents):
+            if folder in self.before or folder.exists() and any(folder.iterdir()):
+                break
+            if folder.exists():
+                folder.rmdir()
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Saves the run's config as the user would write it: without the logger roadseg
     fills in and without ``ckpt_path``, so ``roadseg fit --config runs/<run>/config.yaml``
@@ -167,29 +203,41 @@ def run_lightning(argv: list[str]) -> None:
     """Run a Lightning subcommand (``fit``, ``validate``, ``test``) with roadseg's run folder."""
     # roadseg passes its own argv on; Lightning's warning about sys.argv is noise here.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-    no_exit = {"exit_on_error": False}
     config = config_argument(argv)
     if config is not None:
         check_config_file(config)
-        if argv[0] == "fit":
-            for line in measured_lines(config):
-                print(f"{config}: measured {line}")
+    check_ckpt_path(argv)
+    if config is not None and argv[0] == "fit":
+        for line in measured_lines(config):
+            print(f"{config}: measured {line}")
+    started = RunStart()
+    no_exit = {"exit_on_error": False}
+    options = {
+        "seed_everything_default": 0,
+        "save_config_callback": RunConfigCallback,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {
+            "prog": "roadseg",
+            **no_exit,
+            **{c: {"prog": f"roadseg {c}", **no_exit} for c in LIGHTNING_COMMANDS},
+        },
+    }
     try:
-        RoadSegCLI(
-            argv,
-            seed_everything_default=0,
-            save_config_callback=RunConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={
-                "prog": "roadseg",
-                **no_exit,
-                **{c: {"prog": f"roadseg {c}", **no_exit} for c in LIGHTNING_COMMANDS},
-            },
-        )
+        _one_line_errors(argv, config, lambda: RoadSegCLI(argv, started=started, **options))
+    except BaseException:
+        started.remove_unfinished()
+        raise
+
+
+def _one_line_errors(argv: list[str], config: str | None, run) -> None:
+    """Run ``run()``, turning what a user can fix into one :class:`RoadsegError`."""
+    try:
+        run()
     except ArgumentError as err:  # a config or option the parser refuses
         hint = _suggest_key(str(err), [RoadSegTask, RoadDataModule])
         raise RoadsegError(
-            f"{squash(err)} ({hint or f'roadseg {argv[0]} --help lists the options'})", config
+            f"{squash(err)} ({hint or f'roadseg {argv[0]} --help lists the options'})",
+            _culprit(argv, str(err)) or config,
         ) from err
     except RuntimeError as err:
         if "Error(s) in loading state_dict" in str(err):
@@ -200,9 +248,37 @@ def run_lightning(argv: list[str]) -> None:
             ) from err
         raise
     except RoadsegError as err:
-        if err.path is None and config:  # e.g. an unknown model name: name the config it came from
-            raise RoadsegError(str(err), config) from err
+        # e.g. an unknown model name: name the option or the config it came from
+        culprit = _culprit(argv, str(err)) or config
+        if err.path is None and culprit:
+            raise RoadsegError(str(err), culprit) from err
         raise
+
+
+def check_ckpt_path(argv: list[str]) -> None:
+    """A ``--ckpt_path`` that names no file (a typo) is refused before Lightning starts, so
+    the command writes nothing; ``last``, ``best`` and ``hpc`` are Lightning's own names."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value not in (None, "null", "last", "best", "hpc", "registry"):
+            check_checkpoint_path(value)
+
+
+def _culprit(argv: list[str], message: str) -> str | None:
+    """The command-line option (``--model.loss=bcee``) whose key or value ``message`` names,
+    if one does: the config is not to blame for it."""
+    pairs = [a.split("=", 1) for a in argv if a.startswith("--") and "=" in a]
+    pairs += [
+        [a, b] for a, b in zip(argv, argv[1:], strict=False) if a.startswith("--") and "=" not in a
+    ]
+    for key, value in pairs:
+        if key in ("--config", "--ckpt_path"):
+            continue
+        if f"'{value}'" in message or f"'{key.removeprefix('--')}'" in message:
+            return f"{key}={value}"
+    return None
 
 
 def _suggest_key(message: str, classes: list) -> str | None:

@@ -10,7 +10,7 @@ from roadseg.cli import main
 from roadseg.errors import RoadsegError
 from roadseg.kaggle import upload
 from roadseg.submission import read_submission
-from roadseg.thresholds import Thresholds
+from roadseg.thresholds import tuned_thresholds
 from tests.conftest import road_tile, write_raster
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -115,7 +115,9 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     assert "val_patch_f1" in (run / "metrics.csv").read_text().splitlines()[0]
 
     assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
-    tuned = Thresholds.load(f"{ckpt}.thresholds.json")
+    by_metric, last, path = tuned_thresholds(ckpt, tta=False)
+    tuned = by_metric["f1"]
+    assert (path.name, last, tuned.tta) == ("best.ckpt.thresholds.json", "f1", False)
     printed = capsys.readouterr().out
     assert "validation patch scores on 1 tiles" in printed and 0 < tuned.pixel < 1
     assert "bootstrap over tiles (1 validation tiles" in printed
@@ -127,7 +129,9 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     frame = read_submission(out)
     assert len(frame) == 2 * 16 and frame.id.iloc[0] == "144_0_0"
     printed = capsys.readouterr().out
-    assert f"pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned on validation" in printed
+    # tuned without TTA only: used with TTA too, and the decision line says so
+    assert f"pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned for f1 without TTA" in printed
+    assert "none tuned with TTA: for the best match run roadseg tune --tta" in printed
     assert "wrote" in printed
 
     # The same options from a config file: a vote of three copies of one model is that model.
@@ -165,6 +169,52 @@ def test_train_submit_and_resume(cil_root, tmp_path, capsys):
     assert sorted({line.split(",")[0] for line in metrics.splitlines()[1:]}) == ["0", "1"]
 
 
+def test_evaluate_scores_the_validation_split_as_submit_predicts(cil_root, tmp_path, capsys):
+    """The honest local score: the validation tiles predicted as submit predicts, written as
+    a CSV that roadseg score scores the same against the training masks; predicting tiles
+    the checkpoint trained on says so; submission names say how they were made."""
+    run = tmp_path / "run"
+    args = [
+        *_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, run),
+        "--trainer.max_epochs",
+        "1",
+    ]
+    assert main(args) == 0
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert main(["tune", "--ckpt", str(ckpt), "--quiet"]) == 0
+    capsys.readouterr()
+    # The honest local score: the validation tiles as submit predicts them, written as a
+    # CSV that roadseg score scores the same against the training masks.
+    val_csv = tmp_path / "val.csv"
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(val_csv), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "the 1 validation tiles of" in printed and "(none trained it)" in printed
+    truth = cil_root / "training" / "groundtruth"
+    assert main(["score", str(val_csv), "--truth", str(truth)]) == 0
+    scored = capsys.readouterr().out
+    masks = len(list(truth.iterdir()))
+    left = masks - 1
+    assert f"1 tiles, 16 patches scored against {truth} ({left} masks there have no rows" in scored
+    table = lambda text: text[text.index("patch accuracy") :].strip()  # noqa: E731
+    assert table(scored) == table(printed)
+    # Predicting the training images says that most of them trained this checkpoint.
+    seen_csv = tmp_path / "seen.csv"
+    images = cil_root / "training" / "images"
+    assert main(["submit", "--ckpt", str(ckpt), "--data", str(images), "--out", str(seen_csv),
+                 "--quiet"]) == 0  # fmt: skip
+    assert f"note: {left} of these {masks} tiles trained {ckpt}: scores on them read high" in (
+        capsys.readouterr().out
+    )
+    # Submissions are named by how they were made.
+    from roadseg.cli.prediction import submission_name
+    from roadseg.options import PredictOptions
+
+    made = PredictOptions(ckpt=(str(ckpt),), tta=True)
+    assert submission_name(made, "cil") == "run-cil-tta.csv"
+    made = PredictOptions(ckpt=(str(ckpt), str(ckpt)), merge="vote")
+    assert submission_name(made, "cil") == "run-cil-ensemble2-vote.csv"
+
+
 def test_upload_without_a_token_says_what_to_run_later(tmp_path, monkeypatch):
     for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -199,10 +249,12 @@ def test_commands_that_read_a_run_never_rewrite_it(cil_root, tmp_path, capsys):
             header = (run / stage / f"version_{v}" / "metrics.csv").read_text().splitlines()[0]
             assert f"{stage if stage == 'test' else 'val'}_patch_accuracy" in header
     printed = capsys.readouterr().out
-    tuned = Thresholds.load(f"{ckpt}.thresholds.json")
+    tuned = tuned_thresholds(ckpt, tta=False)[0]["f1"]
     assert tuned.tta is False and tuned.metric == "f1"
     # figures mark the operating point of the tuned thresholds, the ones submit uses
-    assert f"decision: pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned on validation" in printed
+    assert (
+        f"decision: pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned for f1 without" in printed
+    )
 
     again = tmp_path / "again"
     assert main(["fit", "--config", config, "--trainer.default_root_dir", str(again),

@@ -74,6 +74,12 @@ def _config(tmp: Path, text: str) -> None:
     (tmp / "bad.yaml").write_text(text)
 
 
+_LITE0_CONFIG = (
+    "model:\n  model_args: {encoder: tu-tf_efficientnet_lite0, encoder_weights: null}\n"
+    "data:\n  root: data/cil\n  num_workers: 0\n"
+)
+
+
 def _trained_run(tmp: Path) -> None:
     (tmp / "runs" / "quick" / "checkpoints").mkdir(parents=True)
     (tmp / "runs" / "quick" / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -276,6 +282,48 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
             )
         ),  # fmt: skip
         "roadseg fit --config bad.yaml --model.init_from model.ckpt --trainer.fast_dev_run true",
+    ),
+    "checkpoint name with a typo": (
+        lambda t: _checkpoint(t, foreign=False),
+        "roadseg submit --ckpt modell.ckpt",
+    ),
+    "validate with a checkpoint name with a typo": (
+        lambda t: (
+            _config(t, "trainer:\n  default_root_dir: runs/quick\n")
+            or _trained_run(t)
+            or (t / "runs" / "quick" / "checkpoints" / "best.ckpt").write_bytes(b"")
+        ),
+        "roadseg validate --config bad.yaml --ckpt_path runs/quick/checkpoints/bst.ckpt",
+    ),
+    "an option on the command line that the model refuses": (
+        lambda t: _cil(t) and _config(t, _LITE0_CONFIG),
+        "roadseg fit --config bad.yaml --model.loss bcee --trainer.fast_dev_run true",
+    ),
+    "--png without --vector": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scene.tif --out roads.tif --ckpt model.ckpt --png roads.png",
+    ),
+    "--threads without --processes": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scene.tif --out roads.tif --ckpt model.ckpt --threads 2",
+    ),
+    "--merge with one checkpoint": (
+        lambda t: _checkpoint(t, foreign=False),
+        "roadseg submit --ckpt model.ckpt --merge vote",
+    ),
+    "--message without --upload": (
+        lambda t: _checkpoint(t, foreign=False),
+        "roadseg submit --ckpt model.ckpt --message first",
+    ),
+    "--image without --png": (
+        lambda t: write_raster(t / "mask.tif", np.zeros((32, 32), np.uint8)),
+        "roadseg vectorize mask.tif --out roads.gpkg --image scene.tif",
     ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),

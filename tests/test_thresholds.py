@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from roadseg.evaluation import ValidationScores, patch_rings
+from roadseg.postprocess import Decision
 from tests.conftest import write_raster
 
 SIDE = 96  # 6 x 6 patches: rings 0, 1 and 2+
@@ -92,3 +93,44 @@ def test_per_tile_names_where_the_errors_are(tmp_path):
     assert tiles[0] == {"patch_f1": 1.0, "true": 6, "predicted": 6, "hit": 6}
     assert tiles[1] == {"patch_f1": pytest.approx(2 * 3 / (2 * 3 + 1 + 3)), "true": 6,
                         "predicted": 4, "hit": 3}  # fmt: skip
+
+
+def test_thresholds_are_stored_per_mode_and_metric(tmp_path):
+    """tune and tune --tta write separate files, and each mode keeps one entry per metric;
+    a command uses its own mode's (the metric tuned last unless it asks), else the other
+    mode's with a note in the origin, else the defaults."""
+    from roadseg.thresholds import Thresholds, store_thresholds, stored_decision, thresholds_path
+
+    ckpt = tmp_path / "best.ckpt"
+    assert stored_decision(ckpt, tta=True) == (Decision(), "defaults", None)
+    plain = Thresholds(pixel=0.4, patch=0.2, tta=False, metric="f1")
+    assert store_thresholds(ckpt, plain) == thresholds_path(ckpt, tta=False)
+    decision, origin, tuned = stored_decision(ckpt, tta=False)
+    assert (decision.pixel, decision.patch, tuned) == (0.4, 0.2, plain)
+    assert origin.startswith("tuned for f1 without TTA on validation")
+    decision, origin, _ = stored_decision(ckpt, tta=True)  # no TTA thresholds yet
+    assert decision.pixel == 0.4 and "none tuned with TTA" in origin
+
+    with_tta = Thresholds(pixel=0.6, patch=0.3, tta=True, metric="accuracy")
+    assert store_thresholds(ckpt, with_tta).name == "best.ckpt.thresholds-tta.json"
+    assert stored_decision(ckpt, tta=True)[0].pixel == 0.6
+    assert stored_decision(ckpt, tta=False)[0].pixel == 0.4  # the plain file is untouched
+    store_thresholds(ckpt, Thresholds(pixel=0.55, patch=0.25, tta=True, metric="f1"))
+    assert stored_decision(ckpt, tta=True)[0].pixel == 0.55  # tuned last
+    assert stored_decision(ckpt, tta=True, metric="accuracy")[0].pixel == 0.6  # kept
+    _, origin, _ = stored_decision(ckpt, tta=False, metric="accuracy")
+    assert "none tuned for accuracy: run roadseg tune --metric accuracy" in origin
+
+
+def test_a_thresholds_file_of_before_per_mode_files_counts_for_its_mode(tmp_path):
+    import json
+
+    from roadseg.thresholds import stored_decision
+
+    ckpt = tmp_path / "best.ckpt"
+    old = {"pixel": 0.35, "patch": 0.2, "val_patch_f1": 0.8, "val_patch_accuracy": 0.9,
+           "close_gaps": 0, "min_area": 0, "tta": True, "metric": "f1"}  # fmt: skip
+    (tmp_path / "best.ckpt.thresholds.json").write_text(json.dumps(old))
+    assert stored_decision(ckpt, tta=True)[0].pixel == 0.35
+    decision, origin, _ = stored_decision(ckpt, tta=False)
+    assert decision.pixel == 0.35 and "none tuned without TTA" in origin

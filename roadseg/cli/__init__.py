@@ -1,7 +1,7 @@
 """The ``roadseg`` command: Lightning's fit/validate/test with YAML configs, plus submissions.
 
 Each family of commands declares its options and short command functions in a module of
-its own (:mod:`.data`, :mod:`.prediction`, :mod:`.research`); a command checks its paths,
+its own (:mod:`.prediction`, :mod:`.evaluation`, :mod:`.data`, :mod:`.research`); a command checks its paths,
 calls the library and prints. ``fit``, ``validate`` and ``test`` go to Lightning's CLI
 (:mod:`roadseg.training`). Errors a user can cause end in one line (``roadseg: error:
 <file>: <problem>``) and exit status 2; ``--debug`` shows the traceback instead.
@@ -13,12 +13,12 @@ import argparse
 import sys
 
 from roadseg import __version__
-from roadseg.cli import data, prediction, research
+from roadseg.cli import data, evaluation, prediction, research
 from roadseg.console import one_line, quiet_libraries
 from roadseg.errors import RoadsegError
 from roadseg.runs import LIGHTNING_COMMANDS
 
-FAMILIES = (prediction, data, research)
+FAMILIES = (prediction, evaluation, data, research)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"roadseg: error: {err.filename}: {describe_os_error(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("roadseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        said = f": {err}" if str(err) else ""  # an Interrupted says what was kept
+        print(f"roadseg: interrupted{said}", file=sys.stderr)
         return 130
 
 

@@ -8,8 +8,22 @@ from roadseg.options import PredictOptions
 from roadseg.patches import CONTEXT_MARGIN
 
 
+def refuse_idle(*rules: tuple[bool, str, str]) -> None:
+    """Refuse an option that would do nothing where it was given: ``(given and idle, the
+    option, what it needs)``, the first that applies."""
+    from roadseg.errors import RoadsegError
+
+    for idle, option, needs in rules:
+        if idle:
+            raise RoadsegError(f"only with {needs}, or leave it out", option)
+
+
 def predict_options(args: argparse.Namespace) -> PredictOptions:
     """The prediction options of a command line (see :func:`add_predictor_args`)."""
+    refuse_idle(
+        (args.merge is not None and len(args.ckpt or []) == 1, "--merge",
+         "an ensemble: give --ckpt two or more times"),
+    )  # fmt: skip
     given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
     return PredictOptions.resolve(given, args.config, quiet=args.quiet)
 
@@ -50,10 +64,11 @@ def add_decision_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_predictor_args(p: argparse.ArgumentParser) -> None:
+def add_predictor_args(p: argparse.ArgumentParser, *, metric: bool = True) -> None:
     """Options of :class:`~roadseg.options.PredictOptions`. Defaults are None here and
     filled by :meth:`~roadseg.options.PredictOptions.resolve` (command line > --config >
-    defaults), so an options file can set any of them."""
+    defaults), so an options file can set any of them. ``metric``: declare ``--metric``
+    (``tune`` declares its own)."""
     p.add_argument(
         "--ckpt",
         action="append",
@@ -80,6 +95,14 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="prediction window side (default 1024)")
     p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
     add_decision_args(p)
+    if metric:
+        p.add_argument(
+            "--metric",
+            choices=["f1", "accuracy"],
+            help="use the thresholds roadseg tune found for this metric: f1 (road patch F1) "
+            "or accuracy (patch accuracy, the leaderboard's) (default: the ones tuned last, "
+            "with TTA when --tta is on, else without)",
+        )
     add_context_arg(
         p,
         "predict each tile with PX pixels of its neighbouring tiles around it (placed on "

@@ -31,7 +31,11 @@ def _cmd_score(args: argparse.Namespace) -> None:
     else:
         check_io(inputs=[args.submission], input_folders=[args.truth])
         scores, tiles, patches = score_submission(args.submission, args.truth)
-    print(f"{args.submission}: {tiles} tiles, {patches:,} patches scored against {args.truth}")
+    from roadseg.index import list_rasters
+
+    left = len(list_rasters(args.truth)) - tiles
+    print(f"{args.submission}: {tiles} tiles, {patches:,} patches scored against {args.truth}"
+          + (f" ({left} masks there have no rows in it and are not scored)" if left else ""))  # fmt: skip
     print(format_scores(scores))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from roadseg.cli.common import (
     add_quiet_arg,
     add_vector_args,
     predict_options,
+    refuse_idle,
     write_lines,
 )
 from roadseg.errors import RoadsegError
@@ -48,6 +48,10 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.submission import tile_rows, validate_submission, write_submission
 
+    refuse_idle(
+        (args.message is not None and not args.upload, "--message",
+         "--upload (it is the Kaggle submission's message)"),
+    )  # fmt: skip
     options = predict_options(args)
     if args.out:  # a bad --out is refused before anything is read
         check_io(outputs=[args.out], protected=options.inputs)
@@ -57,9 +61,12 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     trained_on, data, test = _test_tiles(options, args.data, ckpts)
     run = run_name(options.ckpt[0])
     out = (
-        Path(args.out) if args.out else Path("submissions") / f"{run}-{test['source'].iloc[0]}.csv"
+        Path(args.out)
+        if args.out
+        else Path("submissions") / submission_name(options, test["source"].iloc[0])
     )
     check_io(outputs=[out], protected=[*options.inputs, *test["image"]])
+    _say_trained_tiles(options, ckpts[0], test)
     maps, margin = _context(options, [trained_on, data], test)
     predictor, decision = options.predictor(ckpts)
 
@@ -73,6 +80,29 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         from roadseg.kaggle import upload
 
         print(upload(out, args.competition, args.message or f"roadseg {run}"))
+
+
+def _say_trained_tiles(options: PredictOptions, ckpt: dict, tiles) -> None:
+    """One line when tiles to predict are tiles the checkpoint trained on."""
+    from roadseg.evaluation import trained_tiles
+
+    seen = trained_tiles(ckpt) & {Path(p).resolve() for p in tiles["image"]}
+    if seen:
+        print(
+            f"note: {len(seen)} of these {len(tiles)} tiles trained {options.ckpt[0]}: scores "
+            "on them read high; roadseg evaluate scores its validation split honestly"
+        )
+
+
+def submission_name(options: PredictOptions, what: str) -> str:
+    """``<run>-<what>[-ensemble<N>][-vote][-tta].csv``: how the CSV was made (``what``: the
+    dataset, or ``validation``)."""
+    from roadseg.checkpoints import run_name
+
+    name = f"{run_name(options.ckpt[0])}-{what}"
+    name += f"-ensemble{len(options.ckpt)}" if len(options.ckpt) > 1 else ""
+    name += "-vote" if len(options.ckpt) > 1 and options.merge == "vote" else ""
+    return name + ("-tta" if options.tta else "") + ".csv"
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> None:
@@ -91,7 +121,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     outs = pseudo_label_paths(tiles, args.out)
     check_io(outputs=outs, protected=[*options.inputs, *tiles["image"]])
     maps, margin = _context(options, [trained_on, data], tiles)
-    predictor, _ = options.predictor(ckpts, retuning=True)  # probabilities, no decision
+    predictor, _ = options.predictor(ckpts)  # probabilities, no decision
     about = write_pseudo_labels(
         predictor, tiles, args.out, teacher=list(options.ckpt), context=maps, margin=margin,
         validation=validation,
@@ -121,108 +151,17 @@ def _with_validation_tiles(tiles, ckpt: dict, path: str):
     return pd.concat([tiles, val[tiles.columns]], ignore_index=True), len(val)
 
 
-def _cmd_tune(args: argparse.Namespace) -> None:
-    from roadseg.evaluation import Validation
-    from roadseg.paths import check_io
-    from roadseg.thresholds import thresholds_path
-
-    options = predict_options(args)
-    writes = not args.dry_run and len(options.ckpt) == 1 and options.merge != "vote"
-    if writes:
-        check_io(outputs=[thresholds_path(options.ckpt[0])], protected=options.inputs)
-    ckpts = options.read_checkpoints()
-    validation = Validation(ckpts[0], options.margin)
-    if validation.tiles.empty:
-        raise RoadsegError(
-            "trained without a validation split (every labelled tile trained): nothing to tune "
-            "on; give submit the thresholds tune found for a validated run of the same config "
-            "(--pixel-threshold P --patch-threshold Q)",
-            options.ckpt[0],
-        )
-    print(validation.context_line)
-    predictor, decision = options.predictor(ckpts, retuning=True)
-    raw = validation.scores(predictor)
-    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
-    setup += f", {options.merge}" if len(ckpts) > 1 else ""
-    setup += f", TTA {'on' if options.tta else 'off'}"
-    print(f"validation patch scores on {len(validation.tiles)} tiles ({setup}):")
-    if options.merge == "vote":
-        _print_vote(raw)
-        return
-    tuned = _print_thresholds(raw, decision, metric=args.metric, tta=options.tta)
-    _print_spread(raw, validation.tiles)
-    if len(ckpts) > 1:
-        print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
-    elif not args.dry_run:
-        out = thresholds_path(options.ckpt[0])
-        tuned.save(out)
-        print(f"wrote {out} (submit, predict and figures use it unless options are given)")
-
-
-def _print_vote(scores) -> None:
-    from roadseg.scoring import format_scores
-
-    print("majority vote of the members' patch labels:")
-    print(format_scores(scores.scores(0.5, 0.5)))
-    print("(a vote's thresholds are the members' own: tune each member alone)")
-
-
-def _print_thresholds(raw, decision, *, metric: str, tta: bool):
-    """Scores at the defaults, at the decision's clean-up and at the tuned thresholds, and
-    APLS; returns the tuned :class:`~roadseg.thresholds.Thresholds`."""
-    from roadseg.scoring import format_scores
-
-    columns = {"default (pixel 0.5, patch 0.25)": raw.scores()}
-    scores = raw.with_clean(decision.clean)
-    if decision.postprocessing:
-        columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
-    tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area, metric=metric)
-    tuned = dataclasses.replace(tuned, tta=bool(tta))
-    columns[f"tuned for {metric} ({tuned.decision().describe()})"] = scores.scores(
-        tuned.pixel, tuned.patch
-    )
-    for name, values in columns.items():
-        print(f"{name}:")
-        print(format_scores(values))
-    print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
-          f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
-    return tuned
-
-
-def _span(interval: tuple[float, float]) -> str:
-    return f"{interval[0]:.3f}-{interval[1]:.3f}"
-
-
-def _print_spread(raw, tiles) -> None:
-    """Road patch F1 by ring, the bootstrap intervals, and the tiles with the lowest F1."""
-    rings, spread = raw.ring_f1(), raw.intervals()
-    print(
-        "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
-        "0.25), with the middle 95% of a bootstrap over tiles: "
-        + ", ".join(f"{k}: {v:.4f} ({_span(spread[f'ring {k}'])})" for k, v in rings.items())
-    )
-    print(
-        f"bootstrap over tiles ({len(tiles)} validation tiles drawn with replacement 2000 times; "
-        "how far other tiles of the same maps could move the scores at pixel 0.5, patch "
-        f"0.25): road patch F1 {_span(spread['f1'])}, patch accuracy "
-        f"{_span(spread['accuracy'])}"
-    )
-    lowest = sorted(
-        zip(raw.per_tile(), tiles["image"], strict=True), key=lambda t: t[0]["patch_f1"]
-    )
-    print(
-        "lowest road patch F1 of a tile (pixel 0.5, patch 0.25; road patches found of true, "
-        "predicted): "
-        + ", ".join(f"{Path(str(image)).stem} {s['patch_f1']:.3f} ({s['hit']} of {s['true']}, "
-                    f"{s['predicted']})" for s, image in lowest[:5])
-    )  # fmt: skip
-
-
 def _cmd_predict(args: argparse.Namespace) -> None:
     from roadseg.io import raster_shape
     from roadseg.paths import check_io
     from roadseg.scenes import predict_scene_run
 
+    refuse_idle(
+        (args.png is not None and not args.vector, "--png",
+         "--vector LINES.gpkg (it draws those centre lines)"),
+        (args.threads is not None and args.processes == 1, "--threads",
+         "--processes N (the threads of each of them; one process uses every core)"),
+    )  # fmt: skip
     options = predict_options(args)
     check_io(inputs=[args.scene], outputs=[args.out], protected=options.inputs)
     raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
@@ -249,6 +188,10 @@ def _cmd_vectorize(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.vectors import vector_driver
 
+    refuse_idle(
+        (args.image is not None and not args.png, "--image",
+         "--png OUT.png (it is the imagery the lines are drawn over)"),
+    )  # fmt: skip
     check_io(inputs=[args.raster, *([args.image] if args.image else [])],
              outputs=[args.out, *([args.png] if args.png else [])])  # fmt: skip
     vector_driver(args.out)
@@ -259,7 +202,6 @@ def add_commands(sub) -> None:
     """The prediction commands' parsers."""
     _add_submit(sub)
     _add_pseudo_label(sub)
-    _add_tune(sub)
     _add_predict(sub)
     _add_vectorize(sub)
 
@@ -318,29 +260,6 @@ def _add_pseudo_label(sub) -> None:
         "leaderboard's situation",
     )
     p.set_defaults(func=_cmd_pseudo_label)
-
-
-def _add_tune(sub) -> None:
-    p = sub.add_parser(
-        "tune",
-        help="find the thresholds that maximise validation road F1 (or patch accuracy) and store them by the checkpoint",
-        description="Predict the validation tiles of the checkpoint's own split, search the pixel "
-        "and patch thresholds on a grid, print patch accuracy (the leaderboard's number), road "
-        "patch F1, background F1, precision and recall at the default and at the tuned "
-        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on), which "
-        "submit, predict and figures then use.",
-    )
-    add_predictor_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
-    p.add_argument(
-        "--metric",
-        choices=["f1", "accuracy"],
-        default="f1",
-        help="what the thresholds maximise: f1 (road patch F1, the course's score) or accuracy "
-        "(patch accuracy, what the Kaggle leaderboard computes; it prefers fewer road "
-        "patches) (default %(default)s)",
-    )
-    p.set_defaults(func=_cmd_tune)
 
 
 def _add_predict(sub) -> None:

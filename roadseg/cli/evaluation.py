@@ -1,0 +1,187 @@
+"""Commands that score a checkpoint on its own validation split: tune, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from roadseg.cli.common import add_predictor_args, predict_options
+from roadseg.cli.prediction import submission_name
+from roadseg.errors import RoadsegError
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from roadseg.evaluation import Validation
+    from roadseg.paths import check_io
+    from roadseg.thresholds import store_thresholds, thresholds_path
+
+    options = predict_options(args)
+    writes = not args.dry_run and len(options.ckpt) == 1 and options.merge != "vote"
+    if writes:
+        out = thresholds_path(options.ckpt[0], tta=bool(options.tta))
+        check_io(outputs=[out], protected=options.inputs)
+    ckpts = options.read_checkpoints()
+    validation = Validation(ckpts[0], options.margin)
+    if validation.tiles.empty:
+        raise RoadsegError(
+            "trained without a validation split (every labelled tile trained): nothing to tune "
+            "on; give submit the thresholds tune found for a validated run of the same config "
+            "(--pixel-threshold P --patch-threshold Q)",
+            options.ckpt[0],
+        )
+    print(validation.context_line)
+    predictor, decision = options.predictor(ckpts)  # its clean-up is what is tuned with
+    raw = validation.scores(predictor)
+    setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
+    setup += f", {options.merge}" if len(ckpts) > 1 else ""
+    setup += f", TTA {'on' if options.tta else 'off'}"
+    print(f"validation patch scores on {len(validation.tiles)} tiles ({setup}):")
+    if options.merge == "vote":
+        _print_vote(raw)
+        return
+    tuned = _print_thresholds(raw, decision, metric=args.metric, tta=options.tta)
+    _print_spread(raw, validation.tiles)
+    if len(ckpts) > 1:
+        print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
+    elif not args.dry_run:
+        out = store_thresholds(options.ckpt[0], tuned)
+        mode = "with" if options.tta else "without"
+        print(f"wrote {out} (what submit, predict and figures use {mode} TTA unless options "
+              "are given)")  # fmt: skip
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from roadseg.evaluation import Validation
+    from roadseg.paths import check_io
+    from roadseg.scoring import format_scores
+    from roadseg.submission import tile_rows, write_submission
+
+    options = predict_options(args)
+    out = Path(args.out or Path("submissions") / submission_name(options, "validation"))
+    check_io(outputs=[out], protected=options.inputs)
+    ckpts = options.read_checkpoints()
+    validation = Validation(ckpts[0], options.margin)
+    if validation.tiles.empty:
+        raise RoadsegError(
+            "trained without a validation split (every labelled tile trained): no tile it has "
+            "not seen to score it on; evaluate a validated run of the same config",
+            options.ckpt[0],
+        )
+    print(validation.context_line)
+    predictor, decision = options.predictor(ckpts)
+    scores = validation.scores(predictor).with_clean(decision.clean)
+    labels = (decision.labels(prob) for prob in scores.probs)
+    tiles = validation.tiles
+    write_submission(
+        (row for t, lab in zip(tiles["tile_id"], labels, strict=True) for row in tile_rows(int(t), lab)),
+        out,
+    )  # fmt: skip
+    truth = Path(tiles["mask"].iloc[0]).parent
+    print(f"wrote {out}: the {len(tiles)} validation tiles of {options.ckpt[0]} (none trained "
+          f"it), {decision.describe()}; roadseg score {out} --truth {truth} scores it again")  # fmt: skip
+    print(format_scores(scores.scores(decision.pixel, decision.patch)))
+
+
+def _print_vote(scores) -> None:
+    from roadseg.scoring import format_scores
+
+    print("majority vote of the members' patch labels:")
+    print(format_scores(scores.scores(0.5, 0.5)))
+    print("(a vote's thresholds are the members' own: tune each member alone)")
+
+
+def _print_thresholds(raw, decision, *, metric: str, tta: bool):
+    """Scores at the defaults, at the decision's clean-up and at the tuned thresholds, and
+    APLS; returns the tuned :class:`~roadseg.thresholds.Thresholds`."""
+    from roadseg.scoring import format_scores
+
+    columns = {"default (pixel 0.5, patch 0.25)": raw.scores()}
+    scores = raw.with_clean(decision.clean)
+    if decision.postprocessing:
+        columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
+    tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area, metric=metric)
+    tuned = dataclasses.replace(tuned, tta=bool(tta))
+    columns[f"tuned for {metric} ({tuned.decision().describe()})"] = scores.scores(
+        tuned.pixel, tuned.patch
+    )
+    for name, values in columns.items():
+        print(f"{name}:")
+        print(format_scores(values))
+    print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
+          f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
+    return tuned
+
+
+def _span(interval: tuple[float, float]) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
+def _print_spread(raw, tiles) -> None:
+    """Road patch F1 by ring, the bootstrap intervals, and the tiles with the lowest F1."""
+    rings, spread = raw.ring_f1(), raw.intervals()
+    print(
+        "road patch F1 by ring of patches from the tile border (0 = border; pixel 0.5, patch "
+        "0.25), with the middle 95% of a bootstrap over tiles: "
+        + ", ".join(f"{k}: {v:.4f} ({_span(spread[f'ring {k}'])})" for k, v in rings.items())
+    )
+    print(
+        f"bootstrap over tiles ({len(tiles)} validation tiles drawn with replacement 2000 times; "
+        "how far other tiles of the same maps could move the scores at pixel 0.5, patch "
+        f"0.25): road patch F1 {_span(spread['f1'])}, patch accuracy "
+        f"{_span(spread['accuracy'])}"
+    )
+    lowest = sorted(
+        zip(raw.per_tile(), tiles["image"], strict=True), key=lambda t: t[0]["patch_f1"]
+    )
+    print(
+        "lowest road patch F1 of a tile (pixel 0.5, patch 0.25; road patches found of true, "
+        "predicted): "
+        + ", ".join(f"{Path(str(image)).stem} {s['patch_f1']:.3f} ({s['hit']} of {s['true']}, "
+                    f"{s['predicted']})" for s, image in lowest[:5])
+    )  # fmt: skip
+
+
+def add_commands(sub) -> None:
+    """The scoring commands' parsers."""
+    _add_tune(sub)
+    _add_evaluate(sub)
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="find the thresholds that maximise validation road F1 (or patch accuracy) and store them by the checkpoint",
+        description="Predict the validation tiles of the checkpoint's own split, search the pixel "
+        "and patch thresholds on a grid, print patch accuracy (the leaderboard's number), road "
+        "patch F1, background F1, precision and recall at the default and at the tuned "
+        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on), which "
+        "submit, predict and figures then use.",
+    )
+    add_predictor_args(p, metric=False)
+    p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    p.add_argument(
+        "--metric",
+        choices=["f1", "accuracy"],
+        default="f1",
+        help="what the thresholds maximise: f1 (road patch F1, the course's score) or accuracy "
+        "(patch accuracy, what the Kaggle leaderboard computes; it prefers fewer road "
+        "patches) (default %(default)s)",
+    )
+    p.set_defaults(func=_cmd_tune)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint (or an ensemble) honestly: on its own validation split, as "
+        "submit predicts, and write that CSV",
+        description="Predict the validation tiles of the checkpoint's own split (tiles it "
+        "never trained on) exactly as submit predicts the test tiles (context, TTA, ensemble, "
+        "stored thresholds and clean-up), write their rows as a submission CSV and print "
+        "patch accuracy (the leaderboard's number), road patch F1 and the rest. roadseg "
+        "score of that CSV against the training masks gives the same figures.",
+    )
+    add_predictor_args(p)
+    p.add_argument("--out", help="CSV to write (default: submissions/<run>-validation[-tta].csv)")
+    p.set_defaults(func=_cmd_evaluate)

@@ -44,11 +44,11 @@ def check_config_file(config: str) -> None:
     """A missing config is named, with the configs beside it and the nearest name."""
     import difflib
 
-    from roadseg.paths import check_input
+    from roadseg.paths import check_input, read_text
 
     path = Path(config)
     if not path.exists() and path.parent.is_dir():
-        names = sorted(p.name for p in path.parent.glob("*.yaml"))
+        names = sorted(p.name for p in path.parent.glob("*.yaml") if p.name != path.name)
         close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
         if close:
             raise RoadsegError(
@@ -58,6 +58,7 @@ def check_config_file(config: str) -> None:
             shown = ", ".join(Path(n).stem for n in names)
             raise RoadsegError(f"config file not found; {path.parent}/ has: {shown}", path)
     check_input(path, what="config file")
+    read_text(path, "config file")  # a binary file is named here, not deep in the parser
 
 
 def is_run_logger(logger) -> bool:

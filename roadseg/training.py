@@ -16,7 +16,7 @@ from jsonargparse import ArgumentError, Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-from roadseg.checkpoints import check_checkpoint_path, global_step
+from roadseg.checkpoints import check_checkpoint_path, global_step, read_checkpoint
 from roadseg.datamodule import RoadDataModule
 from roadseg.errors import RoadsegError, squash
 from roadseg.runs import (
@@ -264,6 +264,7 @@ def check_ckpt_path(argv: list[str]) -> None:
             value = argv[i + 1]
         if value not in (None, "null", "last", "best", "hpc", "registry"):
             check_checkpoint_path(value)
+            read_checkpoint(value, mapped=True)  # a file torch cannot read: one line here
 
 
 def _culprit(argv: list[str], message: str) -> str | None:

@@ -48,6 +48,15 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
         True,
     ),
 }
+# Lightning's commands: {out} is the run folder they write into
+LIGHTNING = {
+    "fit": ("fit --config {config} --trainer.default_root_dir {out}", ("config", "data"), True),
+    "validate": (
+        "validate --config {config} --ckpt_path {run_ckpt} --trainer.default_root_dir {out}",
+        ("config", "data", "run_ckpt"),
+        True,
+    ),
+}
 SPOILS = ("none", "random", "empty", "truncated", "folder", "symlink", "missing", "dangling")
 OUTPUTS = (
     "new", "nested-new", "existing-file", "folder", "same-as-input", "symlink-to-input",
@@ -76,7 +85,31 @@ def checkpoint_file(tmp_path_factory) -> Path:
     return path
 
 
-def _workspace(root: Path, ckpt: Path) -> dict[str, Path]:
+TINY_RUN = """\
+seed_everything: 0
+trainer: {{max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1, accelerator: cpu,
+  enable_progress_bar: false, enable_model_summary: false, logger: null}}
+model:
+  model: unet
+  model_args: {{encoder: resnet18, encoder_weights: null, encoder_depth: 3,
+    decoder_channels: [16, 8, 8]}}
+data: {{root: {root}, crop_size: 32, batch_size: 2, samples_per_epoch: 2, num_workers: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint that Lightning wrote (optimizer state, versions), for validate."""
+    root = tmp_path_factory.mktemp("lightning")
+    data = make_cil_dataset(root / "data", n_train=2, n_test=1, size=32)
+    (root / "run.yaml").write_text(TINY_RUN.format(root=data))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["fit", "--config", str(root / "run.yaml"),
+                     "--trainer.default_root_dir", str(root / "run")]) == 0  # fmt: skip
+    return root / "run" / "checkpoints" / "best.ckpt"
+
+
+def _workspace(root: Path, ckpt: Path, run_ckpt: Path | None = None) -> dict[str, Path]:
     """Valid inputs of every command under ``root``."""
     data = make_cil_dataset(root / "data", n_train=2, n_test=1, size=32)
     masks = root / "masks"  # the truth of the test tile that sub.csv covers
@@ -88,8 +121,14 @@ def _workspace(root: Path, ckpt: Path) -> dict[str, Path]:
     shutil.copyfile(ckpt, root / "model.ckpt")
     opts = root / "opts.yaml"
     opts.write_text(f"ckpt: {root / 'model.ckpt'}\nwindow: 64\noverlap: 16\n")
-    return {"data": data, "masks": masks, "sub": sub, "scene": scene,
-            "ckpt": root / "model.ckpt", "opts": opts}  # fmt: skip
+    config = root / "run.yaml"
+    config.write_text(TINY_RUN.format(root=data))
+    paths = {"data": data, "masks": masks, "sub": sub, "scene": scene,
+             "ckpt": root / "model.ckpt", "opts": opts, "config": config}  # fmt: skip
+    if run_ckpt is not None:
+        shutil.copyfile(run_ckpt, root / "run.ckpt")
+        paths["run_ckpt"] = root / "run.ckpt"
+    return paths
 
 
 def _a_file_in(path: Path) -> Path:
@@ -163,10 +202,30 @@ def _snapshot(root: Path) -> dict[Path, bytes]:
 )
 @given(data=st.data())
 def test_no_input_is_lost_and_no_error_is_a_traceback(command, checkpoint_file, data):
-    template, spoilable, writes = COMMANDS[command]
+    _run_one(command, COMMANDS[command], checkpoint_file, None, data)
+
+
+@pytest.mark.parametrize("command", sorted(LIGHTNING))
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_lightning_commands_lose_nothing_and_leave_nothing_when_they_fail(
+    command, checkpoint_file, run_checkpoint, data
+):
+    """fit and validate with spoiled configs, data and checkpoints, into run folders that
+    are new, existing, inputs or under a file: exit 0 or 2, one line, and a failed run
+    leaves no config.yaml, provenance.json or version folder behind."""
+    _run_one(command, LIGHTNING[command], checkpoint_file, run_checkpoint, data)
+
+
+def _run_one(command, spec, checkpoint_file, run_checkpoint, data) -> None:
+    template, spoilable, writes = spec
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = _workspace(root, checkpoint_file)
+        paths = _workspace(root, checkpoint_file, run_checkpoint)
         victim = data.draw(st.sampled_from(spoilable), label="input")
         how = data.draw(st.sampled_from(("none", *SPOILS)), label="spoil")  # none: 2/9
         payload = data.draw(st.binary(min_size=1, max_size=300), label="random bytes")
@@ -205,6 +264,8 @@ def test_no_input_is_lost_and_no_error_is_a_traceback(command, checkpoint_file, 
         assert not [p for p in new if p.name.endswith(".tmp")], new
         if status == 2 or not writes:
             assert not new, f"{argv} failed but left {new}"
+        elif command in LIGHTNING:  # a run folder: everything it wrote is inside it
+            assert all(out.resolve() in p.resolve().parents for p in new), new
         else:
             assert new <= {out} or out_how == "existing-file", new
 

@@ -53,8 +53,8 @@ class PredictOptions:
         """The options given (``None``: not given; ``ckpt`` a list) over those of the
         options file ``config`` over the defaults; every checkpoint is checked to exist."""
         values = _options_file(config) if config else {}
-        chosen = {
-            name: given[name] if given.get(name) is not None else values.get(name, default)
+        chosen = {  # an option without a value (``overlap:``) is not set
+            name: next((v for v in (given.get(name), values.get(name)) if v is not None), default)
             for name, default in _defaults().items()
         }
         if chosen["metric"] not in (None, "f1", "accuracy"):

@@ -120,3 +120,17 @@ def mapped_dataset(tmp_path):
             )
         places[tid] = (c, r)
     return tmp_path / "d", big, road, places
+
+
+def write_small_checkpoint(path: Path) -> Path:
+    """An untrained small U-Net saved as a roadseg checkpoint (fast to run anywhere)."""
+    import torch
+
+    from roadseg.models import create_model
+
+    model_args = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
+                  "decoder_channels": [16, 8, 8]}  # fmt: skip
+    weights = create_model("unet", **model_args).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()},
+                "hyper_parameters": {"model": "unet", "model_args": model_args}}, path)  # fmt: skip
+    return path

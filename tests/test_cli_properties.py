@@ -24,12 +24,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roadseg.cli import main
-from tests.conftest import make_cil_dataset, road_tile, write_raster
+from tests.conftest import make_cil_dataset, road_tile, write_raster, write_small_checkpoint
 
 # command -> (argv template, the inputs it reads that may be spoiled, whether it writes {out})
 COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
@@ -69,20 +68,7 @@ MESSAGES: Counter = Counter()  # (command, error line) -> runs
 @pytest.fixture(scope="module")
 def checkpoint_file(tmp_path_factory) -> Path:
     """A small, valid roadseg checkpoint (an untrained U-Net), copied into each workspace."""
-    from roadseg.models import create_model
-
-    model_args = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
-                  "decoder_channels": [16, 8, 8]}  # fmt: skip
-    weights = create_model("unet", **model_args).state_dict()
-    path = tmp_path_factory.mktemp("checkpoint") / "model.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in weights.items()},
-            "hyper_parameters": {"model": "unet", "model_args": model_args},
-        },
-        path,
-    )
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("checkpoint") / "model.ckpt")
 
 
 TINY_RUN = """\

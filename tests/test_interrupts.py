@@ -16,23 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
-from tests.conftest import road_tile, write_raster
+from tests.conftest import road_tile, write_raster, write_small_checkpoint
 
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory) -> Path:
-    """An untrained small U-Net as a roadseg checkpoint (fast to run on many chunks)."""
-    from roadseg.models import create_model
-
-    model_args = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
-                  "decoder_channels": [16, 8, 8]}  # fmt: skip
-    weights = create_model("unet", **model_args).state_dict()
-    path = tmp_path_factory.mktemp("checkpoint") / "model.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()},
-                "hyper_parameters": {"model": "unet", "model_args": model_args}}, path)  # fmt: skip
-    return path
+    """An untrained small U-Net as a roadseg checkpoint."""
+    return write_small_checkpoint(tmp_path_factory.mktemp("checkpoint") / "model.ckpt")
 
 
 def _roadseg(*args: str, interrupt_when: Path | None = None) -> tuple[int, str]:

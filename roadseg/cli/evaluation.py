@@ -11,8 +11,22 @@ from roadseg.cli.prediction import submission_name
 from roadseg.errors import RoadsegError
 
 
-def _cmd_tune(args: argparse.Namespace) -> None:
+def _validation(options, ckpts: list[dict], instead: str):
+    """The first checkpoint's validation tiles in context, the context said; refused with
+    ``instead`` when it trained on every labelled tile."""
     from roadseg.evaluation import Validation
+
+    validation = Validation(ckpts[0], options.margin)
+    if validation.tiles.empty:
+        raise RoadsegError(
+            f"trained without a validation split (every labelled tile trained): {instead}",
+            options.ckpt[0],
+        )
+    print(validation.context_line)
+    return validation
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.thresholds import store_thresholds, thresholds_path
 
@@ -22,15 +36,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         out = thresholds_path(options.ckpt[0], tta=bool(options.tta))
         check_io(outputs=[out], protected=options.inputs)
     ckpts = options.read_checkpoints()
-    validation = Validation(ckpts[0], options.margin)
-    if validation.tiles.empty:
-        raise RoadsegError(
-            "trained without a validation split (every labelled tile trained): nothing to tune "
-            "on; give submit the thresholds tune found for a validated run of the same config "
-            "(--pixel-threshold P --patch-threshold Q)",
-            options.ckpt[0],
-        )
-    print(validation.context_line)
+    validation = _validation(
+        options, ckpts, "nothing to tune on; give submit the thresholds tune found for a "
+        "validated run of the same config (--pixel-threshold P --patch-threshold Q)",
+    )  # fmt: skip
     predictor, decision = options.predictor(ckpts)  # its clean-up is what is tuned with
     raw = validation.scores(predictor)
     setup = f"{len(ckpts)} model{'s' if len(ckpts) > 1 else ''}"
@@ -52,7 +61,6 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from roadseg.evaluation import Validation
     from roadseg.paths import check_io
     from roadseg.scoring import format_scores
     from roadseg.submission import tile_rows, write_submission
@@ -61,14 +69,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out or Path("submissions") / submission_name(options, "validation"))
     check_io(outputs=[out], protected=options.inputs)
     ckpts = options.read_checkpoints()
-    validation = Validation(ckpts[0], options.margin)
-    if validation.tiles.empty:
-        raise RoadsegError(
-            "trained without a validation split (every labelled tile trained): no tile it has "
-            "not seen to score it on; evaluate a validated run of the same config",
-            options.ckpt[0],
-        )
-    print(validation.context_line)
+    validation = _validation(
+        options, ckpts, "no tile it has not seen to score it on; evaluate a validated run of "
+        "the same config",
+    )  # fmt: skip
     predictor, decision = options.predictor(ckpts)
     scores = validation.scores(predictor).with_clean(decision.clean)
     labels = (decision.labels(prob) for prob in scores.probs)

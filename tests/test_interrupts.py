@@ -32,6 +32,8 @@ def _roadseg(*args: str, interrupt_when: Path | None = None) -> tuple[int, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "roadseg", *args], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a terminal: a runner in the background may have SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     if interrupt_when is not None:
         deadline = time.monotonic() + 120

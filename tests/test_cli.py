@@ -213,6 +213,8 @@ def test_evaluate_scores_the_validation_split_as_submit_predicts(cil_root, tmp_p
     assert submission_name(made, "cil") == "run-cil-tta.csv"
     made = PredictOptions(ckpt=(str(ckpt), str(ckpt)), merge="vote")
     assert submission_name(made, "cil") == "run-cil-ensemble2-vote.csv"
+    made = PredictOptions(ckpt=(str(ckpt),), tta=True, metric="accuracy")
+    assert submission_name(made, "validation") == "run-validation-tta-accuracy.csv"
 
 
 def test_upload_without_a_token_says_what_to_run_later(tmp_path, monkeypatch):

@@ -95,14 +95,19 @@ def _say_trained_tiles(options: PredictOptions, ckpt: dict, tiles) -> None:
 
 
 def submission_name(options: PredictOptions, what: str) -> str:
-    """``<run>-<what>[-ensemble<N>][-vote][-tta].csv``: how the CSV was made (``what``: the
-    dataset, or ``validation``)."""
+    """``<run>-<what>[-ensemble<N>][-vote][-tta][-<metric>].csv``: how the CSV was made
+    (``what``: the dataset, or ``validation``; the metric when one was asked for)."""
     from roadseg.checkpoints import run_name
 
     name = f"{run_name(options.ckpt[0])}-{what}"
     name += f"-ensemble{len(options.ckpt)}" if len(options.ckpt) > 1 else ""
     name += "-vote" if len(options.ckpt) > 1 and options.merge == "vote" else ""
-    return name + ("-tta" if options.tta else "") + ".csv"
+    return (
+        name
+        + ("-tta" if options.tta else "")
+        + (f"-{options.metric}" if options.metric else "")
+        + ".csv"
+    )
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> None:

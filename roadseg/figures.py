@@ -238,7 +238,7 @@ def occlusion(
         ax.add_patch(plt.Rectangle((pc, pr), PATCH_SIZE, PATCH_SIZE, fill=False, ec="lime", lw=1.5))
         ax.axis("off")
     axes[0].set_title(f"crop, patch explained (green); logit {base:.2f}")
-    axes[1].set_title(f"occlusion: {size}px square of the crop's mean colour, stride {stride}")
+    axes[1].set_title(f"occlusion: a {size}px square of the crop's\nmean colour, stride {stride}")
     return save(fig, out / "occlusion.png")
 
 
@@ -302,7 +302,7 @@ def tsne(model, frame: pd.DataFrame, out: Path) -> Path | None:
         feats
     )
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    for value, colour, name in ((0, "C0", "background"), (1, "C3", "road")):
+    for value, colour, name in ((0, HIT, "background"), (1, FALSE_ROAD, "road")):
         sel = labels == value
         ax.scatter(xy[sel, 0], xy[sel, 1], s=4, c=colour, alpha=0.6, label=f"{name} ({sel.sum()})")
     ax.set(title=f"t-SNE of {len(feats)} patch embeddings ({feats.shape[1]} features)")
@@ -400,7 +400,7 @@ def make_figures(
     out = Path(out)
     decision = decision or stored_decision(ckpt, tta=False)[0]  # figures predict without TTA
     torch.manual_seed(0)
-    bar = tqdm(total=9, desc="figures", unit="figure", disable=not progress)
+    bar = tqdm(total=8, desc="figures", unit="figure", disable=not progress)
     written = []
     if curves:
         written.append(learning_curves(curves, out))

@@ -154,12 +154,14 @@ class RunStart:
 
     def __init__(self):
         self.root: Path | None = None
-        self.before: set[Path] = set()
+        self.before: set[Path] = set()  # what was in the run folder
+        self.existed: set[Path] = set()  # the run folder and the folders above it that were there
         self.time = time.time()
 
     def note(self, root: Path) -> None:
         self.root = root
         self.before = set(root.rglob("*")) if root.exists() else set()
+        self.existed = {p for p in (root, *root.parents) if p.exists()}
 
     def remove_unfinished(self) -> None:
         """Remove what the command added, unless it wrote a checkpoint."""
@@ -173,11 +175,10 @@ class RunStart:
                 path.rmdir()
             elif path.is_file():
                 path.unlink()
-        for folder in (self.root, *self.root.parents):
-            if folder in self.before or folder.exists() and any(folder.iterdir()):
+        for folder in (self.root, *self.root.parents):  # the folders it created, if empty
+            if folder in self.existed or not folder.exists() or any(folder.iterdir()):
                 break
-            if folder.exists():
-                folder.rmdir()
+            folder.rmdir()
 
 
 class RunConfigCallback(SaveConfigCallback):

@@ -296,3 +296,27 @@ def test_a_submission_model_trains_on_every_labelled_tile(cil_root, tmp_path, ca
     assert main(["submit", "--ckpt", str(ckpt), "--out", str(out), "--quiet",
                  "--pixel-threshold", "0.4"]) == 0  # fmt: skip
     assert len(read_submission(out)) == 2 * 16
+
+
+def test_a_lightning_command_that_fails_leaves_nothing_and_keeps_what_was_there(
+    cil_root, tmp_path, capsys
+):
+    """fit with an option the model refuses: one line naming the option, and no run
+    folder, config.yaml or provenance.json left; folders that were there (empty) stay."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    args = [*_fit_args(CONFIGS[0].parent / "quick.yaml", cil_root, runs / "a" / "b"),
+            "--model.loss", "bcee"]  # fmt: skip
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("roadseg: error: --model.loss=bcee: unknown loss")
+    assert runs.is_dir() and list(runs.iterdir()) == []
+    # validate of a checkpoint that is not there writes no version folder either
+    trained = tmp_path / "trained"
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "checkpoints" / "best.ckpt").write_bytes(b"")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"trainer:\n  default_root_dir: {trained}\n")
+    assert main(["validate", "--config", str(config), "--ckpt_path",
+                 str(trained / "checkpoints" / "bst.ckpt")]) == 2  # fmt: skip
+    assert "did you mean" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == ["checkpoints"]

@@ -78,32 +78,44 @@ def _read(path: Path) -> dict:
 
 def tuned_thresholds(ckpt: str | Path, *, tta: bool) -> tuple[dict[str, Thresholds], str, Path]:
     """The thresholds tuned for each metric in one mode, the metric tuned last, and their
-    file (no entries when none). A file of roadseg before per-mode files (one entry, its
-    mode in ``tta``) counts for the mode it was tuned in."""
+    file (no entries when none). A file of roadseg before per-mode files (one entry at the
+    plain path, its mode in ``tta``) counts for the mode it was tuned in."""
     path = thresholds_path(ckpt, tta=tta)
-    if path.is_file():
-        values = _read(path)
-        by_metric = {
-            m: Thresholds.from_dict(v, path) for m, v in (values.get("by_metric") or {}).items()
-        }
-        return by_metric, values.get("use", "f1"), path
-    legacy = thresholds_path(ckpt)
-    if legacy.is_file() and "pixel" in (values := _read(legacy)):
-        tuned = Thresholds.from_dict(values, legacy)
-        if bool(tuned.tta) == tta:
-            return {tuned.metric: tuned}, tuned.metric, legacy
+    for candidate in dict.fromkeys((path, thresholds_path(ckpt))):
+        if not candidate.is_file():
+            continue
+        values = _read(candidate)
+        if "pixel" in values:  # one entry: the format before per-mode files
+            tuned = Thresholds.from_dict(values, candidate)
+            if bool(tuned.tta) == tta:
+                return {tuned.metric: tuned}, tuned.metric, candidate
+        elif candidate == path:
+            by_metric = values.get("by_metric") or {}
+            entries = {m: Thresholds.from_dict(v, path) for m, v in by_metric.items()}
+            return entries, values.get("use", "f1"), path
     return {}, "f1", path
 
 
-def store_thresholds(ckpt: str | Path, tuned: Thresholds) -> Path:
-    """Store ``tuned`` for its mode and metric (the other metric's stay), atomically."""
-    tta = bool(tuned.tta)
-    path = thresholds_path(ckpt, tta=tta)
-    kept = tuned_thresholds(ckpt, tta=tta)[0] if path.is_file() else {}
-    by_metric = {**{m: asdict(t) for m, t in kept.items()}, tuned.metric: asdict(tuned)}
+def _write(path: Path, by_metric: dict[str, Thresholds], use: str) -> Path:
+    values = {"use": use, "by_metric": {m: asdict(t) for m, t in by_metric.items()}}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"use": tuned.metric, "by_metric": by_metric}, indent=2) + "\n")
+        tmp.write_text(json.dumps(values, indent=2) + "\n")
     return path
+
+
+def store_thresholds(ckpt: str | Path, tuned: Thresholds) -> Path:
+    """Store ``tuned`` for its mode and metric (the other metric's stay), atomically. A file
+    of the format before per-mode files is first moved to its own mode's file, so that
+    neither mode's thresholds are lost."""
+    legacy = thresholds_path(ckpt)
+    if legacy.is_file() and "pixel" in (values := _read(legacy)):
+        old = Thresholds.from_dict(values, legacy)
+        _write(thresholds_path(ckpt, tta=bool(old.tta)), {old.metric: old}, old.metric)
+        if old.tta:
+            legacy.unlink()
+    tta = bool(tuned.tta)
+    kept = tuned_thresholds(ckpt, tta=tta)[0]
+    return _write(thresholds_path(ckpt, tta=tta), {**kept, tuned.metric: tuned}, tuned.metric)
 
 
 def stored_decision(

@@ -125,7 +125,7 @@ def test_thresholds_are_stored_per_mode_and_metric(tmp_path):
 def test_a_thresholds_file_of_before_per_mode_files_counts_for_its_mode(tmp_path):
     import json
 
-    from roadseg.thresholds import stored_decision
+    from roadseg.thresholds import Thresholds, store_thresholds, stored_decision
 
     ckpt = tmp_path / "best.ckpt"
     old = {"pixel": 0.35, "patch": 0.2, "val_patch_f1": 0.8, "val_patch_accuracy": 0.9,
@@ -134,3 +134,16 @@ def test_a_thresholds_file_of_before_per_mode_files_counts_for_its_mode(tmp_path
     assert stored_decision(ckpt, tta=True)[0].pixel == 0.35
     decision, origin, _ = stored_decision(ckpt, tta=False)
     assert decision.pixel == 0.35 and "none tuned without TTA" in origin
+    # a plain tune now keeps it, for the TTA mode
+    store_thresholds(ckpt, Thresholds(pixel=0.6, tta=False))
+    assert stored_decision(ckpt, tta=True)[0].pixel == 0.35
+    assert stored_decision(ckpt, tta=False)[0].pixel == 0.6
+    # one tuned without TTA counts for that mode, and a TTA tune leaves it alone
+    old["tta"] = False
+    other = tmp_path / "other.ckpt"
+    (tmp_path / "other.ckpt.thresholds.json").write_text(json.dumps(old))
+    decision, origin, _ = stored_decision(other, tta=False)
+    assert decision.pixel == 0.35 and origin.startswith("tuned for f1 without TTA")
+    store_thresholds(other, Thresholds(pixel=0.45, tta=True))
+    assert stored_decision(other, tta=False)[0].pixel == 0.35
+    assert stored_decision(other, tta=True)[0].pixel == 0.45

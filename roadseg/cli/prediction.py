@@ -66,7 +66,8 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         else Path("submissions") / submission_name(options, test["source"].iloc[0])
     )
     check_io(outputs=[out], protected=[*options.inputs, *test["image"]])
-    _say_trained_tiles(options, ckpts[0], test)
+    if args.data is not None:  # the checkpoint's own test tiles never trained it
+        _say_trained_tiles(options, ckpts[0], test)
     maps, margin = _context(options, [trained_on, data], test)
     predictor, decision = options.predictor(ckpts)
 

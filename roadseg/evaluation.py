@@ -70,6 +70,47 @@ class Validation:
         return ValidationScores(self.predict(predictor), list(self.tiles["mask"]))
 
 
+class LabelledRasters:
+    """Labelled rasters of any source (a folder with ``images/`` and ``groundtruth/``),
+    each predicted alone as ``roadseg predict`` reads a scene (bands, radiometry,
+    resampling to the model's resolution) and scored on its own grid."""
+
+    def __init__(self, root: str | Path):
+        from roadseg.index import scan
+
+        frame = scan(root)
+        self.tiles = frame[frame["mask"].notna()].reset_index(drop=True)
+        if self.tiles.empty:
+            from roadseg.errors import RoadsegError
+
+            raise RoadsegError("no labelled images (images/ with groundtruth/ or masks/)", root)
+
+    def reading(self, predictor, read=None) -> list[str]:
+        """What is done to the first raster (:meth:`roadseg.reading.SceneReader.lines`)."""
+        import warnings
+
+        import rasterio
+
+        from roadseg.reading import SceneReader
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(self.tiles["image"].iloc[0]) as src:
+                reader = SceneReader(src, predictor.imagery, read)
+                return [*reader.lines(), *([reader.warning] if reader.warning else [])]
+
+    def scores(self, predictor, read=None) -> ValidationScores:
+        from tqdm.auto import tqdm
+
+        probs = [
+            predictor.predict_raster(path, read)
+            for path in tqdm(
+                self.tiles["image"], desc="predicting", unit="tile", disable=not predictor.progress
+            )  # fmt: skip
+        ]
+        return ValidationScores(probs, list(self.tiles["mask"]))
+
+
 def patch_rings(shape: tuple[int, int], rings: int = 4) -> np.ndarray:
     """For a tile of ``shape`` pixels: each 16x16 patch's distance in patches from the
     tile border, capped at ``rings`` (``(rows, cols)`` int)."""

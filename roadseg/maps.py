@@ -294,7 +294,8 @@ def write_maps(
     ``out``: ``layout.csv``; ``map_<k>.png``, each map of several tiles at 1/``scale`` size
     with the tiles outlined by split; ``map_<k>_image.tif`` and ``map_<k>_labels.tif``,
     the map's pixels and its known labels (255 road, 0 background, 128 unknown), which a
-    GIS program opens. The validation split is the one training configs make with the
+    GIS program opens; where a map has no tile, the image is nodata (an internal mask)
+    and the labels 128. The validation split is the one training configs make with the
     same ``val_fraction`` and ``seed``. Returns the layout."""
     import rasterio
 
@@ -334,6 +335,8 @@ def write_maps(
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 with rasterio.open(tmp, "w", **profile) as dst:
                     dst.write(data)
+                    if name == "image":  # missing tiles: an internal mask, as a GIS reads it
+                        dst.write_mask(np.isfinite(image).all(axis=0).astype(np.uint8) * 255)
         _draw_map(tiles, pixels, out / f"map_{m}.png", m, scale)
     return table
 

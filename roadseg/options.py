@@ -43,6 +43,9 @@ class PredictOptions:
     min_area: int | None = None
     context: int | None = None
     metric: str | None = None  # whose tuned thresholds: f1 or accuracy (None: tuned last)
+    bands: str | None = None  # scenes: bands read as R,G,B ("3,2,1"); None: see reading.py
+    input_range: str | None = None  # scenes: auto, none or "LOW HIGH" raw values
+    resolution: str | float | None = None  # scenes: auto, native or the scene's metres/px
     quiet: bool = False  # no progress bars (command line only)
     config: str | None = None  # the options file they came from
 
@@ -73,6 +76,19 @@ class PredictOptions:
     def inputs(self) -> list[str]:
         """The files a predicting command reads besides its images: checkpoints, options."""
         return [*self.ckpt, *([self.config] if self.config else [])]
+
+    def read_options(self):
+        """How scenes are read (:class:`~roadseg.reading.ReadOptions`), checked."""
+        from roadseg.reading import ReadOptions
+
+        return ReadOptions.parse(self.bands, self.input_range, self.resolution)
+
+    def imagery(self):
+        """The imagery the (first) checkpoint was trained on (:mod:`roadseg.imagery`)."""
+        from roadseg.checkpoints import read_checkpoint
+        from roadseg.imagery import imagery_of
+
+        return imagery_of(read_checkpoint(self.ckpt[0], mapped=True))
 
     def read_checkpoints(self) -> list[dict]:
         """The contents of every checkpoint (weights not yet in a model)."""
@@ -134,6 +150,7 @@ class PredictOptions:
             "ckpt": [f"{c} {c.stat().st_size} {c.stat().st_mtime_ns}" for c in ckpts],
             "tta": bool(self.tta), "window": self.window, "overlap": self.overlap,
             "merge": self.merge, "precision": self.precision,
+            "read": dataclasses.asdict(self.read_options()),
         }  # fmt: skip
 
 
@@ -150,7 +167,7 @@ def _kinds(name: str) -> tuple[type, ...]:
     """The types an option's value may have in an options file (an int is a float too)."""
     hint = typing.get_type_hints(PredictOptions)[name]
     kinds = tuple(k for k in (typing.get_args(hint) or (hint,)) if k is not types.NoneType)
-    return (float, int) if float in kinds else kinds
+    return (*kinds, int) if float in kinds else kinds
 
 
 def _options_file(config: str) -> dict:

@@ -11,6 +11,7 @@ stays flat however large the raster is.
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,12 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from roadseg.errors import RoadsegError
-from roadseg.io import atomic_path, image_to_rgb, read_image
+from roadseg.imagery import COMPETITION, Imagery, imagery_of
+from roadseg.io import atomic_path, read_image
 from roadseg.maps import MapIndex, context_image
 from roadseg.patches import PATCH_SIZE, labels_to_mask
 from roadseg.postprocess import Decision
+from roadseg.reading import ReadOptions, SceneReader
 from roadseg.task import RoadSegTask
 
 GDAL_CACHE_MB = 64
@@ -87,6 +90,8 @@ class Predictor:
             at every pixel, the share of members that call its 16x16 patch road: a patch is
             road by strict majority when that share is above 0.5 (see :attr:`output_decision`).
         decisions: one Decision per model for ``vote`` (default: 0.5 / 0.25, no clean-up).
+        imagery: what the models were trained on (:mod:`roadseg.imagery`): scenes are
+            mapped to its radiometry and resampled to its resolution.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class Predictor:
         progress: bool = True,
         merge: str = "mean",
         decisions: list[Decision] | None = None,
+        imagery: Imagery = COMPETITION,
     ):
         if not models:
             raise RoadsegError("Predictor needs at least one model")
@@ -124,6 +130,7 @@ class Predictor:
             raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         self.precision = precision
         self.progress = progress
+        self.imagery = imagery
 
     @classmethod
     def from_checkpoints(
@@ -135,6 +142,8 @@ class Predictor:
         tasks = [
             RoadSegTask.from_checkpoint(p, ckpt=c) for p, c in zip(paths, contents, strict=True)
         ]
+        if contents[0] is not None and "imagery" not in kwargs:
+            kwargs["imagery"] = ensemble_imagery(list(paths), contents)
         return cls(tasks, **kwargs)
 
     @property
@@ -260,6 +269,7 @@ class Predictor:
         world: int = 1,
         merge: bool = True,
         run_key: dict | None = None,
+        read: ReadOptions | None = None,
     ) -> int:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory);
         returns the number of chunks this call predicted.
@@ -280,6 +290,10 @@ class Predictor:
         must be there by then (for ``world`` > 1, merge after all processes finished).
         ``run_key``: what else must match for parts of an earlier run to be reused (the
         models, TTA, ...); a folder of parts of another run is refused.
+
+        ``read``: how the scene is read (:class:`~roadseg.reading.ReadOptions`: bands,
+        radiometry, resolution); what is done is printed. A scene resampled to the model's
+        resolution is chunked so that each chunk's resampled image is about ``chunk`` px.
         """
         if output not in ("prob", "mask"):
             raise RoadsegError(f"unknown output {output!r}; use prob or mask")
@@ -291,7 +305,13 @@ class Predictor:
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(src_path) as src:
+                reader = SceneReader(src, self.imagery, read)
+                for line in reader.lines():
+                    print(line)
+                if reader.warning:
+                    print(f"roadseg: warning: {reader.warning}", file=sys.stderr, flush=True)
                 profile = scene_profile(src, output)
+                chunk = reader.chunk_side(chunk)
                 chunks = scene_chunks(src.width, src.height, chunk)
                 key = scene_key(src_path, src, chunk=chunk, output=output, margin=margin,
                                 decision=decision, run_key=run_key)  # fmt: skip
@@ -306,7 +326,7 @@ class Predictor:
                 part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
                 try:
                     for k, win in bar:
-                        prob, valid, inner = self._predict_chunk(src, win, margin)
+                        prob, valid, inner = self._predict_chunk(reader, win, margin)
                         if output == "mask":
                             values = decision.mask(prob)[inner]
                         else:
@@ -323,26 +343,53 @@ class Predictor:
             merge_parts(out_path, profile, chunks)
         return len(mine)
 
-    def _predict_chunk(self, src, win: Window, margin: int):
-        """One chunk read with ``margin`` of context: the map of the whole read window, the
-        validity ``(h, w)`` of the chunk, and the slices of the chunk in that window."""
+    def predict_raster(self, path: str | Path, read: ReadOptions | None = None) -> np.ndarray:
+        """The map ``(H, W)`` of a whole raster held in memory (a tile), read as ``read``
+        says (bands, radiometry, resampled to the models' resolution) and on its own grid;
+        nodata pixels are predicted like the rest."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                reader = SceneReader(src, self.imagery, read)
+                prob, _, _ = self._predict_chunk(reader, Window(0, 0, src.width, src.height), 0)
+        return prob
+
+    def _predict_chunk(self, reader: SceneReader, win: Window, margin: int):
+        """One chunk read with ``margin`` of context: the map of the whole read window (on
+        the scene's grid), the validity ``(h, w)`` of the chunk, and the slices of the
+        chunk in that window."""
+        src = reader.src
         r0, c0 = max(0, win.row_off - margin), max(0, win.col_off - margin)
         r1 = min(src.height, win.row_off + win.height + margin)
         c1 = min(src.width, win.col_off + win.width + margin)
         outer = Window(c0, r0, c1 - c0, r1 - r0)
         try:
-            raw = src.read(window=outer)
-            valid = src.dataset_mask(window=outer) > 0
+            image, valid = reader.read(outer)
         except rasterio.errors.RasterioIOError as err:
             raise RoadsegError(f"truncated or corrupt raster ({err})", src.name) from err
-        image = image_to_rgb(raw, src.name)
-        prob = self.predict_image(image)
+        members = reader.to_scene(self.image_members(image), outer.height, outer.width)
+        prob = self.merge_members(members)
         rs, cs = win.row_off - r0, win.col_off - c0
         inner = (slice(rs, rs + win.height), slice(cs, cs + win.width))
         return prob, valid[inner], inner
 
 
 PART_BLOCK = 256
+
+
+def ensemble_imagery(paths: list, contents: list[dict]) -> Imagery:
+    """The imagery of an ensemble's first member; members trained at another resolution
+    are refused (one scene is resampled once, for all of them)."""
+    first = imagery_of(contents[0])
+    for path, ckpt in zip(paths[1:], contents[1:], strict=True):
+        other = imagery_of(ckpt).resolution
+        if other != first.resolution:
+            raise RoadsegError(
+                f"trained at {other} m/px, the ensemble's first member at "
+                f"{first.resolution} m/px: ensemble models of one resolution",
+                path,
+            )
+    return first
 
 
 def chunk_margin(overlap: int) -> int:

@@ -81,11 +81,19 @@ def _start_parts(job: _Job) -> None:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(job.scene) as src:
             key = scene_key(
-                job.scene, src, chunk=job.chunk, output=job.output,
+                job.scene, src, chunk=_chunk_side(job, src), output=job.output,
                 margin=chunk_margin(job.options.overlap), decision=job.options.output_decision(),
                 run_key=job.options.run_key(),
             )  # fmt: skip
     start_parts(job.out, key)
+
+
+def _chunk_side(job: _Job, src) -> int:
+    """The side of the scene's chunks on its own grid, as every process works it out."""
+    from roadseg.reading import chunk_side, scene_factor
+
+    factor, _ = scene_factor(src, job.options.imagery(), job.options.read_options().resolution)
+    return chunk_side(job.chunk, factor)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
     done = predictor.predict_scene(
         job.scene, job.out, output=job.output, decision=decision, chunk=job.chunk,
         rank=rank, world=world, merge=merge, run_key=job.options.run_key(),
+        read=job.options.read_options(),
     )  # fmt: skip
     if world > 1:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -127,7 +136,7 @@ def _merge_scene(job: _Job) -> None:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(job.scene) as src:
             profile = scene_profile(src, job.output)
-            chunks = scene_chunks(src.width, src.height, job.chunk)
+            chunks = scene_chunks(src.width, src.height, _chunk_side(job, src))
     merge_parts(job.out, profile, chunks)
 
 

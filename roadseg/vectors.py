@@ -2,8 +2,9 @@
 
 The mask is thinned to one-pixel centre lines (scikit-image), the skeleton's pixels are
 linked into chains between junctions and ends, and each chain becomes a LineString in
-the raster's CRS with its length (map units), mean road probability and estimated
-width (twice the distance from the centre line to the mask's edge, map units).
+the raster's CRS with its length (metres; geodesic for a geographic CRS; pixels without
+a CRS), mean road probability and estimated width (twice the distance from the centre
+line to the mask's edge, same unit).
 
 Large rasters stream chunk by chunk: each chunk is thinned with a margin around it, so
 its skeleton is the whole raster's, and keeps the links of the pixels it owns; a link
@@ -302,23 +303,67 @@ def vectorize_raster(
 
 
 def to_frame(pieces: list[Piece], crs, transform):
-    """A GeoDataFrame of LineStrings in the raster's CRS: ``length`` (map units),
-    ``mean_prob`` (NaN for a mask), ``width`` (map units)."""
+    """A GeoDataFrame of LineStrings in the raster's CRS: ``length`` and ``width`` in
+    metres (:func:`length_units`: geodesic on the WGS84 ellipsoid for a geographic CRS;
+    pixels for a raster without georeference), ``mean_prob`` (NaN for a mask). The unit is
+    in ``frame.attrs["units"]``."""
     import geopandas as gpd
     from shapely.geometry import LineString
 
-    pixel = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
-    lines, probs, widths = [], [], []
+    transform = vector_transform(crs, transform)
+    lines, probs, widths, points = [], [], [], []
     for p in pieces:
         rows, cols = p.pixels[:, 0] + 0.5, p.pixels[:, 1] + 0.5
         xs, ys = transform * (cols, rows)
         lines.append(LineString(np.stack([xs, ys], axis=1)))
+        points.append((xs[len(xs) // 2], ys[len(ys) // 2]))
         probs.append(p.prob_sum / p.count if p.count else float("nan"))
         # a centre pixel at distance d from the edge lies in a road 2d - 1 pixels wide
-        widths.append((2 * p.half_width_sum / p.count - 1) * pixel if p.count else float("nan"))
-    frame = gpd.GeoDataFrame({"mean_prob": probs, "width": widths}, geometry=lines, crs=crs)
-    frame.insert(0, "length", frame.geometry.length)
+        widths.append(2 * p.half_width_sum / p.count - 1 if p.count else float("nan"))
+    units, pixel_size, length = length_units(crs, transform)
+    at = np.asarray(points, np.float64).reshape(-1, 2)
+    frame = gpd.GeoDataFrame(
+        {"mean_prob": probs, "width": np.asarray(widths) * pixel_size(at[:, 0], at[:, 1])},
+        geometry=lines, crs=crs,
+    )  # fmt: skip
+    frame.insert(0, "length", length(frame.geometry) if len(frame) else [])
+    frame.attrs["units"] = units
     return frame
+
+
+def length_units(crs, transform):
+    """(unit, pixel side at points ``(x, y) -> metres``, line lengths ``geoseries -> array``)
+    of lines in ``crs``: metres for a projected CRS (its unit converted), geodesic metres on
+    the WGS84 ellipsoid for a geographic one (a degree is not a length), pixels without a
+    CRS."""
+    det = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
+    if crs is None:
+        return "px", lambda x, y: np.full(len(x), det), lambda g: g.length.to_numpy()
+    if crs.is_geographic:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+
+        def pixel_size(x, y):
+            _, _, dx = geod.inv(x, y, x + abs(transform.a), y)
+            _, _, dy = geod.inv(x, y, x, y + abs(transform.e))
+            return np.sqrt(np.asarray(dx) * np.asarray(dy))
+
+        return "m", pixel_size, lambda g: np.array([geod.geometry_length(line) for line in g])
+    factor = crs.linear_units_factor[1]
+    return ("m", lambda x, y: np.full(len(x), det * factor),
+            lambda g: g.length.to_numpy() * factor)  # fmt: skip
+
+
+def vector_transform(crs, transform):
+    """The transform lines are written with: the raster's; for a raster without
+    georeference, pixel coordinates with y up (x = column, y = -row), as a GIS shows such
+    an image, so that lines and raster overlay instead of mirroring."""
+    from affine import Affine
+
+    if crs is None and transform.is_identity:
+        return Affine(1, 0, 0, 0, -1, 0)
+    return transform
 
 
 def write_vectors(frame, out: str | Path) -> None:
@@ -352,10 +397,14 @@ def junctions(frame):
 
 def describe(frame) -> str:
     """One line: lines, junctions, total length, CRS."""
-    crs = frame.crs.to_string() if frame.crs is not None else "no CRS (pixel units)"
+    units = frame.attrs.get("units", "map units")
+    crs = (frame.crs.to_string() if frame.crs is not None
+           else "no CRS: pixel coordinates, y up as a GIS shows the raster")  # fmt: skip
+    if frame.crs is not None and frame.crs.is_geographic:
+        crs += ", lengths and widths geodesic"
     return (
         f"{len(frame)} lines, {len(junctions(frame))} junctions, total length "
-        f"{frame['length'].sum():.1f} map units, {crs}"
+        f"{frame['length'].sum():.1f} {units}, {crs}"
     )
 
 
@@ -375,12 +424,26 @@ def draw_lines(image: str | Path, frame, png: str | Path, *, max_side: int = 240
             scale = max(1.0, max(src.width, src.height) / max_side)
             shape = (src.count, int(src.height / scale), int(src.width / scale))
             pixels = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.average)
-            bounds = src.bounds
+            bounds = rasterio.coords.BoundingBox(  # (west, south, east, north)
+                *rasterio.transform.array_bounds(
+                    src.height, src.width, vector_transform(src.crs, src.transform)
+                )
+            )
     if pixels.shape[0] == 1:  # a probability or mask raster: grey
         grey = pixels[0].astype(np.float32)
         rgb = np.repeat((grey / max(float(grey.max()), 1e-6))[None], 3, axis=0)
-    else:
+    elif pixels.dtype == np.uint8:
         rgb = image_to_rgb(pixels, image)
+    else:  # 12/16-bit or float: shown stretched 2-98% per band
+        rgb = (
+            pixels[:3].astype(np.float32)
+            if pixels.shape[0] >= 3
+            else np.repeat(pixels[:1], 3, 0).astype(np.float32)
+        )
+        low, high = np.nanpercentile(rgb, (2, 98), axis=(1, 2))
+        rgb = np.clip(
+            (rgb - low[:, None, None]) / np.maximum(high - low, 1e-9)[:, None, None], 0, 1
+        )
     fig, ax = plt.subplots(figsize=(12, 12 * rgb.shape[1] / rgb.shape[2]), dpi=max_side / 12)
     ax.imshow(rgb.transpose(1, 2, 0), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
     if len(frame):

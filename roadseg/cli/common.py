@@ -25,6 +25,8 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
          "an ensemble: give --ckpt two or more times"),
     )  # fmt: skip
     given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
+    if isinstance(given.get("input_range"), list):  # --input-range LOW HIGH
+        given["input_range"] = " ".join(given["input_range"])
     return PredictOptions.resolve(given, args.config, quiet=args.quiet)
 
 
@@ -117,6 +119,35 @@ def add_predictor_args(p: argparse.ArgumentParser, *, metric: bool = True) -> No
     )
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default 4)")
     add_quiet_arg(p)
+
+
+def add_scene_args(p: argparse.ArgumentParser) -> None:
+    """How a scene is read (:mod:`roadseg.reading`); each is said in the output."""
+    p.add_argument(
+        "--bands",
+        metavar="R,G,B",
+        help="bands read as red, green, blue, 1-based as in GDAL (3,2,1 for BGR; one band: "
+        "grey). Default: the bands marked red, green, blue, else the first three; an alpha "
+        "band becomes the nodata mask; bands left out are named",
+    )
+    p.add_argument(
+        "--input-range",
+        nargs="+",
+        metavar="auto|none|LOW HIGH",
+        help="how pixel values map to the model's: auto (8-bit divided by 255; integers "
+        "that fill their bit depth, as 12-bit up to 4095, divided by it; anything else "
+        "stretched from the scene's 2-98%% percentiles, all bands together, onto the "
+        "training imagery's), none (divided by the type's full range), or LOW HIGH: raw "
+        "values mapped to 0..1 (default auto)",
+    )
+    p.add_argument(
+        "--resolution",
+        metavar="auto|native|METRES",
+        help="the scene's ground resolution: auto (from its georeference; geographic CRSs "
+        "at the scene's latitude), native (never resample), or its metres per pixel (for "
+        "files without georeference). A scene more than 5%% off the model's resolution is "
+        "resampled to it and predicted back on its own grid (default auto)",
+    )
 
 
 def add_context_arg(p: argparse.ArgumentParser, text: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from roadseg.cli.common import add_predictor_args, predict_options
+from roadseg.cli.common import add_predictor_args, add_scene_args, predict_options, refuse_idle
 from roadseg.cli.prediction import submission_name
 from roadseg.errors import RoadsegError
 
@@ -66,6 +66,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from roadseg.submission import tile_rows, write_submission
 
     options = predict_options(args)
+    if args.data:
+        return _evaluate_rasters(args, options)
+    refuse_idle(*((getattr(args, o) is not None, f"--{o.replace('_', '-')}",
+                   "--data (the checkpoint's own tiles are read as it trained on them)")
+                  for o in ("bands", "input_range", "resolution")))  # fmt: skip
     out = Path(args.out or Path("submissions") / submission_name(options, "validation"))
     check_io(outputs=[out], protected=options.inputs)
     ckpts = options.read_checkpoints()
@@ -85,6 +90,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {out}: the {len(tiles)} validation tiles of {options.ckpt[0]} (none trained "
           f"it), {decision.describe()}; roadseg score {out} --truth {truth} scores it again")  # fmt: skip
     print(format_scores(scores.scores(decision.pixel, decision.patch)))
+
+
+def _evaluate_rasters(args: argparse.Namespace, options) -> None:
+    """``evaluate --data``: labelled rasters of any source, each predicted alone as
+    ``predict`` reads a scene, scored on their own grid (patch and pixel)."""
+    from roadseg.evaluation import LabelledRasters
+    from roadseg.paths import check_io
+    from roadseg.scoring import format_scores
+    from roadseg.submission import tile_rows, write_submission
+
+    rasters = LabelledRasters(args.data)
+    out = Path(args.out or Path("submissions") / submission_name(options, Path(args.data).name))
+    check_io(outputs=[out], protected=options.inputs)
+    predictor, decision = options.predictor()
+    read = options.read_options()
+    for line in rasters.reading(predictor, read):
+        print(f"{rasters.tiles['image'].iloc[0]}: {line}")
+    scores = rasters.scores(predictor, read).with_clean(decision.clean)
+    labels = (decision.labels(prob) for prob in scores.probs)
+    write_submission(
+        (row for t, lab in zip(rasters.tiles["tile_id"], labels, strict=True) for row in tile_rows(int(t), lab)),
+        out,
+    )  # fmt: skip
+    every = scores.all_scores(decision.pixel, decision.patch)
+    p, r = every["precision"], every["recall"]
+    pixel_f1 = 2 * p * r / (p + r) if p + r else 0.0
+    print(f"wrote {out}: {len(rasters.tiles)} labelled rasters of {args.data}, each alone, "
+          f"{decision.describe()}")  # fmt: skip
+    print(format_scores(scores.scores(decision.pixel, decision.patch)))
+    print(
+        f"  pixel road F1: {pixel_f1:.4f} (IoU {every['iou']:.4f}, precision {p:.4f}, recall {r:.4f})"
+    )
 
 
 def _print_vote(scores) -> None:
@@ -188,4 +225,13 @@ def _add_evaluate(sub) -> None:
     )
     add_predictor_args(p)
     p.add_argument("--out", help="CSV to write (default: submissions/<run>-validation[-tta].csv)")
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="score on these labelled rasters instead (images/ and groundtruth/, any "
+        "source: GeoTIFFs of other resolutions, bit depths, band orders), each predicted "
+        "alone as roadseg predict reads a scene (--bands, --input-range, --resolution), and "
+        "scored on its own grid: patch scores and pixel road F1",
+    )
+    add_scene_args(p)
     p.set_defaults(func=_cmd_evaluate)

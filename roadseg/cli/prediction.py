@@ -9,6 +9,7 @@ from pathlib import Path
 from roadseg.cli.common import (
     add_predictor_args,
     add_quiet_arg,
+    add_scene_args,
     add_vector_args,
     predict_options,
     refuse_idle,
@@ -309,6 +310,7 @@ def _add_predict(sub) -> None:
         "from the probability above the decision's pixel threshold, or from the mask",
     )
     p.add_argument("--png", help="with --vector: also draw the lines over the scene in this PNG")
+    add_scene_args(p)
     add_vector_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -319,7 +321,7 @@ def _add_vectorize(sub) -> None:
         help="turn a road probability or mask raster into centre lines (GeoPackage/GeoJSON)",
         description="Thin the road mask to one-pixel centre lines, link them into a graph of "
         "junctions and segments, drop short whiskers, simplify, and write LineStrings in the "
-        "raster's CRS with length (map units), mean_prob (NaN for a mask) and width (map "
+        "raster's CRS with length (metres; geodesic for a geographic CRS; pixels without a CRS), mean_prob (NaN for a mask) and width (the same "
         "units). Streams chunk by chunk: memory holds one chunk, and a road across chunk "
         "borders is one line.",
     )

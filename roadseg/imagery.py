@@ -1,0 +1,213 @@
+"""What imagery a model was trained on, and how any raster is brought to it.
+
+A checkpoint records an :class:`Imagery`: the per-band 2nd and 98th percentiles of the
+training images as the network saw them (in [0, 1]), the pixel type they came in, and
+their ground resolution (metres per pixel). Prediction brings a scene to it:
+
+- **radiometry** (:class:`Radiometry`): 8-bit input is divided by 255, as always (bit for
+  bit the same as before). Integers that fill their own bit depth's range, as 8-bit
+  imagery does (12-bit values up to 4,095 in uint16: 2nd percentile in the lowest
+  quarter, 98th above 60%), are divided by it (4,095). Anything else (16-bit raw
+  counts, float reflectance) is stretched from the scene's own 2nd-98th percentiles (sampled in a streaming pass,
+  never the whole raster) onto the model's, as Raster Vision's ``StatsTransformer`` and
+  QGIS's cumulative-cut stretch do, with one gain for all bands: the scene's colour
+  balance is kept (matching each band alone moved cpu.yaml's masks of its own training
+  imagery to IoU 0.87, the network being sensitive to colour; docs/imagery.md); or from
+  ``--input-range LOW HIGH``; or, with ``--input-range none``, by the type's full range;
+- **resolution**: a scene whose metres per pixel differ from the model's by more than 5%
+  is resampled to the model's on the fly (:mod:`roadseg.scene`).
+
+Checkpoints trained before this was recorded get :data:`COMPETITION`, measured on the
+cil-2022 training tiles, and say so. ``docs/imagery.md`` explains the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roadseg.errors import RoadsegError
+
+PERCENTILES = (2.0, 98.0)
+# Metres per pixel of the CIL competitions' Google Maps tiles (no georeference is
+# published): roads of cil-2022's labels are 16 px wide (median, centre line to edge x 2),
+# 8 m for a two-lane US street at 0.5 m; Google's zoom 18 at 33-40 deg N is 0.46-0.50 m;
+# and the Massachusetts tiles (1 m) score best upsampled x2 (docs/imagery.md).
+COMPETITION_RESOLUTION = 0.5
+# A scene this close to the model's resolution (relative difference) is not resampled.
+RESOLUTION_TOLERANCE = 0.05
+SAMPLE_SIDE = 1024  # statistics are taken on a decimated read of at most this side
+
+
+@dataclass(frozen=True)
+class Imagery:
+    """The imagery a model was trained on: ``low``/``high`` the per-band (R, G, B) 2nd and
+    98th percentiles in [0, 1] as the network saw them, ``pooled`` those of all bands
+    together (what scenes are stretched onto); ``dtype`` what the files held;
+    ``resolution`` metres per pixel (None: unknown); ``origin`` where the figures are from."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    pooled: tuple[float, float]
+    dtype: str = "uint8"
+    resolution: float | None = COMPETITION_RESOLUTION
+    origin: str = "measured on the training tiles"
+
+    def to_dict(self) -> dict:
+        return {
+            "low": [round(v, 6) for v in self.low], "high": [round(v, 6) for v in self.high],
+            "pooled": [round(v, 6) for v in self.pooled], "dtype": self.dtype, "resolution": self.resolution, "origin": self.origin,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Imagery:
+        return cls(low=tuple(d["low"]), high=tuple(d["high"]), pooled=tuple(d["pooled"]), dtype=d.get("dtype", "uint8"),
+                   resolution=d.get("resolution"), origin=d.get("origin", "recorded"))  # fmt: skip
+
+    def describe(self) -> str:
+        res = f"{self.resolution:g} m/px" if self.resolution else "resolution unknown"
+        lo = "/".join(f"{v * 255:.0f}" for v in self.low)
+        hi = "/".join(f"{v * 255:.0f}" for v in self.high)
+        return f"{self.dtype} RGB, 2-98% {lo}..{hi} of 255, {res} ({self.origin})"
+
+
+# cil-2022's 120 training tiles, all pixels: 2nd percentile 28/41/44, 98th 242/242/240
+# (R/G/B); all bands together 35 and 242
+COMPETITION = Imagery(
+    low=(28 / 255, 41 / 255, 44 / 255), high=(242 / 255, 242 / 255, 240 / 255),
+    pooled=(35 / 255, 242 / 255),
+    origin="not recorded in this checkpoint: the competition's cil-2022 tiles",
+)  # fmt: skip
+
+
+def imagery_of(ckpt: dict) -> Imagery:
+    """The imagery a checkpoint (its contents) was trained on; :data:`COMPETITION` for
+    checkpoints that did not record it."""
+    recorded = ckpt.get("roadseg_imagery")
+    return Imagery.from_dict(recorded) if recorded else COMPETITION
+
+
+@dataclass(frozen=True)
+class Radiometry:
+    """How raw pixel values become the network's [0, 1]: ``unit = raw * scale + offset``
+    per band, clipped to [0, 1]; ``divide`` alone (no clip) for 8-bit, as before."""
+
+    scale: tuple[float, ...] = ()
+    offset: tuple[float, ...] = ()
+    divide: float | None = None
+    how: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Raw ``(bands, h, w)`` -> float32 in [0, 1]; NaN becomes 0."""
+        if self.divide is not None:
+            return raw.astype(np.float32) / np.float32(self.divide)
+        out = raw.astype(np.float32)
+        scale = np.asarray(self.scale, np.float32)[:, None, None]
+        offset = np.asarray(self.offset, np.float32)[:, None, None]
+        out = out * scale + offset
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.nan_to_num(out, nan=0.0, copy=False)
+
+    def to_dict(self) -> dict:
+        return {"scale": list(self.scale), "offset": list(self.offset), "divide": self.divide}
+
+
+def full_range(dtype: np.dtype) -> float | None:
+    """The divisor of a pixel type's full range (uint8 255, uint16 65535, float 1)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    return None
+
+
+def stretch(low: np.ndarray, high: np.ndarray, to_low, to_high, how: str) -> Radiometry:
+    """The per-band linear map taking ``low`` -> ``to_low`` and ``high`` -> ``to_high``."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    to_low, to_high = np.asarray(to_low, np.float64), np.asarray(to_high, np.float64)
+    span = np.where(high - low > 0, high - low, 1.0)
+    scale = (to_high - to_low) / span
+    offset = to_low - low * scale
+    return Radiometry(scale=tuple(map(float, scale)), offset=tuple(map(float, offset)), how=how)
+
+
+def plan_radiometry(
+    dtype: np.dtype, sample: np.ndarray | None, model: Imagery, input_range, path
+) -> Radiometry:
+    """How a raster of ``dtype`` is mapped for a model trained on ``model`` imagery.
+
+    ``sample``: the raster's valid pixels ``(bands, n)`` (:func:`sample_pixels`), used for
+    ``auto``; ``input_range``: ``"auto"``, ``"none"`` or ``(low, high)`` raw values.
+    """
+    dtype = np.dtype(dtype)
+    kind = dtype.name
+    if isinstance(input_range, (tuple, list)):
+        low, high = map(float, input_range)
+        return stretch([low] * 3, [high] * 3, [0.0] * 3, [1.0] * 3,
+                       f"{kind} values {low:g}..{high:g} mapped to 0..1 (--input-range)")  # fmt: skip
+    divide = full_range(dtype)
+    if input_range == "none" or (input_range == "auto" and dtype == np.uint8):
+        if divide is None:
+            raise RoadsegError(f"unsupported pixel type {kind}; use 8/16-bit or float", path)
+        if dtype == np.uint8:
+            return Radiometry(divide=255.0, how="8-bit, divided by 255")
+        return stretch([0.0] * 3, [divide] * 3, [0.0] * 3, [1.0] * 3,
+                       f"{kind} divided by its full range {divide:g} (--input-range none)")  # fmt: skip
+    if input_range != "auto":
+        raise RoadsegError(f"--input-range: {input_range!r} is not auto, none or LOW HIGH")
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise RoadsegError(f"unsupported pixel type {kind}; use 8/16-bit or float", path)
+    if sample is None or sample.shape[1] == 0:
+        raise RoadsegError(
+            f"{kind} raster with no valid pixel to take statistics from; give "
+            "--input-range LOW HIGH",
+            path,
+        )
+    low, high = np.percentile(sample, PERCENTILES)
+    if np.issubdtype(dtype, np.integer):
+        filled = _filled_bit_depth(sample, low, high, kind)
+        if filled is not None:
+            return filled
+    return stretch([low] * 3, [high] * 3, [model.pooled[0]] * 3, [model.pooled[1]] * 3,
+                   f"{kind}: the scene's 2-98% ({low:g}..{high:g}, all bands) stretched "
+                   f"onto the model's training imagery's ({model.pooled[0] * 255:.0f}.."
+                   f"{model.pooled[1] * 255:.0f} of 255)")  # fmt: skip
+
+
+def _filled_bit_depth(sample: np.ndarray, low: float, high: float, kind: str):
+    """Integers that fill their own bit depth's range as 8-bit imagery does (2nd
+    percentile in its lowest quarter, 98th above 60%): divided by it; else None."""
+    top = float(np.percentile(sample, 99.99))
+    bits = max(1, math.ceil(math.log2(top + 1))) if top > 0 else 1
+    full = 2.0**bits - 1
+    if low <= 0.25 * full and high >= 0.6 * full:
+        return stretch([0.0] * 3, [full] * 3, [0.0] * 3, [1.0] * 3,
+                       f"{kind} of {bits}-bit values filling their range (2-98%: {low:g}.."
+                       f"{high:g}): divided by {full:g}, as 8-bit by 255")  # fmt: skip
+    return None
+
+
+def check_mapped(unit: np.ndarray, model: Imagery, path) -> str | None:
+    """One line warning when a scene's mapped pixels ``(3, n)`` look like nothing the model
+    saw (mostly black or saturated, or a median outside its training range); else None."""
+    if unit.shape[1] == 0:
+        return None
+    dark = float(np.mean(np.all(unit <= 0.02, axis=0)))
+    bright = float(np.mean(np.all(unit >= 0.98, axis=0)))
+    median = np.median(unit, axis=1)
+    lows, highs = np.asarray(model.low), np.asarray(model.high)
+    if dark > 0.5 or bright > 0.5:
+        what = f"{dark:.0%} black" if dark > 0.5 else f"{bright:.0%} saturated"
+        return (f"{path}: after mapping, {what} pixels; the model never saw such imagery. "
+                "Check --input-range and --bands")  # fmt: skip
+    if np.any(median < lows) or np.any(median > highs):
+        m = "/".join(f"{v * 255:.0f}" for v in median)
+        return (f"{path}: after mapping, the median pixel is {m} of 255, outside the model's "
+                "training 2-98% range; predictions may be poor. Check --input-range and --bands")  # fmt: skip
+    return None

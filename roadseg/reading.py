@@ -1,0 +1,276 @@
+"""Any raster as the network needs it: bands picked, radiometry mapped, resampled to the
+model's ground resolution, with its validity (nodata, alpha) kept.
+
+:class:`SceneReader` wraps an open rasterio dataset; ``read(window)`` returns the window's
+image at the model's resolution and the window's valid pixels on the scene's own grid,
+and ``to_scene(prob, h, w)`` brings a map back to that grid. :meth:`SceneReader.lines`
+says, one line each, what was done to the scene, which ``roadseg predict`` prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.windows import Window
+
+from roadseg.errors import RoadsegError
+from roadseg.imagery import (
+    RESOLUTION_TOLERANCE,
+    SAMPLE_SIDE,
+    Imagery,
+    Radiometry,
+    check_mapped,
+    plan_radiometry,
+)
+from roadseg.patches import PATCH_SIZE
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a scene: ``bands`` 1-based (None: from the colour interpretation, else
+    the first three), ``input_range`` ``auto``/``none``/``(low, high)``, ``resolution``
+    ``auto`` (from the georeference), ``native`` (never resample) or the scene's metres
+    per pixel."""
+
+    bands: tuple[int, ...] | None = None
+    input_range: str | tuple[float, float] = "auto"
+    resolution: str | float = "auto"
+
+    @classmethod
+    def parse(cls, bands: str | None, input_range: str | None, resolution) -> ReadOptions:
+        """From option strings: ``bands`` ``"3,2,1"``; ``input_range`` ``"auto"``, ``"none"``
+        or ``"LOW HIGH"``; ``resolution`` ``"auto"``, ``"native"`` or metres."""
+        return cls(bands=_parse_bands(bands), input_range=_parse_range(input_range),
+                   resolution=_parse_resolution(resolution))  # fmt: skip
+
+
+def _parse_bands(bands) -> tuple[int, ...] | None:
+    if bands in (None, ""):
+        return None
+    try:
+        picked = tuple(int(b) for b in str(bands).replace(" ", "").split(","))
+    except ValueError:
+        raise RoadsegError(f"--bands {bands!r}: give 1-based band numbers, as 3,2,1") from None
+    if len(picked) not in (1, 3) or min(picked) < 1:
+        raise RoadsegError(f"--bands {bands!r}: give one band (grey) or three (R,G,B), from 1")
+    return picked
+
+
+def _parse_range(input_range) -> str | tuple[float, float]:
+    if input_range in (None, ""):
+        return "auto"
+    words = str(input_range).replace(",", " ").split()
+    if len(words) == 1 and words[0] in ("auto", "none"):
+        return words[0]
+    try:
+        low, high = (float(w) for w in words)
+    except ValueError:
+        raise RoadsegError(
+            f"--input-range {input_range!r}: give auto, none, or LOW HIGH (raw values)"
+        ) from None
+    if not high > low:
+        raise RoadsegError(f"--input-range: HIGH ({high:g}) must be above LOW ({low:g})")
+    return (low, high)
+
+
+def _parse_resolution(resolution) -> str | float:
+    if resolution in (None, "") or str(resolution) in ("auto", "native"):
+        return str(resolution or "auto")
+    try:
+        res = float(resolution)
+    except ValueError:
+        raise RoadsegError(
+            f"--resolution {resolution!r}: give auto, native or metres per pixel"
+        ) from None
+    if not res > 0:
+        raise RoadsegError(f"--resolution {resolution!r} must be positive metres")
+    return res
+
+
+def pick_bands(src, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], list[str]]:
+    """The bands read, in R, G, B order (or one grey band), and what was said about them."""
+    interp = list(src.colorinterp)
+    count = src.count
+    alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+    notes = []
+    if bands is not None:
+        bad = [b for b in bands if b > count]
+        if bad:
+            raise RoadsegError(
+                f"--bands: band {bad[0]} asked for, the raster has {count}", src.name
+            )
+        chosen = tuple(bands)
+        notes.append(
+            f"bands {','.join(map(str, chosen))} read as {'grey' if len(chosen) == 1 else 'R,G,B'} (--bands)"
+        )
+    else:
+        rest = [b for b in range(1, count + 1) if b not in alpha]
+        rgb = [
+            i + 1 for want in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+            for i, c in enumerate(interp) if c == want
+        ]  # fmt: skip
+        if len(rgb) == 3:
+            chosen = tuple(rgb)
+            if chosen != (1, 2, 3):
+                notes.append(
+                    f"bands {','.join(map(str, chosen))} read as R,G,B (their colour interpretation)"
+                )
+        elif len(rest) == 1:
+            chosen = (rest[0],)
+        elif len(rest) >= 3:
+            chosen = tuple(rest[:3])
+        else:
+            raise RoadsegError(
+                f"{count} bands, none marked red, green and blue: say which with --bands R,G,B",
+                src.name,
+            )
+    for b in alpha:
+        if b not in chosen:
+            notes.append(f"band {b} (alpha) read as the nodata mask")
+    dropped = [b for b in range(1, count + 1) if b not in chosen and b not in alpha]
+    if dropped:
+        names = ", ".join(f"{b} ({interp[b - 1].name})" for b in dropped)
+        notes.append(
+            f"band{'s' if len(dropped) > 1 else ''} {names} left out (choose with --bands)"
+        )
+    return chosen, notes
+
+
+def ground_resolution(src) -> tuple[float | None, str]:
+    """The scene's metres per pixel (None: not georeferenced) and how it was found."""
+    t = src.transform
+    if src.crs is None or t.is_identity:
+        return None, "no georeference"
+    if src.crs.is_geographic:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+        lon, lat = t * (src.width / 2, src.height / 2)
+        _, _, dx = geod.inv(lon, lat, lon + abs(t.a), lat)
+        _, _, dy = geod.inv(lon, lat, lon, lat + abs(t.e))
+        res = math.sqrt(dx * dy)
+        return res, f"{abs(t.a):.3g} deg = {res:.3g} m at {abs(lat):.1f} {'N' if lat >= 0 else 'S'}"
+    unit, factor = src.crs.linear_units_factor
+    res = math.sqrt(abs(t.a * t.e - t.b * t.d)) * factor
+    return res, f"{src.crs.to_string()}, {unit}"
+
+
+def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
+    """Valid raw pixels ``(bands, n)`` of the raster, sampled without reading it whole: a
+    decimated read (overviews when it has them) of small or pyramided rasters, else a grid
+    of 64 windows of 256 px spread over it."""
+    h, w = src.height, src.width
+    if max(h, w) <= 2 * SAMPLE_SIDE or src.overviews(1):
+        f = max(1.0, max(h, w) / SAMPLE_SIDE)
+        shape = (max(1, round(h / f)), max(1, round(w / f)))
+        raw = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+        valid = src.dataset_mask(out_shape=shape) > 0
+        return raw[:, valid]
+    side, n = 256, 8
+    pieces = []
+    for r in np.linspace(0, h - side, n).astype(int):
+        for c in np.linspace(0, w - side, n).astype(int):
+            win = Window(int(c), int(r), side, side)
+            raw = src.read(list(bands), window=win)
+            pieces.append(raw[:, src.dataset_mask(window=win) > 0])
+    return np.concatenate(pieces, axis=1)
+
+
+class SceneReader:
+    """An open raster read as a model of ``imagery`` needs it (module doc)."""
+
+    def __init__(self, src, imagery: Imagery, options: ReadOptions | None = None):
+        options = options or ReadOptions()
+        self.src, self.imagery = src, imagery
+        self.bands, self.notes = pick_bands(src, options.bands)
+        self.factor, self.resolution_line = scene_factor(src, imagery, options.resolution)
+        sample = None
+        dtype = np.dtype(src.dtypes[self.bands[0] - 1])
+        if options.input_range == "auto" and dtype != np.uint8:
+            sample = sample_pixels(src, self.bands)
+            if len(self.bands) == 1:
+                sample = np.repeat(sample, 3, axis=0)
+        self.radiometry: Radiometry = plan_radiometry(
+            dtype, sample, imagery, options.input_range, src.name
+        )
+        if sample is None and options.input_range != "none":  # 8-bit: check it the same way
+            sample = sample_pixels(src, self.bands)
+            sample = np.repeat(sample, 3, axis=0) if len(self.bands) == 1 else sample
+        self.warning = None
+        if sample is not None:
+            self.warning = check_mapped(
+                self.radiometry.apply(sample[:, :, None])[:, :, 0], imagery, src.name
+            )
+
+    def lines(self) -> list[str]:
+        """What is done to the scene, one line each."""
+        return [f"pixels: {self.radiometry.how}", self.resolution_line, *self.notes]
+
+    def chunk_side(self, chunk: int) -> int:
+        """Chunk side on the scene's grid whose resampled image is about ``chunk`` px."""
+        return chunk_side(chunk, self.factor)
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The window as float32 RGB ``(3, H, W)`` in [0, 1] at the model's resolution, and
+        its valid pixels ``(h, w)`` on the scene's grid."""
+        h, w = int(window.height), int(window.width)
+        if self.factor == 1.0:
+            raw = self.src.read(list(self.bands), window=window)
+        else:
+            shape = (
+                len(self.bands),
+                max(1, round(h * self.factor)),
+                max(1, round(w * self.factor)),
+            )
+            raw = self.src.read(
+                list(self.bands), window=window, out_shape=shape, resampling=Resampling.cubic
+            )
+        valid = self.src.dataset_mask(window=window) > 0
+        if raw.shape[0] == 1:
+            raw = np.repeat(raw, 3, axis=0)
+        return self.radiometry.apply(raw), valid
+
+    def to_scene(self, prob: np.ndarray, h: int, w: int) -> np.ndarray:
+        """Maps ``(K, H, W)`` at the model's resolution -> ``(K, h, w)`` on the scene's grid."""
+        if prob.shape[-2:] == (h, w):
+            return prob
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(prob))[None]
+        return F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[
+            0
+        ].numpy()
+
+
+def chunk_side(chunk: int, factor: float) -> int:
+    """Chunk side on a scene's grid whose image resampled by ``factor`` is about ``chunk``
+    px (whole patches, at least 256 px)."""
+    if factor <= 1:
+        return chunk
+    return max(16 * PATCH_SIZE, int(chunk / factor) // PATCH_SIZE * PATCH_SIZE)
+
+
+def scene_factor(src, imagery: Imagery, option) -> tuple[float, str]:
+    """(resampling factor, the line saying it): scene metres per pixel / the model's."""
+    model = imagery.resolution
+    if option == "native":
+        return 1.0, "resolution: read as it is (--resolution native)"
+    if option == "auto":
+        scene, how = ground_resolution(src)
+        if scene is None:
+            return 1.0, ("resolution: no georeference, read as it is (give --resolution "
+                         "METRES if its pixels are not about the model's "
+                         f"{model or 'unknown'} m)")  # fmt: skip
+    else:
+        scene, how = float(option), "--resolution"
+    if model is None:
+        return 1.0, f"resolution: {scene:.3g} m/px ({how}); the model's is unknown, read as it is"
+    factor = scene / model
+    if abs(factor - 1) <= RESOLUTION_TOLERANCE:
+        return 1.0, f"resolution: {scene:.3g} m/px ({how}), the model's {model:g} m: read as it is"
+    return factor, (f"resolution: {scene:.3g} m/px ({how}), resampled x{factor:.3g} to the "
+                    f"model's {model:g} m/px; outputs on the scene's own grid")  # fmt: skip

@@ -51,6 +51,13 @@ class RoadDataModule(pl.LightningDataModule):
             unlabelled tiles (``roadseg pseudo-label``); those tiles then train on these soft
             targets (and, with ``context``, windows may cover them). Validation tiles never
             train on their labels.
+        resolution: ground resolution of ``root``'s tiles, metres per pixel, which is the
+            model's (recorded in its checkpoints; scenes are resampled to it). Default: from
+            the tiles' georeference, else the CIL competitions' 0.5 m (docs/imagery.md).
+        resolutions: metres per pixel of extra roots (by path or folder name), e.g.
+            ``{data/massachusetts-400: 1.0}``; their tiles are resampled to ``resolution``
+            (images by cubic convolution, masks bilinearly, then the road rule). Default:
+            their georeference, else read as they are.
         pseudo_validation: the validation tiles train on their pseudo-labels too (the
             teacher's maps of them, ``roadseg pseudo-label --validation``; never their
             labels), as the test tiles do: the student is then validated on imagery it has
@@ -81,17 +88,22 @@ class RoadDataModule(pl.LightningDataModule):
         pseudo_labels: str | None = None,
         pseudo_confidence: float = 0.0,
         pseudo_validation: bool = False,
+        resolution: float | None = None,
+        resolutions: dict[str, float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.index: pd.DataFrame | None = None
         self._layout: pd.DataFrame | None = None
+        self.radiometry: dict = {}
+        self.resolution: float | None = None
+        self._imagery = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.index is not None:
             return
         hp = self.hparams
-        frame = scan_many([hp.root, *(hp.extra_roots or [])])
+        frame = self._read_sources(scan_many([hp.root, *(hp.extra_roots or [])]))
         split_seed = hp.seed if hp.get("split_seed") is None else hp.split_seed
         self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction,
                                   seed=split_seed, folds=hp.folds, fold=hp.fold)  # fmt: skip
@@ -110,6 +122,65 @@ class RoadDataModule(pl.LightningDataModule):
             )
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
+
+    def _read_sources(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Each source's resolution and radiometry: rows of sources at another resolution
+        than the model's get a ``scale`` and their resampled size; non-8-bit sources a
+        :class:`~roadseg.imagery.Radiometry` (said in one line each)."""
+        from roadseg.imagery import COMPETITION, COMPETITION_RESOLUTION
+        from roadseg.reading import source_radiometry, source_resolution
+
+        hp = self.hparams
+        given = {str(k): v for k, v in (hp.get("resolutions") or {}).items()}
+        roots = [hp.root, *(hp.extra_roots or [])]
+        frame = frame.assign(scale=1.0)
+        for k, root in enumerate(roots):
+            name = Path(root).resolve().name
+            rows = frame["source"] == name
+            images = list(frame.loc[rows, "image"])
+            own = hp.get("resolution") if k == 0 else given.get(str(root), given.get(name))
+            res, how = source_resolution(images[0], own)
+            if k == 0:
+                self.resolution = res or COMPETITION_RESOLUTION
+            elif res is not None and abs(res / self.resolution - 1) > 0.05:
+                scale = res / self.resolution
+                frame.loc[rows, "scale"] = scale
+                frame.loc[rows, "height"] = (frame.loc[rows, "height"] * scale).round().astype(int)
+                frame.loc[rows, "width"] = (frame.loc[rows, "width"] * scale).round().astype(int)
+                print(f"data: {root}: {res:g} m/px ({how}), resampled x{scale:.3g} to the "
+                      f"model's {self.resolution:g} m/px")  # fmt: skip
+            radiometry = source_radiometry(images, COMPETITION, root)
+            if radiometry is not None:
+                self.radiometry[name] = radiometry
+                print(f"data: {root}: {radiometry.how}")
+        return frame
+
+    def imagery(self):
+        """The training imagery as the network sees it (:class:`~roadseg.imagery.Imagery`),
+        measured once on up to 32 training tiles; recorded in every checkpoint."""
+        if self._imagery is None:
+            import numpy as np
+
+            from roadseg.dataset import TileReader
+            from roadseg.imagery import PERCENTILES, Imagery
+            from roadseg.io import raster_dtype
+
+            frame = self.frame("train")
+            frame = frame[~frame.get("pseudo", pd.Series(False, index=frame.index)).astype(bool)]
+            picked = frame.iloc[:: max(1, len(frame) // 32)].iloc[:32]
+            reader = TileReader(picked, cache=False, radiometry=self.radiometry)
+            pixels = np.concatenate(
+                [reader.image(i)[:, ::4, ::4].reshape(3, -1) for i in range(len(picked))], axis=1
+            )
+            low, high = np.percentile(pixels, PERCENTILES, axis=1)
+            pooled = np.percentile(pixels, PERCENTILES)
+            dtype = raster_dtype(self.frame("train")["image"].iloc[0])
+            self._imagery = Imagery(
+                low=tuple(map(float, low)), high=tuple(map(float, high)),
+                pooled=tuple(map(float, pooled)), dtype=str(dtype), resolution=self.resolution,
+                origin=f"measured on {len(picked)} training tiles",
+            )  # fmt: skip
+        return self._imagery
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, **overrides) -> RoadDataModule:
@@ -167,6 +238,7 @@ class RoadDataModule(pl.LightningDataModule):
             cache=hp.cache,
             places=places,
             pseudo_confidence=hp.get("pseudo_confidence") or 0.0,
+            radiometry=self.radiometry,
         )
         sampler = SeededSampler(len(frame), samples_per_epoch=hp.samples_per_epoch, seed=hp.seed)
         return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)
@@ -182,7 +254,8 @@ class RoadDataModule(pl.LightningDataModule):
 
             maps, margin, _ = context_in(self.layout(), frame, CONTEXT_MARGIN)
         dataset = TileDataset(frame, mask_threshold=self.hparams.mask_threshold,
-                              cache=self.hparams.cache, maps=maps, margin=margin)  # fmt: skip
+                              cache=self.hparams.cache, maps=maps, margin=margin,
+                              radiometry=self.radiometry)  # fmt: skip
         return self._loader(dataset, batch_size=self.hparams.batch_size if same_size else 1)
 
     def test_dataloader(self) -> DataLoader:

@@ -31,22 +31,39 @@ CACHE_MAX_PIXELS = 4096 * 4096  # larger rasters are read window by window, neve
 
 
 class TileReader:
-    """Reads windows of a tile's image and mask; small rasters are decoded once and kept."""
+    """Reads windows of a tile's image and mask; small rasters are decoded once and kept.
 
-    def __init__(self, frame: pd.DataFrame, *, cache: bool = True):
+    A row with a ``scale`` other than 1 (a source of another ground resolution than the
+    model's; :meth:`roadseg.datamodule.RoadDataModule.setup`) is resampled whole to its
+    ``height`` x ``width``: images by cubic convolution, masks bilinearly (then the road
+    rule on the grey levels). ``radiometry``: per ``source``, how its pixels become [0, 1]
+    (:class:`roadseg.imagery.Radiometry`; sources not named: 8-bit / 255 as ever).
+    """
+
+    def __init__(self, frame: pd.DataFrame, *, cache: bool = True, radiometry: dict | None = None):
         self.frame = frame.reset_index(drop=True)
         self.rows = self.frame.to_dict("records")  # plain dicts: no pandas lookup per sample
         self.cache_max_pixels = CACHE_MAX_PIXELS if cache else 0
+        self.radiometry = radiometry or {}
         self._cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def _read(self, row: dict, column: str, window: Window | None = None) -> np.ndarray:
+        if row.get("scale", 1.0) == 1.0:
+            return read_raster(row[column], window)
+        from rasterio.enums import Resampling
+
+        how = Resampling.cubic if column == "image" else Resampling.bilinear
+        return read_raster(row[column], out_shape=(int(row["height"]), int(row["width"])),
+                           resampling=how)  # fmt: skip
 
     def raw(self, i: int, column: str, window: Window | None) -> np.ndarray:
         """Raw ``(bands, h, w)`` pixels of the tile's image or mask, whole or one window."""
         row = self.rows[i]
-        if row["height"] * row["width"] > self.cache_max_pixels:
+        if row["height"] * row["width"] > self.cache_max_pixels and row.get("scale", 1.0) == 1.0:
             return read_raster(row[column], window)
         key = (i, column)
         if key not in self._cache:
-            self._cache[key] = read_raster(row[column])
+            self._cache[key] = self._read(row, column)
         arr = self._cache[key]
         if window is None:
             return arr
@@ -54,7 +71,12 @@ class TileReader:
         return arr[:, r : r + int(window.height), c : c + int(window.width)]
 
     def image(self, i: int, window: Window | None = None) -> np.ndarray:
-        return image_to_rgb(self.raw(i, "image", window), self.rows[i]["image"])
+        raw = self.raw(i, "image", window)
+        radiometry = self.radiometry.get(self.rows[i].get("source"))
+        if radiometry is None:
+            return image_to_rgb(raw, self.rows[i]["image"])
+        raw = np.repeat(raw, 3, axis=0) if raw.shape[0] == 1 else raw[:3]
+        return radiometry.apply(raw)
 
     def mask_grey(self, i: int, window: Window | None = None) -> np.ndarray:
         if self.rows[i].get("pseudo") is True:  # a teacher's probabilities, 0-255
@@ -80,6 +102,7 @@ class RandomWindowDataset(Dataset):
         cache: bool = True,
         places: pd.DataFrame | None = None,
         pseudo_confidence: float = 0.0,
+        radiometry: dict | None = None,
     ):
         """``places``: ``map``, ``col``, ``row`` of each row of ``frame`` (all of them
         training tiles; :func:`roadseg.maps.place_tiles`). With it, a window may reach
@@ -89,8 +112,10 @@ class RandomWindowDataset(Dataset):
 
         ``pseudo_confidence``: pixels of pseudo-labelled tiles whose teacher probability p
         has max(p, 1 - p) below this get weight 0 (0: every pixel counts, as a soft target).
+
+        ``radiometry``: per source, how its pixels become [0, 1] (:class:`TileReader`).
         """
-        self.reader = TileReader(frame, cache=cache)
+        self.reader = TileReader(frame, cache=cache, radiometry=radiometry)
         self.pseudo = "pseudo" in frame.columns and bool(frame["pseudo"].any())
         self.pseudo_confidence = pseudo_confidence
         self.crop_size = crop_size
@@ -205,8 +230,9 @@ class TileDataset(Dataset):
         cache: bool = True,
         maps=None,
         margin: int = 0,
+        radiometry: dict | None = None,
     ):
-        self.reader = TileReader(frame, cache=cache)
+        self.reader = TileReader(frame, cache=cache, radiometry=radiometry)
         self.mask_threshold = mask_threshold
         self.maps, self.margin = maps, (margin if maps is not None else 0)
 

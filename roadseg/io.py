@@ -74,10 +74,22 @@ def raster_shape(path: str | Path) -> tuple[int, int, int]:
         return src.count, src.height, src.width
 
 
-def read_raster(path: str | Path, window: Window | None = None) -> np.ndarray:
-    """Raw pixels ``(bands, H, W)`` in the file's own dtype, whole or one window."""
+def raster_dtype(path: str | Path) -> str:
+    """The pixel type of a raster's first band, reading only its header."""
+    with _open(path) as src:
+        return src.dtypes[0]
+
+
+def read_raster(
+    path: str | Path, window: Window | None = None, *, out_shape=None, resampling=None
+) -> np.ndarray:
+    """Raw pixels ``(bands, H, W)`` in the file's own dtype, whole or one window;
+    ``out_shape`` ``(H, W)``: resampled to that size (``resampling``, a rasterio one)."""
     with _open(path) as src:
         try:
+            if out_shape is not None:
+                return src.read(window=window, out_shape=(src.count, *out_shape),
+                                resampling=resampling)  # fmt: skip
             return src.read(window=window, boundless=False)
         except (RasterioIOError, rasterio.errors.RasterioError) as err:
             raise RoadsegError(f"truncated or corrupt raster ({err})", path) from err

@@ -140,7 +140,16 @@ def pick_bands(src, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], lis
 
 
 def ground_resolution(src) -> tuple[float | None, str]:
-    """The scene's metres per pixel (None: not georeferenced) and how it was found."""
+    """The scene's metres per pixel (None: not georeferenced) and how it was found; for
+    a geographic CRS, the geometric mean of the pixel's sides (:func:`pixel_metres`)."""
+    sides, how = pixel_metres(src)
+    return (math.sqrt(sides[0] * sides[1]) if sides else None), how
+
+
+def pixel_metres(src) -> tuple[tuple[float, float] | None, str]:
+    """The scene's pixel ``(across, down)`` in metres (None: not georeferenced), and how it
+    was found: a geographic CRS's degrees measured on the WGS84 ellipsoid at the scene's
+    centre (a degree of longitude shrinks with latitude, so its pixels are not square)."""
     t = src.transform
     if src.crs is None or t.is_identity:
         return None, "no georeference"
@@ -151,11 +160,16 @@ def ground_resolution(src) -> tuple[float | None, str]:
         lon, lat = t * (src.width / 2, src.height / 2)
         _, _, dx = geod.inv(lon, lat, lon + abs(t.a), lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + abs(t.e))
-        res = math.sqrt(dx * dy)
-        return res, f"{abs(t.a):.3g} deg = {res:.3g} m at {abs(lat):.1f} {'N' if lat >= 0 else 'S'}"
+        where = f"{abs(lat):.1f} {'N' if lat >= 0 else 'S'}"
+        return (
+            dx,
+            dy,
+        ), f"{src.crs.to_string()}, {abs(t.a):.3g} deg = {dx:.3g} x {dy:.3g} m at {where}"
     unit, factor = src.crs.linear_units_factor
-    res = math.sqrt(abs(t.a * t.e - t.b * t.d)) * factor
-    return res, f"{src.crs.to_string()}, {unit}"
+    return (
+        math.hypot(t.a, t.d) * factor,
+        math.hypot(t.b, t.e) * factor,
+    ), f"{src.crs.to_string()}, {unit}"
 
 
 def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
@@ -186,7 +200,8 @@ class SceneReader:
         options = options or ReadOptions()
         self.src, self.imagery = src, imagery
         self.bands, self.notes = pick_bands(src, options.bands)
-        self.factor, self.resolution_line = scene_factor(src, imagery, options.resolution)
+        self.scales, self.resolution_line = scene_factor(src, imagery, options.resolution)
+        self.factor = max(self.scales)
         sample = None
         dtype = np.dtype(src.dtypes[self.bands[0] - 1])
         if options.input_range == "auto" and dtype != np.uint8:
@@ -217,13 +232,13 @@ class SceneReader:
         """The window as float32 RGB ``(3, H, W)`` in [0, 1] at the model's resolution, and
         its valid pixels ``(h, w)`` on the scene's grid."""
         h, w = int(window.height), int(window.width)
-        if self.factor == 1.0:
+        if self.scales == (1.0, 1.0):
             raw = self.src.read(list(self.bands), window=window)
         else:
             shape = (
                 len(self.bands),
-                max(1, round(h * self.factor)),
-                max(1, round(w * self.factor)),
+                max(1, round(h * self.scales[0])),
+                max(1, round(w * self.scales[1])),
             )
             raw = self.src.read(
                 list(self.bands), window=window, out_shape=shape, resampling=Resampling.cubic
@@ -254,23 +269,34 @@ def chunk_side(chunk: int, factor: float) -> int:
     return max(16 * PATCH_SIZE, int(chunk / factor) // PATCH_SIZE * PATCH_SIZE)
 
 
-def scene_factor(src, imagery: Imagery, option) -> tuple[float, str]:
-    """(resampling factor, the line saying it): scene metres per pixel / the model's."""
+def scene_factor(src, imagery: Imagery, option) -> tuple[tuple[float, float], str]:
+    """(resampling factors (down, across), the line saying it): the scene's metres per
+    pixel over the model's, along each axis."""
     model = imagery.resolution
     if option == "native":
-        return 1.0, "resolution: read as it is (--resolution native)"
+        return (1.0, 1.0), "resolution: read as it is (--resolution native)"
     if option == "auto":
-        scene, how = ground_resolution(src)
-        if scene is None:
-            return 1.0, ("resolution: no georeference, read as it is (give --resolution "
-                         "METRES if its pixels are not about the model's "
-                         f"{model or 'unknown'} m)")  # fmt: skip
+        sides, how = pixel_metres(src)
+        if sides is None:
+            return (1.0, 1.0), ("resolution: no georeference, read as it is (give --resolution "
+                                "METRES if its pixels are not about the model's "
+                                f"{model or 'unknown'} m)")  # fmt: skip
     else:
-        scene, how = float(option), "--resolution"
+        sides, how = (float(option), float(option)), "--resolution"
+    scene = (
+        f"{sides[0]:.3g} m/px"
+        if abs(sides[0] / sides[1] - 1) < 1e-3
+        else f"{sides[0]:.3g} x {sides[1]:.3g} m"
+    )
     if model is None:
-        return 1.0, f"resolution: {scene:.3g} m/px ({how}); the model's is unknown, read as it is"
-    factor = scene / model
-    if abs(factor - 1) <= RESOLUTION_TOLERANCE:
-        return 1.0, f"resolution: {scene:.3g} m/px ({how}), the model's {model:g} m: read as it is"
-    return factor, (f"resolution: {scene:.3g} m/px ({how}), resampled x{factor:.3g} to the "
-                    f"model's {model:g} m/px; outputs on the scene's own grid")  # fmt: skip
+        return (1.0, 1.0), f"resolution: {scene} ({how}); the model's is unknown, read as it is"
+    across, down = sides[0] / model, sides[1] / model
+    if max(abs(across - 1), abs(down - 1)) <= RESOLUTION_TOLERANCE:
+        return (1.0, 1.0), f"resolution: {scene} ({how}), the model's {model:g} m: read as it is"
+    factor = (
+        f"x{across:.3g}"
+        if abs(across / down - 1) < 1e-3
+        else f"x{across:.3g} across, x{down:.3g} down"
+    )
+    return (down, across), (f"resolution: {scene} ({how}), resampled {factor} to the model's "
+                            f"{model:g} m/px; outputs on the scene's own grid")  # fmt: skip

@@ -92,8 +92,8 @@ def _chunk_side(job: _Job, src) -> int:
     """The side of the scene's chunks on its own grid, as every process works it out."""
     from roadseg.reading import chunk_side, scene_factor
 
-    factor, _ = scene_factor(src, job.options.imagery(), job.options.read_options().resolution)
-    return chunk_side(job.chunk, factor)
+    scales, _ = scene_factor(src, job.options.imagery(), job.options.read_options().resolution)
+    return chunk_side(job.chunk, max(scales))
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,8 @@ def read_road_raster(src, window: Window, threshold: float):
     if np.issubdtype(band.dtype, np.floating):
         prob = np.where(valid, band, 0.0).astype(np.float32)
         return (prob > threshold) & valid, prob
-    return (band > (127 if band.max(initial=0) > 1 else 0)) & valid, None
+    # the largest valid value tells 0/1 from 0/255 (nodata, 255 in a 0/1 mask, is not road)
+    return (band > (127 if band[valid].max(initial=0) > 1 else 0)) & valid, None
 
 
 def chunk_pieces(

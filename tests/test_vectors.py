@@ -13,7 +13,7 @@ from shapely.geometry import LineString, MultiLineString, Point
 
 from roadseg.apls import apls, mask_apls
 from roadseg.cli import main
-from roadseg.vectors import vectorize_raster
+from roadseg.vectors import describe, to_frame, vectorize_raster
 from tests.conftest import write_raster
 
 # a road network drawn with known geometry (x, y pixel centres): a T junction at (600, 200)
@@ -250,3 +250,48 @@ def test_two_processes_write_the_scene_one_writes_and_its_lines(tmp_path, capsys
         np.testing.assert_array_equal(a.read(), b.read())
     assert not (tmp_path / "two.tif.parts").exists()
     assert gpd.read_file(tmp_path / "two.gpkg").crs.to_epsg() == 2056
+
+
+def test_lines_of_a_geographic_crs_measure_in_metres_as_in_utm(tmp_path):
+    """The same roads in UTM and warped to EPSG:4326: lengths and widths in metres agree."""
+    from rasterio.warp import calculate_default_transform, reproject
+    from rasterio.enums import Resampling
+
+    mask = np.zeros((600, 600), np.uint8)
+    mask[100:112, 50:550] = 1  # 250 m east-west, 6 m wide
+    mask[150:550, 300:310] = 1  # 200 m north-south, 5 m wide
+    utm = {"crs": "EPSG:32632", "transform": from_origin(500_000, 5_250_000, 0.5, 0.5)}
+    a = write_raster(tmp_path / "utm.tif", mask, **utm)
+    transform, w, h = calculate_default_transform("EPSG:32632", "EPSG:4326", 600, 600,
+                                                  *rasterio.transform.array_bounds(600, 600, utm["transform"])[::1])  # fmt: skip
+    warped = np.zeros((h, w), np.uint8)
+    reproject(mask, warped, src_transform=utm["transform"], src_crs="EPSG:32632",
+              dst_transform=transform, dst_crs="EPSG:4326", resampling=Resampling.nearest)  # fmt: skip
+    b = write_raster(tmp_path / "wgs84.tif", warped, crs="EPSG:4326", transform=transform)
+    lines_utm, lines_deg = (to_frame(*vectorize_raster(p)) for p in (a, b))
+    assert lines_deg.attrs["units"] == lines_utm.attrs["units"] == "m"
+    assert lines_deg["length"].sum() == pytest.approx(lines_utm["length"].sum(), rel=0.02)
+    assert lines_utm["length"].sum() == pytest.approx(450, rel=0.03)
+    widths = lambda f: np.average(f["width"], weights=f["length"])  # noqa: E731
+    assert widths(lines_deg) == pytest.approx(widths(lines_utm), rel=0.1)
+    assert "geodesic" in describe(lines_deg) and " m, EPSG:4326" in describe(lines_deg)
+
+
+def test_lines_of_a_raster_without_crs_are_in_pixels_with_y_up(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:14, 4:60] = 1
+    lines = to_frame(*vectorize_raster(write_raster(tmp_path / "plain.png", mask * 255)))
+    ys = np.asarray(lines.geometry.iloc[0].coords)[:, 1]
+    assert lines.attrs["units"] == "px" and np.allclose(ys, -12, atol=1)  # row 12 -> y -12
+
+
+def test_a_0_1_mask_with_nodata_255_still_has_its_roads(tmp_path):
+    """roadseg predict --output mask writes 0/1 with nodata 255 (a mosaic's missing tiles):
+    the nodata value must not make the 1s read as a 0/255 mask's background."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:14, 4:60] = 1
+    mask[40:, 40:] = 255
+    path = write_raster(tmp_path / "mask.tif", mask, nodata=255, crs="EPSG:2056",
+                        transform=from_origin(*ORIGIN, PIXEL, PIXEL))  # fmt: skip
+    lines = to_frame(*vectorize_raster(path))
+    assert len(lines) == 1 and lines["length"].iloc[0] == pytest.approx(52 * 0.5, rel=0.05)

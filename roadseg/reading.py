@@ -300,3 +300,40 @@ def scene_factor(src, imagery: Imagery, option) -> tuple[tuple[float, float], st
     )
     return (down, across), (f"resolution: {scene} ({how}), resampled {factor} to the model's "
                             f"{model:g} m/px; outputs on the scene's own grid")  # fmt: skip
+
+
+def source_resolution(image: str, given: float | None) -> tuple[float | None, str]:
+    """A training source's metres per pixel: ``given`` (config), else its first image's
+    georeference, else None (unknown)."""
+    if given is not None:
+        return float(given), "data.resolutions"
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(image) as src:
+            return ground_resolution(src)
+
+
+def source_radiometry(images: list[str], target: Imagery, root) -> Radiometry | None:
+    """How a training source's pixels become [0, 1]: None for 8-bit (divided by 255, as
+    ever); else from statistics of up to 16 of its images, as a scene's
+    (:class:`SceneReader`)."""
+    import warnings
+
+    import rasterio
+
+    samples, dtype = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        for path in images[:: max(1, len(images) // 16)][:16]:
+            with rasterio.open(path) as src:
+                dtype = np.dtype(src.dtypes[0])
+                if dtype == np.uint8:
+                    return None
+                bands, _ = pick_bands(src, None)
+                sample = sample_pixels(src, bands)
+                samples.append(np.repeat(sample, 3, axis=0) if len(bands) == 1 else sample)
+    return plan_radiometry(dtype, np.concatenate(samples, axis=1), target, "auto", root)

@@ -163,13 +163,6 @@ class RoadSegTask(pl.LightningModule):
         self.log_dict({k: v for k, v in values.items() if k not in shown})
         metrics.reset()
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the imagery the model trains on (:mod:`roadseg.imagery`): prediction maps
-        scenes to its radiometry and resamples them to its resolution."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "imagery"):
-            checkpoint["roadseg_imagery"] = datamodule.imagery().to_dict()
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 
@@ -229,6 +222,11 @@ class RoadSegTask(pl.LightningModule):
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
+        # the imagery the model trains on (roadseg.imagery): prediction maps scenes to its
+        # radiometry and resamples them to its resolution
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "imagery"):
+            checkpoint["roadseg_imagery"] = datamodule.imagery().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")

@@ -254,8 +254,8 @@ def test_two_processes_write_the_scene_one_writes_and_its_lines(tmp_path, capsys
 
 def test_lines_of_a_geographic_crs_measure_in_metres_as_in_utm(tmp_path):
     """The same roads in UTM and warped to EPSG:4326: lengths and widths in metres agree."""
-    from rasterio.warp import calculate_default_transform, reproject
     from rasterio.enums import Resampling
+    from rasterio.warp import calculate_default_transform, reproject
 
     mask = np.zeros((600, 600), np.uint8)
     mask[100:112, 50:550] = 1  # 250 m east-west, 6 m wide

@@ -293,12 +293,13 @@ def bench_paper(device: str, profile: str = "paper") -> list[dict]:
     return rows
 
 
-def write_scene(path: Path, size: int) -> None:
-    """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory)."""
+def write_scene(path: Path, size: int, dtype: str = "uint8") -> None:
+    """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory);
+    ``uint16``: the same scene as 12-bit values (x 16, up to 4,095)."""
     import rasterio
     from rasterio.transform import from_origin
 
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": dtype,
                "crs": "EPSG:2056", "transform": from_origin(2_600_000, 1_200_000, 0.5, 0.5),
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}  # fmt: skip
     rng = np.random.default_rng(0)
@@ -310,10 +311,13 @@ def write_scene(path: Path, size: int) -> None:
             if r % 400 < 512:
                 strip[:, (400 - r % 400) % 400 : (400 - r % 400) % 400 + 8, :] = 200
             strip += rng.integers(0, 20, strip.shape, dtype=np.uint8)
-            dst.write(strip, window=rasterio.windows.Window(0, r, size, h))
+            data = strip if dtype == "uint8" else strip.astype(np.uint16) * 16 + 15
+            dst.write(data, window=rasterio.windows.Window(0, r, size, h))
 
 
-def bench_scene(model_name: str, device: str, sizes: list[int], processes: list[int]) -> list[dict]:
+def bench_scene(
+    model_name: str, device: str, sizes: list[int], processes: list[int], dtypes: list[str]
+) -> list[dict]:
     """Each size through ``roadseg predict`` with each number of processes: wall time, and
     the peak memory of each process (the processes' own lines; one process: its RSS)."""
     model_args, _, _ = MODELS[model_name]
@@ -323,9 +327,9 @@ def bench_scene(model_name: str, device: str, sizes: list[int], processes: list[
         ckpt = tmp / "model.ckpt"
         task = RoadSegTask(model="unet", model_args=model_args)
         torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
-        for size in sizes:
+        for size, dtype in ((size, dtype) for size in sizes for dtype in dtypes):
             scene = tmp / f"scene_{size}.tif"
-            write_scene(scene, size)
+            write_scene(scene, size, dtype)
             for n in processes:
                 command = [sys.executable, "-m", "roadseg", "predict", str(scene), "--out", str(tmp / "out.tif"),
                            "--ckpt", str(ckpt), "--device", device, "--quiet", "--processes", str(n)]  # fmt: skip
@@ -338,7 +342,7 @@ def bench_scene(model_name: str, device: str, sizes: list[int], processes: list[
                 seconds, max_rss_kb = float(out.split()[-2]), int(out.split()[-1])
                 peaks = [float(line.split("peak memory ")[1].split()[0])
                          for line in out.splitlines() if "peak memory" in line]  # fmt: skip
-                rows.append({"scene": f"{size}x{size}", "processes": n, "megapixels": size * size / 1e6,
+                rows.append({"scene": f"{size}x{size} {dtype}", "processes": n, "megapixels": size * size / 1e6,
                              "seconds": seconds, "megapixels_per_s": size * size / 1e6 / seconds,
                              "peak_rss_mb_per_process": " / ".join(f"{p:.0f}" for p in peaks) or f"{max_rss_kb / 1024:.0f}"})  # fmt: skip
                 (tmp / "out.tif").unlink()
@@ -374,6 +378,11 @@ def main() -> None:
     )
     parser.add_argument("--scene-sizes", default=None, help="e.g. 2000,4000")
     parser.add_argument("--scene-processes", default="1,2", help="processes per scene, e.g. 1,2")
+    parser.add_argument(
+        "--scene-dtypes",
+        default="uint8,uint16",
+        help="pixel types of the scenes: uint8, and uint16 (the same scene as 12-bit values)",
+    )
     args = parser.parse_args()
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -398,7 +407,7 @@ def main() -> None:
          lambda: bench_predict(args.data, model, device, args.predict_tiles or (144 if gpu else 12))),
         ("scene", "GeoTIFF scenes streamed through roadseg predict",
          lambda: bench_scene(model, device, [int(s) for s in (args.scene_sizes or ("4000,16000" if gpu else "2000,4000")).split(",")],
-                             [int(n) for n in args.scene_processes.split(",")])),
+                             [int(n) for n in args.scene_processes.split(",")], args.scene_dtypes.split(","))),
         ("paper", "cost of make reproduce PROFILE=paper: bare training steps x steps per run",
          lambda: bench_paper(device)),
     ]  # fmt: skip

@@ -89,6 +89,21 @@ def imagery_of(ckpt: dict) -> Imagery:
     return Imagery.from_dict(recorded) if recorded else COMPETITION
 
 
+def ensemble_imagery(paths: list, contents: list[dict]) -> Imagery:
+    """The imagery of an ensemble's first member; members trained at another resolution
+    are refused (one scene is resampled once, for all of them)."""
+    first = imagery_of(contents[0])
+    for path, ckpt in zip(paths[1:], contents[1:], strict=True):
+        other = imagery_of(ckpt).resolution
+        if other != first.resolution:
+            raise RoadsegError(
+                f"trained at {other} m/px, the ensemble's first member at "
+                f"{first.resolution} m/px: ensemble models of one resolution",
+                path,
+            )
+    return first
+
+
 @dataclass(frozen=True)
 class Radiometry:
     """How raw pixel values become the network's [0, 1]: ``unit = raw * scale + offset``

@@ -25,12 +25,12 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from roadseg.errors import RoadsegError
-from roadseg.imagery import COMPETITION, Imagery, imagery_of
+from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
 from roadseg.io import atomic_path, read_image
 from roadseg.maps import MapIndex, context_image
 from roadseg.patches import PATCH_SIZE, labels_to_mask
 from roadseg.postprocess import Decision
-from roadseg.reading import ReadOptions, SceneReader
+from roadseg.reading import ReadOptions, SceneReader, scene_reader
 from roadseg.task import RoadSegTask
 
 GDAL_CACHE_MB = 64
@@ -305,7 +305,7 @@ class Predictor:
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(src_path) as src:
-                reader = SceneReader(src, self.imagery, read)
+                reader = scene_reader(src, self.imagery, read)
                 for line in reader.lines():
                     print(line)
                 if reader.warning:
@@ -350,7 +350,7 @@ class Predictor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                reader = SceneReader(src, self.imagery, read)
+                reader = scene_reader(src, self.imagery, read)
                 prob, _, _ = self._predict_chunk(reader, Window(0, 0, src.width, src.height), 0)
         return prob
 
@@ -375,21 +375,6 @@ class Predictor:
 
 
 PART_BLOCK = 256
-
-
-def ensemble_imagery(paths: list, contents: list[dict]) -> Imagery:
-    """The imagery of an ensemble's first member; members trained at another resolution
-    are refused (one scene is resampled once, for all of them)."""
-    first = imagery_of(contents[0])
-    for path, ckpt in zip(paths[1:], contents[1:], strict=True):
-        other = imagery_of(ckpt).resolution
-        if other != first.resolution:
-            raise RoadsegError(
-                f"trained at {other} m/px, the ensemble's first member at "
-                f"{first.resolution} m/px: ensemble models of one resolution",
-                path,
-            )
-    return first
 
 
 def chunk_margin(overlap: int) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from roadseg.errors import RoadsegError
@@ -259,6 +260,15 @@ class SceneReader:
         return F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[
             0
         ].numpy()
+
+
+def scene_reader(src, imagery: Imagery, read: ReadOptions | None) -> SceneReader:
+    """:class:`~roadseg.reading.SceneReader` of an open raster; a file that cannot be read
+    (truncated, corrupt) is one line naming it."""
+    try:
+        return SceneReader(src, imagery, read)
+    except RasterioIOError as err:
+        raise RoadsegError(f"truncated or corrupt raster ({err})", src.name) from err
 
 
 def chunk_side(chunk: int, factor: float) -> int:

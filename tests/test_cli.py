@@ -96,10 +96,22 @@ def _fit_args(config: Path, root: Path, run_dir: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_runs_through_the_cli(config, cil_root, tmp_path):
-    assert (
-        main([*_fit_args(config, cil_root, tmp_path / "run"), "--trainer.fast_dev_run", "true"])
-        == 0
-    )
+    extra = []
+    if "extra_roots" in config.read_text():  # a folder of 1 m tiles stands for the extra data
+        images = tmp_path / "extra" / "images"
+        for k in range(2):
+            tile, mask = road_tile(32, k)
+            write_raster(images / f"img-{k}.png", tile[:3])
+            write_raster(images.parent / "groundtruth" / f"img-{k}.png", mask)
+        extra = ["--data.extra_roots", f"[{images.parent}]",
+                 "--data.resolutions", f"{{{images.parent}: 1.0}}"]  # fmt: skip
+    args = [
+        *_fit_args(config, cil_root, tmp_path / "run"),
+        *extra,
+        "--trainer.fast_dev_run",
+        "true",
+    ]
+    assert main(args) == 0
 
 
 def test_train_submit_and_resume(cil_root, tmp_path, capsys):

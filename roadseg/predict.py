@@ -305,11 +305,7 @@ class Predictor:
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(src_path) as src:
-                reader = scene_reader(src, self.imagery, read)
-                for line in reader.lines():
-                    print(line)
-                if reader.warning:
-                    print(f"roadseg: warning: {reader.warning}", file=sys.stderr, flush=True)
+                reader = self._say_reading(src, read)
                 profile = scene_profile(src, output)
                 chunk = reader.chunk_side(chunk)
                 chunks = scene_chunks(src.width, src.height, chunk)
@@ -322,17 +318,11 @@ class Predictor:
                     for k, win in enumerate(chunks)
                     if k % world == rank and not part_path(parts, k).exists()
                 ]
-                bar = tqdm(mine, desc="predicting", unit="chunk", disable=not self.progress)
-                part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
                 try:
-                    for k, win in bar:
-                        prob, valid, inner = self._predict_chunk(reader, win, margin)
-                        if output == "mask":
-                            values = decision.mask(prob)[inner]
-                        else:
-                            values = prob[inner].astype(np.float32)
-                        values[~valid] = profile["nodata"]
-                        write_part(part_path(parts, k), values, part_profile, win)
+                    for k, win in tqdm(mine, desc="predicting", unit="chunk",
+                                       disable=not self.progress):  # fmt: skip
+                        self._predict_part(reader, win, margin, part_path(parts, k), profile,
+                                           decision if output == "mask" else None)  # fmt: skip
                 except Exception:
                     # a bad input fails the same way again: a lone run that started the
                     # parts leaves nothing behind (a killed or interrupted one keeps them)
@@ -342,6 +332,27 @@ class Predictor:
         if merge:
             merge_parts(out_path, profile, chunks)
         return len(mine)
+
+    def _say_reading(self, src, read: ReadOptions | None) -> SceneReader:
+        """The scene's reader; what it does to the scene printed, a warning on stderr."""
+        reader = scene_reader(src, self.imagery, read)
+        for line in reader.lines():
+            print(line)
+        if reader.warning:
+            print(f"roadseg: warning: {reader.warning}", file=sys.stderr, flush=True)
+        return reader
+
+    def _predict_part(
+        self, reader: SceneReader, win: Window, margin: int, path: Path, profile: dict,
+        decision: Decision | None,
+    ) -> None:  # fmt: skip
+        """One chunk predicted and written as its part: probabilities, or with ``decision``
+        the mask; nodata where the scene is."""
+        prob, valid, inner = self._predict_chunk(reader, win, margin)
+        values = decision.mask(prob)[inner] if decision else prob[inner].astype(np.float32)
+        values[~valid] = profile["nodata"]
+        part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
+        write_part(path, values, part_profile, win)
 
     def predict_raster(self, path: str | Path, read: ReadOptions | None = None) -> np.ndarray:
         """The map ``(H, W)`` of a whole raster held in memory (a tile), read as ``read``

@@ -194,6 +194,12 @@ def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(pieces, axis=1)
 
 
+def sample_rgb(src, bands: tuple[int, ...]) -> np.ndarray:
+    """:func:`sample_pixels` as three bands (a grey band repeated, as it is read)."""
+    sample = sample_pixels(src, bands)
+    return np.repeat(sample, 3, axis=0) if len(bands) == 1 else sample
+
+
 class SceneReader:
     """An open raster read as a model of ``imagery`` needs it (module doc)."""
 
@@ -203,18 +209,12 @@ class SceneReader:
         self.bands, self.notes = pick_bands(src, options.bands)
         self.scales, self.resolution_line = scene_factor(src, imagery, options.resolution)
         self.factor = max(self.scales)
-        sample = None
         dtype = np.dtype(src.dtypes[self.bands[0] - 1])
-        if options.input_range == "auto" and dtype != np.uint8:
-            sample = sample_pixels(src, self.bands)
-            if len(self.bands) == 1:
-                sample = np.repeat(sample, 3, axis=0)
+        # one sample: the statistics of a stretch, and the check of what the model will see
+        sample = sample_rgb(src, self.bands) if options.input_range != "none" else None
         self.radiometry: Radiometry = plan_radiometry(
             dtype, sample, imagery, options.input_range, src.name
         )
-        if sample is None and options.input_range != "none":  # 8-bit: check it the same way
-            sample = sample_pixels(src, self.bands)
-            sample = np.repeat(sample, 3, axis=0) if len(self.bands) == 1 else sample
         self.warning = None
         if sample is not None:
             self.warning = check_mapped(
@@ -343,7 +343,5 @@ def source_radiometry(images: list[str], target: Imagery, root) -> Radiometry | 
                 dtype = np.dtype(src.dtypes[0])
                 if dtype == np.uint8:
                     return None
-                bands, _ = pick_bands(src, None)
-                sample = sample_pixels(src, bands)
-                samples.append(np.repeat(sample, 3, axis=0) if len(bands) == 1 else sample)
+                samples.append(sample_rgb(src, pick_bands(src, None)[0]))
     return plan_radiometry(dtype, np.concatenate(samples, axis=1), target, "auto", root)

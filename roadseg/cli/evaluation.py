@@ -63,7 +63,6 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
     from roadseg.scoring import format_scores
-    from roadseg.submission import tile_rows, write_submission
 
     options = predict_options(args)
     if args.data:
@@ -80,12 +79,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )  # fmt: skip
     predictor, decision = options.predictor(ckpts)
     scores = validation.scores(predictor).with_clean(decision.clean)
-    labels = (decision.labels(prob) for prob in scores.probs)
     tiles = validation.tiles
-    write_submission(
-        (row for t, lab in zip(tiles["tile_id"], labels, strict=True) for row in tile_rows(int(t), lab)),
-        out,
-    )  # fmt: skip
+    _write_labels(tiles["tile_id"], scores.probs, decision, out)
     truth = Path(tiles["mask"].iloc[0]).parent
     print(f"wrote {out}: the {len(tiles)} validation tiles of {options.ckpt[0]} (none trained "
           f"it), {decision.describe()}; roadseg score {out} --truth {truth} scores it again")  # fmt: skip
@@ -98,7 +93,6 @@ def _evaluate_rasters(args: argparse.Namespace, options) -> None:
     from roadseg.evaluation import LabelledRasters
     from roadseg.paths import check_io
     from roadseg.scoring import format_scores
-    from roadseg.submission import tile_rows, write_submission
 
     rasters = LabelledRasters(args.data)
     out = Path(args.out or Path("submissions") / submission_name(options, Path(args.data).name))
@@ -108,11 +102,7 @@ def _evaluate_rasters(args: argparse.Namespace, options) -> None:
     for line in rasters.reading(predictor, read):
         print(f"{rasters.tiles['image'].iloc[0]}: {line}")
     scores = rasters.scores(predictor, read).with_clean(decision.clean)
-    labels = (decision.labels(prob) for prob in scores.probs)
-    write_submission(
-        (row for t, lab in zip(rasters.tiles["tile_id"], labels, strict=True) for row in tile_rows(int(t), lab)),
-        out,
-    )  # fmt: skip
+    _write_labels(rasters.tiles["tile_id"], scores.probs, decision, out)
     every = scores.all_scores(decision.pixel, decision.patch)
     p, r = every["precision"], every["recall"]
     pixel_f1 = 2 * p * r / (p + r) if p + r else 0.0
@@ -122,6 +112,15 @@ def _evaluate_rasters(args: argparse.Namespace, options) -> None:
     print(
         f"  pixel road F1: {pixel_f1:.4f} (IoU {every['iou']:.4f}, precision {p:.4f}, recall {r:.4f})"
     )
+
+
+def _write_labels(tile_ids, probs, decision, out: Path) -> None:
+    """Each tile's patch labels by ``decision`` as the rows of a submission CSV."""
+    from roadseg.submission import tile_rows, write_submission
+
+    labels = (decision.labels(prob) for prob in probs)
+    rows = (row for t, lab in zip(tile_ids, labels, strict=True) for row in tile_rows(int(t), lab))
+    write_submission(rows, out)
 
 
 def _print_vote(scores) -> None:

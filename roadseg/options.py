@@ -37,6 +37,7 @@ class PredictOptions:
     batch_size: int = 4
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # torch, onnx (ONNX Runtime) or auto (roadseg.backends)
     pixel_threshold: float | None = None
     patch_threshold: float | None = None
     close_gaps: int | None = None
@@ -133,7 +134,9 @@ class PredictOptions:
             list(self.ckpt), contents=contents, window=self.window, overlap=self.overlap, batch_size=self.batch_size,
             tta=self.tta, device=self.device, precision=self.precision,
             progress=not self.quiet, merge=self.merge, decisions=[d for d, _ in decisions],
+            backend=self.backend,
         )  # fmt: skip
+        print(f"backend: {predictor.backend_name} ({predictor.backend_why})")
         decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
         if decision is None:
             decision, origin = decisions[0]
@@ -149,7 +152,7 @@ class PredictOptions:
         return {
             "ckpt": [f"{c} {c.stat().st_size} {c.stat().st_mtime_ns}" for c in ckpts],
             "tta": bool(self.tta), "window": self.window, "overlap": self.overlap,
-            "merge": self.merge, "precision": self.precision,
+            "merge": self.merge, "precision": self.precision, "backend": self.backend,
             "read": dataclasses.asdict(self.read_options()),
         }  # fmt: skip
 

@@ -24,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from roadseg.backends import OnnxBackend, TorchBackend, choose_backend
 from roadseg.errors import RoadsegError
 from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
 from roadseg.io import atomic_path, read_image
@@ -60,18 +61,6 @@ def blend_weight(height: int, width: int) -> np.ndarray:
     return np.outer(ramp(height), ramp(width)).astype(np.float32)
 
 
-def d4_forward(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 symmetries of the square (k // 4 flips, k % 4 quarter turns)."""
-    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def d4_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Undo :func:`d4_forward`."""
-    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
-
-
 class Predictor:
     """Runs one or more trained models over images of any size.
 
@@ -92,6 +81,9 @@ class Predictor:
         decisions: one Decision per model for ``vote`` (default: 0.5 / 0.25, no clean-up).
         imagery: what the models were trained on (:mod:`roadseg.imagery`): scenes are
             mapped to its radiometry and resampled to its resolution.
+        backend: where the networks run: ``torch``, ``onnx`` (ONNX Runtime, CPU) or
+            ``auto`` (:func:`roadseg.backends.choose_backend`); ``threads``: ONNX
+            Runtime's (default: PyTorch's).
     """
 
     def __init__(
@@ -108,6 +100,8 @@ class Predictor:
         merge: str = "mean",
         decisions: list[Decision] | None = None,
         imagery: Imagery = COMPETITION,
+        backend: str = "torch",
+        threads: int | None = None,
     ):
         if not models:
             raise RoadsegError("Predictor needs at least one model")
@@ -122,13 +116,20 @@ class Predictor:
                 f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
             )
         self.device = pick_device(device)
-        self.models = [m.to(self.device).eval() for m in models]
         self.window, self.overlap, self.batch_size, self.tta = window, overlap, batch_size, tta
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("bf16", "fp32"):
             raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         self.precision = precision
+        self.members = len(models)
+        self.backend_name, self.backend_why = choose_backend(backend, self.device)
+        if self.backend_name == "onnx":
+            if precision == "bf16":
+                raise RoadsegError("the onnx backend runs fp32: leave out --precision bf16")
+            self.network = OnnxBackend.from_models(models, threads)
+        else:
+            self.network = TorchBackend(models, self.device, precision)
         self.progress = progress
         self.imagery = imagery
 
@@ -156,26 +157,17 @@ class Predictor:
     def maps(self) -> int:
         """Maps per image that :meth:`member_probs` returns: one per model for ``vote``,
         their mean alone for ``mean``."""
-        return len(self.models) if self.merge == "vote" else 1
+        return self.members if self.merge == "vote" else 1
 
-    @torch.inference_mode()
-    def member_probs(self, images: torch.Tensor) -> torch.Tensor:
+    def member_probs(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Road probabilities ``(B, K, H, W)`` of images ``(B, 3, H, W)``: for ``vote`` each
-        model's (K = M), for ``mean`` their mean, taken on the device (K = 1), so a mean
+        model's (K = M), for ``mean`` their mean, taken by the backend (K = 1), so a mean
         ensemble moves and blends one map per image, not one per model."""
-        x = images.to(self.device, non_blocking=True)
-        views = range(8) if self.tta else range(1)
-        total = torch.zeros(x.shape[0], self.maps, *x.shape[-2:], device=self.device)
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        ):
-            for m, model in enumerate(self.models):
-                slot = m if self.maps > 1 else 0
-                for k in views:
-                    logits = model(d4_forward(x, k)).float()
-                    total[:, slot] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
-        summed = len(views) * len(self.models) // self.maps  # terms added into each map
-        return (total / summed).cpu()
+        if isinstance(images, torch.Tensor):
+            images = images.numpy()
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        views = 8 if self.tta else 1
+        return torch.from_numpy(self.network(images, views, self.merge == "vote"))
 
     def merge_members(self, probs: np.ndarray) -> np.ndarray:
         """One image's maps ``(K, H, W)`` of :meth:`member_probs` -> the ensemble's map

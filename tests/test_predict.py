@@ -4,10 +4,11 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from roadseg.backends import d4_forward, d4_inverse
 from roadseg.errors import RoadsegError
 from roadseg.patches import labels_to_mask
 from roadseg.postprocess import Decision
-from roadseg.predict import Predictor, blend_weight, d4_forward, d4_inverse, window_starts
+from roadseg.predict import Predictor, blend_weight, window_starts
 from tests.conftest import write_raster
 
 

@@ -117,6 +117,13 @@ def add_predictor_args(p: argparse.ArgumentParser, *, metric: bool = True) -> No
         choices=["auto", "bf16", "fp32"],
         help="auto: bf16 on CUDA, fp32 on CPU (default auto)",
     )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        help="where the network runs: torch (PyTorch), onnx (ONNX Runtime, CPU, fp32; "
+        "needs roadseg[onnx]) or auto: what make bench measured fastest on the device "
+        "(onnx on CPUs when installed, torch on GPUs) (default auto)",
+    )
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default 4)")
     add_quiet_arg(p)
 

@@ -1,0 +1,128 @@
+"""Where the network runs: PyTorch (eager, channels-last where trained so) or ONNX Runtime.
+
+A backend maps a batch of images ``(B, 3, H, W)`` float32 in [0, 1] to road probabilities
+``(B, K, H, W)``: each member's (``K`` = members, for a vote) or their mean (``K`` = 1),
+averaged over the views of test-time augmentation. :class:`~roadseg.predict.Predictor`
+does the rest (windows, blending, scenes) the same way for both.
+
+``auto`` picks what ``make bench`` measured fastest on the device at hand: on a CPU,
+ONNX Runtime when it is installed (1.6-1.9x PyTorch's channels-last path on 2 cores:
+README, "Speed"); on a GPU, PyTorch (bf16 autocast; this package installs no CUDA build
+of ONNX Runtime). ONNX Runtime runs fp32, its own threads set to PyTorch's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from roadseg.errors import RoadsegError
+
+BACKENDS = ("auto", "torch", "onnx")
+# A synthetic image both backends predict when an ONNX graph is built in memory: the
+# graph is refused when they disagree (the exported file is checked on real tiles).
+_PROBE_SHAPE = (1, 3, 150, 222)
+
+
+def d4_forward(x, k: int):
+    """The k-th of the 8 symmetries of the square (k // 4 flips, k % 4 quarter turns), of
+    a tensor or an array ``(..., H, W)``."""
+    if isinstance(x, np.ndarray):
+        x = x[..., ::-1] if k >= 4 else x
+        return np.ascontiguousarray(np.rot90(x, k % 4, axes=(-2, -1)))
+    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def d4_inverse(x, k: int):
+    """Undo :func:`d4_forward`."""
+    if isinstance(x, np.ndarray):
+        x = np.rot90(x, -(k % 4), axes=(-2, -1))
+        return x[..., ::-1] if k >= 4 else x
+    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def choose_backend(backend: str, device: torch.device) -> tuple[str, str]:
+    """(backend, why) for ``auto``, ``torch`` or ``onnx`` on ``device``."""
+    from roadseg.export import onnx_available
+
+    if backend not in BACKENDS:
+        raise RoadsegError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        if device.type != "cpu":
+            raise RoadsegError(
+                f"the onnx backend runs on the CPU; use --device cpu, or --backend torch on {device}"
+            )
+        return "onnx", "asked for"
+    if backend == "torch":
+        return "torch", "asked for"
+    if device.type != "cpu":
+        return "torch", f"auto: fastest measured on {device.type}"
+    if onnx_available():
+        return "onnx", "auto: fastest measured on CPUs"
+    return "torch", "auto: onnxruntime is not installed (pip install 'roadseg[onnx]')"
+
+
+class TorchBackend:
+    """The networks run by PyTorch on ``device`` (bf16 autocast with ``precision`` bf16)."""
+
+    name = "torch"
+
+    def __init__(self, models: list[torch.nn.Module], device: torch.device, precision: str):
+        self.models = [m.to(device).eval() for m in models]
+        self.device, self.precision = device, precision
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
+        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        maps = len(self.models) if per_member else 1
+        total = torch.zeros(x.shape[0], maps, *x.shape[-2:], device=self.device)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            for m, model in enumerate(self.models):
+                slot = m if per_member else 0
+                for k in range(views):
+                    logits = model(d4_forward(x, k)).float()
+                    total[:, slot] += torch.sigmoid(d4_inverse(logits, k))[:, 0]
+        summed = views * len(self.models) // maps  # terms added into each map
+        return (total / summed).cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX graph of :mod:`roadseg.export` run by ONNX Runtime on the CPU."""
+
+    name = "onnx"
+
+    def __init__(self, model, members: int, threads: int | None = None):
+        from roadseg.export import require_onnx, session
+
+        require_onnx()
+        self.session = session(model, threads or torch.get_num_threads())
+        self.members = members
+
+    @classmethod
+    def from_models(cls, models: list[torch.nn.Module], threads: int | None = None) -> OnnxBackend:
+        """The graph of these models (tasks or :class:`SegmentationModel`), built in memory
+        and checked against PyTorch on a probe image."""
+        from roadseg.export import TOLERANCE, build_graph, compare
+
+        nets = [getattr(m, "model", m) for m in models]  # a RoadSegTask's network
+        backend = cls(build_graph(nets), len(nets), threads)
+        probe = np.random.default_rng(0).random(_PROBE_SHAPE, dtype=np.float32)
+        worst = compare(nets, backend.session, [probe[0]])
+        if not worst <= TOLERANCE:
+            raise RoadsegError(
+                f"the ONNX graph disagrees with PyTorch by {worst:.1e}; use --backend torch"
+            )
+        return backend
+
+    def __call__(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
+        name = "members" if per_member else "probability"
+        total = None
+        for k in range(views):
+            (out,) = self.session.run([name], {"image": d4_forward(images, k)})
+            out = d4_inverse(out, k)
+            total = out.copy() if total is None else total + out
+        return total / views if views > 1 else total

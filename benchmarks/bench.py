@@ -14,7 +14,10 @@
 5. scene: seconds and peak memory per process of streaming GeoTIFF scenes through
    ``roadseg predict`` with 1 and 2 processes (``--scene-sizes 16000`` for the large one);
 6. paper: the cost of ``make reproduce PROFILE=paper`` on this device, from a measured
-   time per training step of each network of the plan (hours per run and in all).
+   time per training step of each network of the plan (hours per run and in all);
+7. inference (benchmarks/inference.py): each backend's bare network throughput, the
+   scene pipeline's per backend and output, their ratio, and the speed-up over the
+   pipeline of the commit before the ONNX backend, side by side in one run.
 """
 
 from __future__ import annotations
@@ -350,6 +353,19 @@ def bench_scene(
     return rows
 
 
+def bench_inference(data: Path) -> dict:
+    """benchmarks/inference.py with its defaults: the trained cpu.yaml checkpoint when there
+    is one, the map 0 mosaic when ``roadseg maps`` wrote it, and a 4,000² scene."""
+    from benchmarks import inference
+
+    parser_defaults = argparse.Namespace(
+        ckpt=str(REPO / "runs" / "cpu" / "checkpoints" / "best.ckpt"),
+        scenes=str(REPO / "data" / "maps" / "map_0_image.tif") + ",4000",
+        baseline=inference.BASELINE, tiles=False, data=data,
+    )  # fmt: skip
+    return inference.run(parser_defaults)
+
+
 def table(title: str, rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -370,7 +386,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, choices=list(MODELS),
                         help="default: resnet34-384 on a GPU, quick on a CPU; cpu: cpu.yaml's network")  # fmt: skip
     parser.add_argument(
-        "--only", default="data,train,encoders,predict,scene,paper", help="comma-separated sections"
+        "--only",
+        default="data,train,encoders,predict,scene,paper,inference",
+        help="comma-separated sections",
     )
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument(
@@ -410,11 +428,13 @@ def main() -> None:
                              [int(n) for n in args.scene_processes.split(",")], args.scene_dtypes.split(","))),
         ("paper", "cost of make reproduce PROFILE=paper: bare training steps x steps per run",
          lambda: bench_paper(device)),
+        ("inference", "", lambda: bench_inference(args.data)),
     ]  # fmt: skip
     for name, title, run in sections:
         if name in only:
             result[name] = run()
-            print(table(title, result[name]), flush=True)
+            if isinstance(result[name], list):  # inference prints its own tables
+                print(table(title, result[name]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -27,6 +27,8 @@ _PROBE_SHAPE = (1, 3, 150, 222)
 def d4_forward(x, k: int):
     """The k-th of the 8 symmetries of the square (k // 4 flips, k % 4 quarter turns), of
     a tensor or an array ``(..., H, W)``."""
+    if k == 0:
+        return x
     if isinstance(x, np.ndarray):
         x = x[..., ::-1] if k >= 4 else x
         return np.ascontiguousarray(np.rot90(x, k % 4, axes=(-2, -1)))
@@ -36,6 +38,8 @@ def d4_forward(x, k: int):
 
 def d4_inverse(x, k: int):
     """Undo :func:`d4_forward`."""
+    if k == 0:
+        return x
     if isinstance(x, np.ndarray):
         x = np.rot90(x, -(k % 4), axes=(-2, -1))
         return x[..., ::-1] if k >= 4 else x
@@ -124,5 +128,5 @@ class OnnxBackend:
         for k in range(views):
             (out,) = self.session.run([name], {"image": d4_forward(images, k)})
             out = d4_inverse(out, k)
-            total = out.copy() if total is None else total + out
+            total = out if total is None else total + out
         return total / views if views > 1 else total

@@ -13,7 +13,9 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,29 @@ from tqdm.auto import tqdm
 from roadseg.backends import OnnxBackend, TorchBackend, choose_backend
 from roadseg.errors import RoadsegError
 from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
-from roadseg.io import atomic_path, read_image
+from roadseg.io import read_image
 from roadseg.maps import MapIndex, context_image
+from roadseg.parts import (
+    GDAL_CACHE_MB,
+    OUTPUTS,
+    PROB8_SCALE,
+    aligned_chunk,
+    chunk_margin,
+    merge_parts,
+    part_path,
+    parts_dir,
+    scene_chunks,
+    scene_key,
+    scene_profile,
+    start_parts,
+    write_part,
+)  # fmt: skip
 from roadseg.patches import PATCH_SIZE, labels_to_mask
 from roadseg.postprocess import Decision
 from roadseg.reading import ReadOptions, SceneReader, scene_reader
 from roadseg.task import RoadSegTask
 
-GDAL_CACHE_MB = 64
+WINDOW_MULTIPLE = 64
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -44,12 +61,18 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def window_starts(size: int, window: int, step: int) -> list[int]:
-    """Start offsets of windows covering ``size`` pixels; the last one ends at the edge."""
+def fitted_windows(size: int, window: int, overlap: int) -> tuple[int, list[int]]:
+    """(side, start offsets) of the fewest windows of at most ``window`` px that cover
+    ``size`` px with at least ``overlap`` px between neighbours, spread evenly and no
+    larger than they need to be (sides in multiples of 64, what a stride-32 network at
+    half scale takes without padding): 4,800 px in windows of 1,024 overlapping by 128
+    are six of 1,024 (6,144 px run), 1,280 px are two of 704, not two of 1,024."""
     if size <= window:
-        return [0]
-    starts = list(range(0, size - window, step))
-    return [*starts, size - window]
+        return size, [0]
+    n = -(-(size - overlap) // (window - overlap))
+    side = min(window, -(-(size + (n - 1) * overlap) // n // WINDOW_MULTIPLE) * WINDOW_MULTIPLE)
+    side = max(side, -(-(size + (n - 1) * overlap) // n))  # a window not of that multiple
+    return side, [round(i * (size - side) / (n - 1)) for i in range(n)]
 
 
 def blend_weight(height: int, width: int) -> np.ndarray:
@@ -90,7 +113,7 @@ class Predictor:
         self,
         models: list[torch.nn.Module],
         *,
-        window: int = 1024,
+        window: int = 1536,
         overlap: int = 128,
         batch_size: int = 4,
         tta: bool = False,
@@ -200,11 +223,9 @@ class Predictor:
         _, h, w = image.shape
         if h <= self.window and w <= self.window:
             return self.member_probs(torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
-        win_h, win_w = min(self.window, h), min(self.window, w)
-        step = self.window - self.overlap
-        boxes = [
-            (r, c) for r in window_starts(h, win_h, step) for c in window_starts(w, win_w, step)
-        ]
+        win_h, rows = fitted_windows(h, self.window, self.overlap)
+        win_w, cols = fitted_windows(w, self.window, self.overlap)
+        boxes = [(r, c) for r in rows for c in cols]
         weight = blend_weight(win_h, win_w)
         total = np.zeros((self.maps, h, w), np.float32)
         norm = np.zeros((h, w), np.float32)
@@ -262,6 +283,7 @@ class Predictor:
         merge: bool = True,
         run_key: dict | None = None,
         read: ReadOptions | None = None,
+        cog: bool = False,
     ) -> int:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory);
         returns the number of chunks this call predicted.
@@ -287,8 +309,8 @@ class Predictor:
         radiometry, resolution); what is done is printed. A scene resampled to the model's
         resolution is chunked so that each chunk's resampled image is about ``chunk`` px.
         """
-        if output not in ("prob", "mask"):
-            raise RoadsegError(f"unknown output {output!r}; use prob or mask")
+        if output not in OUTPUTS:
+            raise RoadsegError(f"unknown output {output!r}; use {', '.join(OUTPUTS)}")
         if chunk <= 0 or chunk % PATCH_SIZE:
             raise RoadsegError(f"chunk ({chunk}) must be a positive multiple of {PATCH_SIZE}")
         decision = self.output_decision or decision or Decision()
@@ -299,7 +321,7 @@ class Predictor:
             with rasterio.open(src_path) as src:
                 reader = self._say_reading(src, read)
                 profile = scene_profile(src, output)
-                chunk = reader.chunk_side(chunk)
+                chunk = reader.chunk_side(aligned_chunk(chunk, self.window, self.overlap))
                 chunks = scene_chunks(src.width, src.height, chunk)
                 key = scene_key(src_path, src, chunk=chunk, output=output, margin=margin,
                                 decision=decision, run_key=run_key)  # fmt: skip
@@ -311,10 +333,8 @@ class Predictor:
                     if k % world == rank and not part_path(parts, k).exists()
                 ]
                 try:
-                    for k, win in tqdm(mine, desc="predicting", unit="chunk",
-                                       disable=not self.progress):  # fmt: skip
-                        self._predict_part(reader, win, margin, part_path(parts, k), profile,
-                                           decision if output == "mask" else None)  # fmt: skip
+                    self._predict_parts(reader, mine, margin, parts, profile,
+                                        decision if output == "mask" else None)  # fmt: skip
                 except Exception:
                     # a bad input fails the same way again: a lone run that started the
                     # parts leaves nothing behind (a killed or interrupted one keeps them)
@@ -322,7 +342,7 @@ class Predictor:
                         shutil.rmtree(parts, ignore_errors=True)
                     raise
         if merge:
-            merge_parts(out_path, profile, chunks)
+            merge_parts(out_path, profile, chunks, cog=cog)
         return len(mine)
 
     def _say_reading(self, src, read: ReadOptions | None) -> SceneReader:
@@ -334,17 +354,50 @@ class Predictor:
             print(f"roadseg: warning: {reader.warning}", file=sys.stderr, flush=True)
         return reader
 
-    def _predict_part(
-        self, reader: SceneReader, win: Window, margin: int, path: Path, profile: dict,
+    def _predict_parts(
+        self, reader: SceneReader, mine: list, margin: int, parts: Path, profile: dict,
         decision: Decision | None,
     ) -> None:  # fmt: skip
-        """One chunk predicted and written as its part: probabilities, or with ``decision``
+        """Predict chunks ``mine`` (``(k, window)``) into their parts, the network kept busy:
+        the next chunks are read by one thread while this one is predicted, and finished
+        parts are written by another."""
+        bar = tqdm(total=len(mine), desc="predicting", unit="chunk", disable=not self.progress)
+        with ThreadPoolExecutor(1) as reading, ThreadPoolExecutor(1) as writing:
+            reads = deque(
+                reading.submit(self._read_chunk, reader, w, margin) for _, w in mine[:READ_AHEAD]
+            )
+            writes: deque = deque()
+            for i, (k, _) in enumerate(mine):
+                image, valid, outer, inner = reads.popleft().result()
+                if i + READ_AHEAD < len(mine):
+                    reads.append(
+                        reading.submit(self._read_chunk, reader, mine[i + READ_AHEAD][1], margin)
+                    )
+                members = reader.to_scene(self.image_members(image), outer.height, outer.width)
+                while len(writes) >= WRITE_BEHIND:
+                    writes.popleft().result()  # a failed write stops the run here
+                writes.append(writing.submit(self._write_part, members, valid, inner, mine[i][1],
+                                             part_path(parts, k), profile, decision))  # fmt: skip
+                bar.update()
+            for pending in writes:
+                pending.result()
+        bar.close()
+
+    def _write_part(
+        self, members: np.ndarray, valid: np.ndarray, inner: tuple, win: Window, path: Path,
+        profile: dict, decision: Decision | None,
+    ) -> None:  # fmt: skip
+        """One chunk's part: its probabilities (float32 or 8-bit), or with ``decision``
         the mask; nodata where the scene is."""
-        prob, valid, inner = self._predict_chunk(reader, win, margin)
-        values = decision.mask(prob)[inner] if decision else prob[inner].astype(np.float32)
+        prob = self.merge_members(members)
+        if decision is not None:
+            values = decision.mask(prob)[inner]
+        elif profile["output"] == "prob8":
+            values = np.rint(prob[inner] * PROB8_SCALE).astype(np.uint8)
+        else:
+            values = prob[inner].astype(np.float32)
         values[~valid] = profile["nodata"]
-        part_profile = {**profile, "blockxsize": PART_BLOCK, "blockysize": PART_BLOCK}
-        write_part(path, values, part_profile, win)
+        write_part(path, values, profile, win)
 
     def predict_raster(self, path: str | Path, read: ReadOptions | None = None) -> np.ndarray:
         """The map ``(H, W)`` of a whole raster held in memory (a tile), read as ``read``
@@ -361,6 +414,14 @@ class Predictor:
         """One chunk read with ``margin`` of context: the map of the whole read window (on
         the scene's grid), the validity ``(h, w)`` of the chunk, and the slices of the
         chunk in that window."""
+        image, valid, outer, inner = self._read_chunk(reader, win, margin)
+        members = reader.to_scene(self.image_members(image), outer.height, outer.width)
+        return self.merge_members(members), valid, inner
+
+    @staticmethod
+    def _read_chunk(reader: SceneReader, win: Window, margin: int):
+        """(image at the model's resolution, validity of the chunk, the window read, the
+        chunk's slices in it) of one chunk read with ``margin`` px of context."""
         src = reader.src
         r0, c0 = max(0, win.row_off - margin), max(0, win.col_off - margin)
         r1 = min(src.height, win.row_off + win.height + margin)
@@ -370,113 +431,10 @@ class Predictor:
             image, valid = reader.read(outer)
         except rasterio.errors.RasterioIOError as err:
             raise RoadsegError(f"truncated or corrupt raster ({err})", src.name) from err
-        members = reader.to_scene(self.image_members(image), outer.height, outer.width)
-        prob = self.merge_members(members)
         rs, cs = win.row_off - r0, win.col_off - c0
         inner = (slice(rs, rs + win.height), slice(cs, cs + win.width))
-        return prob, valid[inner], inner
+        return image, valid[inner], outer, inner
 
 
-PART_BLOCK = 256
-
-
-def chunk_margin(overlap: int) -> int:
-    """Context read around each chunk of a scene: half the windows' overlap, rounded up to
-    whole 16x16 patches (the patch grid of a vote is then the scene's own)."""
-    return -(-(overlap // 2) // PATCH_SIZE) * PATCH_SIZE
-
-
-def scene_key(
-    src_path: str | Path, src, *, chunk: int, output: str, margin: int, decision: Decision,
-    run_key: dict | None,
-) -> dict:  # fmt: skip
-    """What the parts of a scene's prediction belong to (``run.json`` of the parts folder):
-    the scene (its path and the open raster), its chunks, the output, and ``run_key``
-    (models, options)."""
-    return {
-        "scene": str(Path(src_path).resolve()), "size": [src.width, src.height],
-        "chunk": chunk, "output": output, "margin": margin,
-        "decision": decision.describe() if output == "mask" else None, **(run_key or {}),
-    }  # fmt: skip
-
-
-def scene_profile(src, output: str) -> dict:
-    """GeoTIFF profile of a scene's prediction: one band, tiled, compressed."""
-    return {
-        "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
-        "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
-        "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-        "dtype": "float32" if output == "prob" else "uint8",
-        "nodata": -1.0 if output == "prob" else 255,
-    }  # fmt: skip
-
-
-def scene_chunks(width: int, height: int, chunk: int) -> list[Window]:
-    """The chunks of a scene in raster order."""
-    return [
-        Window(c, r, min(chunk, width - c), min(chunk, height - r))
-        for r in range(0, height, chunk)
-        for c in range(0, width, chunk)
-    ]
-
-
-def parts_dir(out_path: str | Path) -> Path:
-    """Where the chunks of ``out_path`` wait until they are merged."""
-    out = Path(out_path)
-    return out.with_name(out.name + ".parts")
-
-
-def part_path(parts: Path, k: int) -> Path:
-    return parts / f"chunk_{k:06d}.tif"
-
-
-def start_parts(out_path: str | Path, key: dict) -> Path:
-    """The parts folder of ``out_path``, with ``run.json`` saying which run it belongs to;
-    refused when it holds parts of another run (another scene, model or options)."""
-    import json
-
-    parts = parts_dir(out_path)
-    stamp = parts / "run.json"
-    text = json.dumps(key, indent=2, sort_keys=True) + "\n"
-    if stamp.is_file():
-        if stamp.read_text() != text:
-            raise RoadsegError(
-                "holds the finished chunks of another prediction (other scene, models or "
-                "options): delete it, or run that prediction again to resume it",
-                parts,
-            )
-        return parts
-    parts.mkdir(parents=True, exist_ok=True)
-    with atomic_path(stamp) as tmp:  # every process writes the same text
-        tmp.write_text(text)
-    return parts
-
-
-def write_part(path: Path, values: np.ndarray, profile: dict, win: Window) -> None:
-    """One finished chunk, atomically (a killed process leaves no half part)."""
-    part = {**profile, "width": int(win.width), "height": int(win.height), "BIGTIFF": "NO"}
-    if win.width < PART_BLOCK or win.height < PART_BLOCK:
-        part["tiled"] = False
-        part.pop("blockxsize"), part.pop("blockysize")
-    part["transform"] = rasterio.windows.transform(win, profile["transform"])
-    with atomic_path(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **part) as dst:
-        dst.write(values[None])
-
-
-def merge_parts(out_path: str | Path, profile: dict, chunks: list[Window]) -> None:
-    """Join every chunk's part into ``out_path`` (atomically), then remove the parts."""
-    parts = parts_dir(out_path)
-    missing = [k for k in range(len(chunks)) if not part_path(parts, k).exists()]
-    if missing:
-        raise RoadsegError(
-            f"{len(missing)} of {len(chunks)} chunks are not predicted yet (first: chunk "
-            f"{missing[0]}); run the same command again to predict them",
-            parts,
-        )
-    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-            for k, win in enumerate(chunks):
-                with rasterio.open(part_path(parts, k)) as part:
-                    dst.write(part.read(), window=win)
-    shutil.rmtree(parts)
+READ_AHEAD = 2  # chunks read while one is predicted
+WRITE_BEHIND = 2  # finished parts waiting to be written

@@ -209,10 +209,13 @@ def _simplify(pixels: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def read_road_raster(src, window: Window, threshold: float):
-    """(road mask, probability) of a window of a probability (float) or mask (integer 0/1
-    or 0/255) raster, nodata never road; probability is None for a mask."""
+    """(road mask, probability) of a window of a probability (float, or integers with a
+    scale, as ``predict --output prob8`` writes) or mask (integer 0/1 or 0/255) raster,
+    nodata never road; probability is None for a mask."""
     band = src.read(1, window=window)
     valid = src.read_masks(1, window=window) > 0
+    if src.scales[0] != 1:  # stored probabilities: value x scale
+        band = band.astype(np.float32) * np.float32(src.scales[0]) + np.float32(src.offsets[0])
     if np.issubdtype(band.dtype, np.floating):
         prob = np.where(valid, band, 0.0).astype(np.float32)
         return (prob > threshold) & valid, prob
@@ -268,8 +271,8 @@ def vectorize_raster(
 ) -> tuple[list[Piece], object, object]:
     """Centre-line chains of a one-band road raster (module doc) and its CRS and transform.
 
-    ``threshold``: a probability raster (float) is road above it; an integer raster is a
-    mask (0/1 or 0/255). Chunks of ``chunk`` pixels are thinned with ``margin`` pixels
+    ``threshold``: a probability raster (float, or integers with a scale) is road above
+    it; an integer raster without one is a mask (0/1 or 0/255). Chunks of ``chunk`` pixels are thinned with ``margin`` pixels
     around them (more than a road's width). Chains shorter than ``min_length`` pixels with
     a free end are dropped; lines are simplified to ``simplify`` pixels (Douglas-Peucker).
     """

@@ -132,3 +132,20 @@ def test_exported_file_runs_with_onnxruntime_and_numpy_alone(tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0] == "id,prediction" and len(rows) == 1 + 2 * 16
     assert rows[1] == "007_0_0," + rows[1][-1]
+
+
+def test_a_scene_predicted_by_onnx_runtime_is_pytorchs(tmp_path):
+    import rasterio
+
+    from tests.conftest import write_raster
+
+    scene = write_raster(tmp_path / "scene.tif", smooth_map(260, 300, seed=6))
+    outs = {}
+    for backend in ("torch", "onnx"):
+        predictor = Predictor(
+            small_models(), backend=backend, window=128, overlap=32, progress=False
+        )
+        predictor.predict_scene(scene, tmp_path / f"{backend}.tif", chunk=96)
+        with rasterio.open(tmp_path / f"{backend}.tif") as out:
+            outs[backend] = out.read(1)
+    assert np.abs(outs["onnx"] - outs["torch"]).max() < 1e-4

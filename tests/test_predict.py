@@ -8,7 +8,7 @@ from roadseg.backends import d4_forward, d4_inverse
 from roadseg.errors import RoadsegError
 from roadseg.patches import labels_to_mask
 from roadseg.postprocess import Decision
-from roadseg.predict import Predictor, blend_weight, window_starts
+from roadseg.predict import Predictor, blend_weight, fitted_windows
 from tests.conftest import write_raster
 
 
@@ -57,8 +57,13 @@ def test_d4_views_invert():
 
 
 def test_windows_cover_the_image_and_weights_never_vanish():
-    assert window_starts(100, 100, 80) == [0]
-    assert window_starts(300, 128, 80) == [0, 80, 160, 172]
+    assert fitted_windows(100, 100, 20) == (100, [0])
+    for size, window, overlap in [(300, 128, 48), (4800, 1024, 128), (1280, 1024, 128),
+                                  (1001, 1000, 10), (2000, 100, 99)]:  # fmt: skip
+        side, starts = fitted_windows(size, window, overlap)
+        assert side <= window and starts[0] == 0 and starts[-1] + side == size
+        assert all(b - a <= side - overlap + 1 for a, b in zip(starts, starts[1:], strict=False))
+    assert fitted_windows(1280, 1024, 128) == (704, [0, 576])  # two of 704, not of 1,024
     weight = blend_weight(16, 16)
     assert weight.min() > 0 and weight[8, 8] == weight.max()
 
@@ -145,3 +150,26 @@ def test_bad_predictor_settings_are_refused():
         Predictor([FirstChannel(), FirstChannel()], merge="vote", decisions=[Decision()])
     with pytest.raises(RoadsegError, match="multiple of 16"):
         Predictor([FirstChannel()]).predict_scene("x.tif", "y.tif", chunk=100)
+
+
+def test_prob8_scene_is_the_probability_in_eight_bits(tmp_path):
+    from roadseg.vectors import read_road_raster
+
+    h, w = 200, 230
+    pixels = (random_image(h, w, seed=4) * 255).astype(np.uint8)
+    pixels[:, :30, :20] = 0
+    src = write_raster(tmp_path / "scene.tif", pixels, crs="EPSG:2056",
+                       transform=from_origin(2_600_000, 1_200_000, 0.5, 0.5), nodata=0)  # fmt: skip
+    predictor = Predictor([FirstChannel()], window=128, overlap=32, progress=False)
+    predictor.predict_scene(src, tmp_path / "p8.tif", output="prob8", chunk=96)
+    with rasterio.open(tmp_path / "p8.tif") as p8:
+        assert p8.dtypes[0] == "uint8" and p8.nodata == 255
+        assert p8.scales[0] == pytest.approx(1 / 254) and p8.tags()["roadseg_output"] == "prob8"
+        values = p8.read(1)
+        road, prob = read_road_raster(p8, rasterio.windows.Window(0, 0, w, h), 0.5)
+    valid = np.ones((h, w), bool)
+    valid[:30, :20] = False
+    assert (values[~valid] == 255).all() and not road[~valid].any()
+    np.testing.assert_allclose(values[valid] / 254, pixels[0][valid] / 255, atol=0.5 / 254 + 1e-5)
+    np.testing.assert_allclose(prob[valid], values[valid] / 254, atol=1e-6)  # read back scaled
+    np.testing.assert_array_equal(road[valid], prob[valid] > 0.5)

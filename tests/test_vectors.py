@@ -164,7 +164,8 @@ class Counting(torch.nn.Module):
 
 
 def test_a_scene_predicted_in_parts_resumes_and_equals_one_run(tmp_path):
-    from roadseg.predict import Predictor, parts_dir
+    from roadseg.parts import parts_dir
+    from roadseg.predict import Predictor
 
     pixels = (np.random.default_rng(0).random((3, 200, 260)) * 255).astype(np.uint8)
     src = write_raster(tmp_path / "scene.tif", pixels, crs="EPSG:2056",

@@ -94,7 +94,12 @@ def add_predictor_args(p: argparse.ArgumentParser, *, metric: bool = True) -> No
         help="how an ensemble combines: mean probability, or majority vote of the members' "
         "patch labels, each by its own thresholds (default mean)",
     )
-    p.add_argument("--window", type=int, help="prediction window side (default 1024)")
+    p.add_argument(
+        "--window",
+        type=int,
+        help="largest prediction window side; an image is run in the fewest windows that "
+        "cover it, no larger than needed (default 1536)",
+    )
     p.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default 128)")
     add_decision_args(p)
     if metric:

@@ -36,7 +36,7 @@ class SceneRun:
 
 def predict_scene_run(
     options: PredictOptions, scene: str | Path, out: str | Path, *, output: str = "prob",
-    chunk: int = 2048, processes: int = 1, threads: int | None = None,
+    chunk: int = 2048, processes: int = 1, threads: int | None = None, cog: bool = False,
 ) -> SceneRun:  # fmt: skip
     """Predict ``scene`` into the GeoTIFF ``out`` with ``processes`` local processes (each
     ``threads`` CPU threads, default: this machine's shared out), or as this rank's share
@@ -46,7 +46,7 @@ def predict_scene_run(
         raise RoadsegError(f"--processes must be at least 1, got {processes}")
     if world > 1 and processes > 1:
         raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
-    job = _Job(options, str(scene), str(out), output, chunk)
+    job = _Job(options, str(scene), str(out), output, chunk, cog)
     try:
         if processes > 1:
             return SceneRun(_predict_processes(job, processes, threads))
@@ -59,7 +59,7 @@ def predict_scene_run(
 
 def _kept(job: _Job) -> str:
     """What an interrupted scene run leaves, and how to go on."""
-    from roadseg.predict import parts_dir
+    from roadseg.parts import parts_dir
 
     parts = parts_dir(job.out)
     if not parts.is_dir():
@@ -75,7 +75,7 @@ def _start_parts(job: _Job) -> None:
     """The parts folder, refused here (once, in the parent) when it holds another run's."""
     import rasterio
 
-    from roadseg.predict import chunk_margin, scene_key, start_parts
+    from roadseg.parts import chunk_margin, scene_key, start_parts
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -90,10 +90,13 @@ def _start_parts(job: _Job) -> None:
 
 def _chunk_side(job: _Job, src) -> int:
     """The side of the scene's chunks on its own grid, as every process works it out."""
+    from roadseg.parts import aligned_chunk
     from roadseg.reading import chunk_side, scene_factor
 
     scales, _ = scene_factor(src, job.options.imagery(), job.options.read_options().resolution)
-    return chunk_side(job.chunk, max(scales))
+    return chunk_side(
+        aligned_chunk(job.chunk, job.options.window, job.options.overlap), max(scales)
+    )
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class _Job:
     out: str
     output: str
     chunk: int
+    cog: bool = False
 
 
 def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision:
@@ -118,7 +122,7 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
     done = predictor.predict_scene(
         job.scene, job.out, output=job.output, decision=decision, chunk=job.chunk,
         rank=rank, world=world, merge=merge, run_key=job.options.run_key(),
-        read=job.options.read_options(),
+        read=job.options.read_options(), cog=job.cog,
     )  # fmt: skip
     if world > 1:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -130,14 +134,14 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
 def _merge_scene(job: _Job) -> None:
     import rasterio
 
-    from roadseg.predict import merge_parts, scene_chunks, scene_profile
+    from roadseg.parts import merge_parts, scene_chunks, scene_profile
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(job.scene) as src:
             profile = scene_profile(src, job.output)
             chunks = scene_chunks(src.width, src.height, _chunk_side(job, src))
-    merge_parts(job.out, profile, chunks)
+    merge_parts(job.out, profile, chunks, cog=job.cog)
 
 
 def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:
@@ -196,7 +200,7 @@ def _predict_processes(job: _Job, n: int, threads: int | None) -> Decision:
 
 def _check_processes(job: _Job, procs: list) -> None:
     """Refuse to merge when a process stopped: said in one line with what is kept."""
-    from roadseg.predict import parts_dir
+    from roadseg.parts import parts_dir
 
     failed = [(r, proc.exitcode) for r, proc in enumerate(procs) if proc.exitcode != 0]
     if not failed:

@@ -159,10 +159,49 @@ def _with_validation_tiles(tiles, ckpt: dict, path: str):
     return pd.concat([tiles, val[tiles.columns]], ignore_index=True), len(val)
 
 
+def _many_scenes(args: argparse.Namespace) -> bool:
+    """Whether the scenes given are a list (module roadseg.jobs) rather than one raster."""
+    if len(args.scene) > 1 or args.shard or args.ray or args.merge_manifest:
+        return True
+    one = Path(args.scene[0])
+    return one.is_dir() or one.suffix.lower() in (".txt", ".json")
+
+
+def _cmd_predict_many(args: argparse.Namespace) -> None:
+    from roadseg.jobs import predict_many
+
+    refuse_idle(
+        (args.vector is not None, "--vector", "one scene (vectorize each output with roadseg vectorize)"),
+        (args.processes != 1, "--processes", "one scene (for many: --shard I/N per process, or --ray)"),
+        (args.threads is not None, "--threads", "--processes N on one scene"),
+    )  # fmt: skip
+    options = predict_options(args)
+    progress = predict_many(
+        options, args.scene, args.out, output=args.output, chunk=args.chunk, cog=args.cog,
+        asset=args.asset, shard_spec=args.shard, ray=args.ray, workers=args.workers,
+        merge=args.merge_manifest,
+    )  # fmt: skip
+    if progress.failed:
+        raise RoadsegError(
+            f"{progress.failed} scenes failed (their errors are in the manifest); fix them and "
+            "run the same command again: finished scenes are skipped",
+            args.out,
+        )
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     from roadseg.io import raster_shape
     from roadseg.paths import check_io
     from roadseg.scenes import predict_scene_run
+
+    if _many_scenes(args):
+        _cmd_predict_many(args)
+        return
+    refuse_idle(
+        (args.asset is not None, "--asset", "a STAC Item or ItemCollection (.json)"),
+        (args.workers != 2, "--workers", "--ray"),
+    )  # fmt: skip
+    args.scene = args.scene[0]
 
     refuse_idle(
         (args.png is not None and not args.vector, "--png",
@@ -183,7 +222,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         vector_driver(args.vector)
     run = predict_scene_run(
         options, args.scene, args.out, output=args.output, chunk=args.chunk,
-        processes=args.processes, threads=args.threads,
+        processes=args.processes, threads=args.threads, cog=args.cog,
     )  # fmt: skip
     if not run.wrote:
         return
@@ -333,19 +372,29 @@ def _add_pseudo_label(sub) -> None:
 def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="predict a raster of any size (a GeoTIFF scene) into a GeoTIFF",
+        help="predict rasters of any size (GeoTIFF scenes, lists of them) into GeoTIFFs",
         description="Stream a raster chunk by chunk through overlapping windows into a tiled, "
         "compressed GeoTIFF with the input's CRS and transform; memory stays flat however "
-        "large the scene. Input nodata stays nodata.",
+        "large the scene. Input nodata stays nodata. Several scenes (paths, a folder, a text "
+        "file of paths, a STAC Item or ItemCollection) go into the folder --out, one "
+        "<scene id>.tif each, with a manifest: the same command again skips what is done, "
+        "resumes what is half done, and refuses to mix in another run's outputs.",
     )
-    p.add_argument("scene", help="input raster (GeoTIFF, PNG, ...)")
-    p.add_argument("--out", required=True, help="GeoTIFF to write")
+    p.add_argument(
+        "scene",
+        nargs="+",
+        help="input raster (GeoTIFF, PNG, ...); or several, a folder of them, a .txt of "
+        "paths (one per line), a STAC Item/ItemCollection .json",
+    )
+    p.add_argument("--out", required=True, help="GeoTIFF to write (a folder for several scenes)")
     add_predictor_args(p)
     p.add_argument(
         "--output",
-        choices=["prob", "mask"],
+        choices=["prob", "prob8", "mask"],
         default="prob",
-        help="prob: float32 road probability (nodata -1); mask: uint8 0/1 (nodata 255)",
+        help="prob: float32 road probability (nodata -1); prob8: the probability in 8 bits "
+        "(x 254, with its scale in the file, so GDAL and QGIS read probabilities; nodata "
+        "255; a quarter of the size); mask: uint8 0/1 by the decision (nodata 255)",
     )
     p.add_argument(
         "--chunk", type=int, default=2048, help="side of the chunks read and written (default 2048)"
@@ -371,9 +420,43 @@ def _add_predict(sub) -> None:
         "from the probability above the decision's pixel threshold, or from the mask",
     )
     p.add_argument("--png", help="with --vector: also draw the lines over the scene in this PNG")
+    p.add_argument(
+        "--cog",
+        action="store_true",
+        help="write Cloud-Optimized GeoTIFFs (512-px tiles, overviews) that web maps and "
+        "cloud GIS read in place",
+    )
+    _add_many_args(p)
     add_scene_args(p)
     add_vector_args(p)
     p.set_defaults(func=_cmd_predict)
+
+
+def _add_many_args(p: argparse.ArgumentParser) -> None:
+    """Options of a list of scenes (roadseg.jobs)."""
+    p.add_argument(
+        "--asset", help="STAC: the key of the asset to read (default: the first GeoTIFF)"
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="predict share I of N (scenes I, I+N, ... of the list sorted by id), for array "
+        "jobs: Slurm --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+    )
+    p.add_argument(
+        "--merge-manifest",
+        action="store_true",
+        help="after this run, collect every shard's manifest into OUT/manifest.csv",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the scenes as tasks on Ray actors that load the model once: a local Ray "
+        "without ADDRESS, else the cluster's (auto, ray://host:10001); pip install 'roadseg[ray]'",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (default %(default)s)")
 
 
 def _add_vectorize(sub) -> None:

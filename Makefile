@@ -36,7 +36,7 @@ STAMP := $(VENV)/.installed
 # A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
 CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit selftrain smoke check-config reproduce test bench lint format clean
+.PHONY: help install data train submit selftrain smoke check-config reproduce test bench gpu-check lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shar
 
 bench: $(STAMP)  ## benchmarks: data pipeline, training vs bare loop, inference, scenes (prints, writes JSON)
 	$(BIN)/python benchmarks/bench.py --data $(SHARED)
+
+gpu-check: $(STAMP)  ## on a GPU, < 8 min: train unet.yaml briefly, submit with TTA, GPU benchmarks -> gpu_check/figures.md
+	$(BIN)/python benchmarks/gpu_check.py --data $(SHARED) --out gpu_check
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check roadseg tests benchmarks

@@ -79,7 +79,7 @@ def roadseg(*args: str, cwd: Path = REPO) -> float:
 
 def train(args, run: Path) -> dict:
     minutes = args.train_minutes
-    extra = ["--trainer.max_steps", "2", "--data.samples_per_epoch", "16", "--trainer.limit_val_batches", "1",
+    extra = ["--trainer.max_steps", "2", "--data.samples_per_epoch", "8", "--trainer.limit_val_batches", "1",
              "--data.num_workers", "0", "--data.batch_size", "4", "--model.model_args.encoder", "tu-tf_efficientnet_lite0"] if args.smoke else []  # fmt: skip
     seconds = roadseg(
         "fit", "--config", "configs/unet.yaml", "--data.root", str(args.data / "cil-2022"),

@@ -99,21 +99,28 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, model, members: int, threads: int | None = None):
+    def __init__(self, model, members: int, threads: int | None = None, small=None):
         from roadseg.export import require_onnx, session
 
         require_onnx()
         self.session = session(model, threads or torch.get_num_threads())
         self.members = members
+        # (side, backend): images narrower than side go to PyTorch, which pads them by
+        # replication where ONNX's reflect padding cannot (a scene's thin last chunk)
+        self.small = small
 
     @classmethod
     def from_models(cls, models: list[torch.nn.Module], threads: int | None = None) -> OnnxBackend:
         """The graph of these models (tasks or :class:`SegmentationModel`), built in memory
         and checked against PyTorch on a probe image."""
-        from roadseg.export import TOLERANCE, build_graph, compare
+        from roadseg.export import TOLERANCE, build_graph, compare, min_side
 
         nets = [getattr(m, "model", m) for m in models]  # a RoadSegTask's network
-        backend = cls(build_graph(nets), len(nets), threads)
+        small = (
+            max(int(min_side(n)) for n in nets),
+            TorchBackend(nets, torch.device("cpu"), "fp32"),
+        )
+        backend = cls(build_graph(nets), len(nets), threads, small)
         probe = np.random.default_rng(0).random(_PROBE_SHAPE, dtype=np.float32)
         worst = compare(nets, backend.session, [probe[0]])
         if not worst <= TOLERANCE:
@@ -123,6 +130,8 @@ class OnnxBackend:
         return backend
 
     def __call__(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
+        if self.small and min(images.shape[-2:]) < self.small[0]:
+            return self.small[1](images, views, per_member)
         name = "members" if per_member else "probability"
         total = None
         for k in range(views):

@@ -1,7 +1,8 @@
 """Trained checkpoints -> one ONNX file that runs with nothing but onnxruntime and numpy.
 
 The graph takes ``image``: float32 ``(batch, 3, height, width)``, RGB in [0, 1] (8-bit
-values / 255), any batch, height and width of at least :data:`MIN_SIDE` px, and returns
+values / 255), any batch, height and width of at least the network's stride over its input
+scale (64 px for ``cpu.yaml``'s; ``roadseg_min_side`` in the metadata), and returns
 
 - ``probability`` ``(batch, 1, height, width)``: the ensemble's mean road probability;
 - ``members`` ``(batch, M, height, width)``: each member's (for a majority vote).
@@ -38,7 +39,15 @@ from roadseg.errors import RoadsegError
 
 OPSET = 18
 TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| in probability the export accepts
-MIN_SIDE = 64  # reflect padding needs the scaled image larger than the padding
+MIN_SIDE = 64  # reflect padding needs the scaled image larger than the padding (scale 0.5)
+
+
+def min_side(model) -> int:
+    """The smallest height or width the graph of ``model`` takes: reflect padding to the
+    stride needs the scaled image at least a stride wide (PyTorch replicates below)."""
+    return -(-model.stride // model.input_scale)
+
+
 FORMAT = 1
 
 
@@ -107,7 +116,7 @@ def _member_nodes(model, i: int) -> tuple[list, list, str]:
     inits = [
         _const(p + "mean", model.mean.numpy()), _const(p + "std", model.std.numpy()),
         _const(p + "stride", [model.stride], np.int64), _const(p + "zeros6", [0] * 6, np.int64),
-        _const(p + "i0", [0], np.int64), _const(p + "i2", [2], np.int64),
+        _const(p + "i2", [2], np.int64),
         _const(p + "i4", [4], np.int64), _const(p + "axes_hw", [2, 3], np.int64),
     ]  # fmt: skip
     nodes = [
@@ -141,6 +150,7 @@ def _member_nodes(model, i: int) -> tuple[list, list, str]:
     inits.append(_const(p + "zeros2", [0, 0], np.int64))
     logits = p + "crop"
     if model.input_scale != 1:  # back to the input's size, bilinear, not antialiased
+        inits.append(_const(p + "i0", [0], np.int64))
         nodes += [
             helper.make_node("Shape", ["image"], [p + "in_shape"]),
             helper.make_node("Shape", [p + "crop"], [p + "crop_shape"]),
@@ -207,6 +217,7 @@ def session(model, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: stderr stays the command's
     if not isinstance(model, str | bytes | Path):
         model = model.SerializeToString()
     return ort.InferenceSession(
@@ -256,7 +267,7 @@ def export_metadata(options, contents: list[dict]) -> dict:
         "roadseg_imagery": ensemble_imagery(list(options.ckpt), contents).to_dict(),
         "roadseg_sources": sources,
         "roadseg_input": "image: float32 (batch, 3, height, width), RGB in [0, 1] "
-        f"(8-bit / 255), height and width at least {MIN_SIDE}",
+        "(8-bit / 255), height and width at least roadseg_min_side",
         "roadseg_outputs": "probability: (batch, 1, height, width) mean road probability; "
         "members: (batch, M, height, width) each member's",
     }
@@ -317,6 +328,7 @@ def export_checkpoints(options, out: str | Path, *, check_data: str | None = Non
         for p, c in zip(options.ckpt, contents, strict=True)
     ]
     metadata = export_metadata(options, contents)
+    metadata["roadseg_min_side"] = json.dumps(max(int(min_side(m)) for m in models))
     proto = build_graph(models)
     folder = check_data or trained_root(contents[0])
     images, checked = check_images(folder)

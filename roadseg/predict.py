@@ -171,6 +171,11 @@ class Predictor:
         return cls(tasks, **kwargs)
 
     @property
+    def models(self) -> list[torch.nn.Module]:
+        """The networks PyTorch runs (none when another backend runs them)."""
+        return getattr(self.network, "models", [])
+
+    @property
     def output_decision(self) -> Decision | None:
         """The decision fixed by the merge: for ``vote``, strict majority of the members
         (their own thresholds and clean-up already applied); ``None`` for ``mean``."""

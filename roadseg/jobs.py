@@ -16,9 +16,10 @@ loaded once. The output folder keeps
 ``--shard I/N`` takes scenes I, I+N, I+2N, ... (1-based) of the list sorted by id, so
 Slurm arrays, AWS Batch array jobs and Kubernetes indexed jobs need nothing more
 (``--shard $((SLURM_ARRAY_TASK_ID))/$SLURM_ARRAY_TASK_COUNT``). ``--ray [ADDRESS]`` runs
-the scenes as tasks on Ray actors that load the model once; Ray retries the task of a
-killed worker (which resumes from its finished chunks), and a killed driver is resumed
-from the manifest (:func:`run_ray`).
+the scenes as tasks on Ray actors that load the model once (a scene of at least two
+chunks per worker is split into one task per worker, each every N-th chunk, merged by the
+driver); Ray retries the task of a killed worker (which resumes from its finished chunks),
+and a killed driver is resumed from the manifest (:func:`run_ray`).
 """
 
 from __future__ import annotations
@@ -216,12 +217,16 @@ def record(manifest: Path, job: SceneJob, status: str, seconds: float, error: st
         f.write(json.dumps(row) + "\n")
 
 
-def predict_one(predictor, decision, options, job: SceneJob) -> float:
-    """One scene of a list with a loaded predictor; returns its seconds."""
+def predict_one(
+    predictor, decision, options, job: SceneJob, rank: int = 0, world: int = 1
+) -> float:
+    """One scene of a list with a loaded predictor (or its ``rank``-th share of ``world``,
+    left unmerged); returns its seconds."""
     start = time.perf_counter()
     predictor.predict_scene(
         job.scene.path, job.out, output=job.output, decision=decision, chunk=job.chunk,
         run_key=options.run_key(), read=options.read_options(), cog=job.cog,
+        rank=rank, world=world, merge=world == 1,
     )  # fmt: skip
     return time.perf_counter() - start
 
@@ -300,15 +305,67 @@ def _ray_jobs(ray, pool_class, options, jobs, manifest, progress, workers, threa
     # restarted without limit: a killed worker's task is retried on its restarted actor
     worker_class = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(SceneWorker)
     pool = pool_class([worker_class.remote(options, threads) for _ in range(workers)])
-    for job, seconds, error in pool.map_unordered(lambda a, j: a.predict.remote(j), jobs):
-        if error:
-            progress.failed += 1
-            record(manifest, job, "failed", 0.0, error)
-            print(progress.line(job, 0.0, error), file=sys.stderr, flush=True)
-        else:
-            progress.done += 1
-            record(manifest, job, "done", seconds)
-            print(progress.line(job, seconds), flush=True)
+    imagery = options.imagery()
+    shares = {job.out: _shares(options, imagery, job, workers) for job in jobs}
+    tasks = [(job, rank, shares[job.out]) for job in jobs for rank in range(shares[job.out])]
+    left, spent = dict(shares), {}
+    for job, seconds, error in pool.map_unordered(lambda a, t: a.predict.remote(*t), tasks):
+        if left.get(job.out, 0) == 0:
+            continue  # a share of a scene that already failed
+        spent[job.out] = spent.get(job.out, 0.0) + seconds
+        left[job.out] = 0 if error else left[job.out] - 1
+        if not error and left[job.out] == 0 and shares[job.out] > 1:
+            error = _merge_shares(options, job)
+        if error or left[job.out] == 0:
+            _finish(manifest, progress, job, spent[job.out], error)
+
+
+def _shares(options, imagery, job: SceneJob, workers: int) -> int:
+    """Tasks a scene is split into: one, or one per worker for a scene of at least two
+    chunks per worker (each predicts every N-th chunk; the driver merges)."""
+    import warnings
+
+    import rasterio
+
+    from roadseg.parts import aligned_chunk, scene_chunks
+    from roadseg.reading import chunk_side, scene_factor
+
+    if workers < 2:
+        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        try:
+            with rasterio.open(job.scene.path) as src:
+                scales, _ = scene_factor(src, imagery, options.read_options().resolution)
+                side = chunk_side(
+                    aligned_chunk(job.chunk, options.window, options.overlap), max(scales)
+                )
+                chunks = len(scene_chunks(src.width, src.height, side))
+        except (rasterio.errors.RasterioIOError, RoadsegError):
+            return 1  # the task reports the error
+    return workers if chunks >= 2 * workers else 1
+
+
+def _merge_shares(options, job: SceneJob) -> str:
+    """Merge a scene predicted in shares; the error said in one line, or ""."""
+    from roadseg.scenes import _Job, _merge_scene
+
+    try:
+        _merge_scene(_Job(options, job.scene.path, job.out, job.output, job.chunk, job.cog))
+    except RoadsegError as err:
+        return str(err)
+    return ""
+
+
+def _finish(manifest: Path, progress: Progress, job: SceneJob, seconds: float, error: str) -> None:
+    if error:
+        progress.failed += 1
+        record(manifest, job, "failed", 0.0, error)
+        print(progress.line(job, 0.0, error), file=sys.stderr, flush=True)
+    else:
+        progress.done += 1
+        record(manifest, job, "done", seconds)
+        print(progress.line(job, seconds), flush=True)
 
 
 class SceneWorker:
@@ -332,13 +389,15 @@ class SceneWorker:
 
         return os.getpid()
 
-    def predict(self, job: SceneJob) -> tuple[SceneJob, float, str]:
+    def predict(self, job: SceneJob, rank: int = 0, world: int = 1) -> tuple[SceneJob, float, str]:
+        """A scene, or with ``world`` > 1 its ``rank``-th share of chunks (not merged)."""
         import contextlib
         import io
 
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                return job, predict_one(self.predictor, self.decision, self.options, job), ""
+                seconds = predict_one(self.predictor, self.decision, self.options, job, rank, world)
+                return job, seconds, ""
         except RoadsegError as err:
             return job, 0.0, str(err)
 

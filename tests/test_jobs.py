@@ -128,13 +128,16 @@ def test_cog_output_is_valid_and_has_overviews(tmp_path):
 
 
 def test_ray_workers_give_the_one_process_outputs(tmp_path):
+    """Scenes of 4 and 24 chunks are split into one task per worker and merged by the
+    driver; the outputs are those of one process."""
     pytest.importorskip("ray")  # installed with roadseg[dev]: CI runs this
     write_scenes(tmp_path / "in")
     ckpt = write_small_checkpoint(tmp_path / "m.ckpt")
-    predict_many(options(ckpt), [str(tmp_path / "in")], tmp_path / "one", output="mask")
+    predict_many(options(ckpt), [str(tmp_path / "in")], tmp_path / "one", output="mask", chunk=256)
     ray = predict_many(options(ckpt), [str(tmp_path / "in")], tmp_path / "ray", output="mask",
-                       ray="local", workers=2)  # fmt: skip
+                       chunk=256, ray="local", workers=2)  # fmt: skip
     assert ray.done == 3
+    assert not list((tmp_path / "ray").glob("*.parts"))
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "one")
 
 

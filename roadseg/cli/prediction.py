@@ -246,6 +246,8 @@ def _cmd_vectorize(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    import json
+
     from roadseg.export import export_checkpoints, require_onnx
     from roadseg.paths import check_io
 
@@ -260,7 +262,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])
     report = export_checkpoints(options, args.out, check_data=args.check_data)
-    decision = __import__("json").loads(report.metadata["roadseg_decision"])
+    decision = json.loads(report.metadata["roadseg_decision"])
     print(
         f"wrote {report.path}: {report.members} member{'s' if report.members > 1 else ''} "
         f"({options.merge}), {report.path.stat().st_size / 1e6:.1f} MB; agrees with PyTorch "

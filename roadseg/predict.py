@@ -65,8 +65,8 @@ def fitted_windows(size: int, window: int, overlap: int) -> tuple[int, list[int]
     """(side, start offsets) of the fewest windows of at most ``window`` px that cover
     ``size`` px with at least ``overlap`` px between neighbours, spread evenly and no
     larger than they need to be (sides in multiples of 64, what a stride-32 network at
-    half scale takes without padding): 4,800 px in windows of 1,024 overlapping by 128
-    are six of 1,024 (6,144 px run), 1,280 px are two of 704, not two of 1,024."""
+    half scale takes without padding): 4,800 px in windows of at most 1,024 overlapping
+    by 128 are six of 960 (5,760 px run, not 6,144), 1,280 px two of 704, not of 1,024."""
     if size <= window:
         return size, [0]
     n = -(-(size - overlap) // (window - overlap))
@@ -146,6 +146,8 @@ class Predictor:
             raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         self.precision = precision
         self.members = len(models)
+        if backend == "auto" and precision == "bf16":  # ONNX Runtime runs fp32 only
+            backend = "torch"
         self.backend_name, self.backend_why = choose_backend(backend, self.device)
         if self.backend_name == "onnx":
             if precision == "bf16":

@@ -54,8 +54,10 @@ def test_ctrl_c_keeps_the_finished_chunks_says_so_and_a_rerun_resumes(
     image = np.tile(road_tile(128, 3)[0][:3], (1, 6, 6))  # 768 x 768: 144 chunks of 64
     scene = write_raster(tmp_path / "scene.tif", image)
     out = tmp_path / "roads.tif"
+    # PyTorch: bit-exact across runs; ONNX Runtime agrees to about 3e-8 across separate
+    # multi-process runs (seen once in CI), which is not what this test is about
     args = [str(scene), "--ckpt", str(small_checkpoint), "--chunk", "64", "--window", "64",
-            "--overlap", "16", "--quiet", "--processes", str(processes)]  # fmt: skip
+            "--overlap", "16", "--quiet", "--processes", str(processes), "--backend", "torch"]  # fmt: skip
     parts = tmp_path / "roads.tif.parts"
     status, err = _roadseg("predict", *args, "--out", str(out), interrupt_when=parts)
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("process ")]

@@ -318,6 +318,14 @@ def write_scene(path: Path, size: int, dtype: str = "uint8") -> None:
             dst.write(data, window=rasterio.windows.Window(0, r, size, h))
 
 
+def random_checkpoint(path: Path, model_args: dict, **task_args) -> Path:
+    """A U-Net of ``model_args`` with random weights saved as a checkpoint (speed does not
+    depend on the weights)."""
+    task = RoadSegTask(model="unet", model_args=model_args, **task_args)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path
+
+
 def bench_scene(
     model_name: str, device: str, sizes: list[int], processes: list[int], dtypes: list[str]
 ) -> list[dict]:
@@ -327,9 +335,7 @@ def bench_scene(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = tmp / "model.ckpt"
-        task = RoadSegTask(model="unet", model_args=model_args)
-        torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+        ckpt = random_checkpoint(tmp / "model.ckpt", model_args)
         for size, dtype in ((size, dtype) for size in sizes for dtype in dtypes):
             scene = tmp / f"scene_{size}.tif"
             write_scene(scene, size, dtype)

@@ -166,15 +166,9 @@ def tile_rows(data: Path, ckpt: str, base: Path | None, tmp: Path) -> list[dict]
 
 def synthetic_checkpoint(tmp: Path) -> str:
     """cpu.yaml's network with random weights (speed does not depend on the weights)."""
-    import torch
+    from benchmarks.bench import MODELS, random_checkpoint
 
-    from benchmarks.bench import MODELS
-    from roadseg.task import RoadSegTask
-
-    task = RoadSegTask(model="unet", model_args=MODELS["cpu"][0], channels_last=True)
-    path = tmp / "cpu-random.ckpt"
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
-    return str(path)
+    return str(random_checkpoint(tmp / "cpu-random.ckpt", MODELS["cpu"][0], channels_last=True))
 
 
 def run(args) -> dict:

@@ -265,15 +265,9 @@ def run_local(options, jobs: list[SceneJob], manifest: Path, progress: Progress)
     predictor, decision = dc.replace(options, quiet=True).predictor()
     for job in jobs:
         try:
-            seconds = predict_one(predictor, decision, options, job)
+            _finish(manifest, progress, job, predict_one(predictor, decision, options, job), "")
         except RoadsegError as err:
-            progress.failed += 1
-            record(manifest, job, "failed", 0.0, str(err))
-            print(progress.line(job, 0.0, str(err)), file=sys.stderr, flush=True)
-            continue
-        progress.done += 1
-        record(manifest, job, "done", seconds)
-        print(progress.line(job, seconds), flush=True)
+            _finish(manifest, progress, job, 0.0, str(err))
 
 
 def run_ray(options, jobs: list[SceneJob], manifest: Path, progress: Progress, *,
@@ -315,7 +309,7 @@ def _ray_jobs(ray, pool_class, options, jobs, manifest, progress, workers, threa
         spent[job.out] = spent.get(job.out, 0.0) + seconds
         left[job.out] = 0 if error else left[job.out] - 1
         if not error and left[job.out] == 0 and shares[job.out] > 1:
-            error = _merge_shares(options, job)
+            error = _merge_shares(options, imagery, job)
         if error or left[job.out] == 0:
             _finish(manifest, progress, job, spent[job.out], error)
 
@@ -327,8 +321,8 @@ def _shares(options, imagery, job: SceneJob, workers: int) -> int:
 
     import rasterio
 
-    from roadseg.parts import aligned_chunk, scene_chunks
-    from roadseg.reading import chunk_side, scene_factor
+    from roadseg.parts import scene_chunks
+    from roadseg.scenes import scene_chunk_side
 
     if workers < 2:
         return 1
@@ -336,22 +330,20 @@ def _shares(options, imagery, job: SceneJob, workers: int) -> int:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         try:
             with rasterio.open(job.scene.path) as src:
-                scales, _ = scene_factor(src, imagery, options.read_options().resolution)
-                side = chunk_side(
-                    aligned_chunk(job.chunk, options.window, options.overlap), max(scales)
-                )
+                side = scene_chunk_side(options, src, job.chunk, imagery)
                 chunks = len(scene_chunks(src.width, src.height, side))
         except (rasterio.errors.RasterioIOError, RoadsegError):
             return 1  # the task reports the error
     return workers if chunks >= 2 * workers else 1
 
 
-def _merge_shares(options, job: SceneJob) -> str:
+def _merge_shares(options, imagery, job: SceneJob) -> str:
     """Merge a scene predicted in shares; the error said in one line, or ""."""
-    from roadseg.scenes import _Job, _merge_scene
+    from roadseg.scenes import merge_scene
 
     try:
-        _merge_scene(_Job(options, job.scene.path, job.out, job.output, job.chunk, job.cog))
+        merge_scene(options, job.scene.path, job.out, output=job.output, chunk=job.chunk,
+                    cog=job.cog, imagery=imagery)  # fmt: skip
     except RoadsegError as err:
         return str(err)
     return ""

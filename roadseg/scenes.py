@@ -89,14 +89,19 @@ def _start_parts(job: _Job) -> None:
 
 
 def _chunk_side(job: _Job, src) -> int:
-    """The side of the scene's chunks on its own grid, as every process works it out."""
+    return scene_chunk_side(job.options, src, job.chunk)
+
+
+def scene_chunk_side(options: PredictOptions, src, chunk: int, imagery=None) -> int:
+    """The side of an open scene's chunks on its own grid, as
+    :meth:`~roadseg.predict.Predictor.predict_scene` works it out for ``options`` and the
+    ``--chunk`` asked for (``imagery``: the models', when already read)."""
     from roadseg.parts import aligned_chunk
     from roadseg.reading import chunk_side, scene_factor
 
-    scales, _ = scene_factor(src, job.options.imagery(), job.options.read_options().resolution)
-    return chunk_side(
-        aligned_chunk(job.chunk, job.options.window, job.options.overlap), max(scales)
-    )
+    imagery = imagery or options.imagery()
+    scales, _ = scene_factor(src, imagery, options.read_options().resolution)
+    return chunk_side(aligned_chunk(chunk, options.window, options.overlap), max(scales))
 
 
 @dataclass(frozen=True)
@@ -132,16 +137,26 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
 
 
 def _merge_scene(job: _Job) -> None:
+    merge_scene(job.options, job.scene, job.out, output=job.output, chunk=job.chunk, cog=job.cog)
+
+
+def merge_scene(
+    options: PredictOptions, scene: str, out: str, *, output: str, chunk: int, cog: bool = False,
+    imagery=None,
+) -> None:  # fmt: skip
+    """Merge the parts of a scene predicted in shares (processes, torchrun ranks, Ray
+    tasks) into ``out``."""
     import rasterio
 
     from roadseg.parts import merge_parts, scene_chunks, scene_profile
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(job.scene) as src:
-            profile = scene_profile(src, job.output)
-            chunks = scene_chunks(src.width, src.height, _chunk_side(job, src))
-    merge_parts(job.out, profile, chunks, cog=job.cog)
+        with rasterio.open(scene) as src:
+            profile = scene_profile(src, output)
+            side = scene_chunk_side(options, src, chunk, imagery)
+            chunks = scene_chunks(src.width, src.height, side)
+    merge_parts(out, profile, chunks, cog=cog)
 
 
 def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:

@@ -27,7 +27,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
     given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
     if isinstance(given.get("input_range"), list):  # --input-range LOW HIGH
         given["input_range"] = " ".join(given["input_range"])
-    return PredictOptions.resolve(given, args.config, quiet=args.quiet)
+    return PredictOptions.resolve(given, args.config, quiet=getattr(args, "quiet", False))
 
 
 def decision_options(args: argparse.Namespace, ckpt: str) -> PredictOptions:

@@ -252,12 +252,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
 
     require_onnx()
-    refuse_idle(
-        (args.merge is not None and len(args.ckpt or []) == 1, "--merge",
-         "an ensemble: give --ckpt two or more times"),
-    )  # fmt: skip
-    given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
-    options = PredictOptions.resolve(given, args.config)
+    options = predict_options(args)
     check_io(outputs=[args.out], protected=options.inputs)
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])

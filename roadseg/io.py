@@ -68,6 +68,41 @@ def _open(path: str | Path) -> Iterator[rasterio.DatasetReader]:
             raise RoadsegError(f"not a readable raster image ({err})", path) from err
 
 
+def gdal_path(path: str | Path) -> str:
+    """A scene's path as GDAL reads it: ``https://``, ``s3://`` and ``gs://`` addresses
+    through its network file systems (``/vsicurl/``, ``/vsis3/``, ``/vsigs/``)."""
+    text = str(path)
+    for scheme, vsi in (("http://", "/vsicurl/"), ("https://", "/vsicurl/"),
+                        ("s3://", "/vsis3/"), ("gs://", "/vsigs/")):  # fmt: skip
+        if text.startswith(scheme):
+            return vsi + (text if vsi == "/vsicurl/" else text[len(scheme) :])
+    return text
+
+
+def unreadable(path: str, err: Exception) -> str:
+    """Why a scene cannot be opened, in words a user can act on."""
+    if path.startswith("/vsi"):
+        return f"could not be read over the network ({err}); check the address and access, then run again"
+    if not Path(path).exists():
+        return "file not found"
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return "an empty file (0 bytes: an interrupted download or copy?)"
+    return f"not a readable raster ({err})"
+
+
+@contextlib.contextmanager
+def open_scene(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """A scene opened for reading by rasterio (addresses through :func:`gdal_path`); a
+    file that cannot be opened is one line naming it."""
+    where = gdal_path(path)
+    try:
+        src = rasterio.open(where)
+    except RasterioIOError as err:
+        raise RoadsegError(unreadable(where, err), path) from err
+    with src:
+        yield src
+
+
 def raster_shape(path: str | Path) -> tuple[int, int, int]:
     """(bands, height, width) of a raster, reading only its header."""
     with _open(path) as src:
@@ -176,10 +211,20 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (ending in ``suffix``, for writers that go by
-    it); rename it onto ``path`` only on success.
+    it); rename it onto ``path`` only on success, the file and the rename synced to disk
+    first (a power cut leaves the old file or the new one, never a torn or empty one).
 
     The file gets the permissions a plain ``open(path, "w")`` would give it (those of the
     file it replaces, else 0666 less the umask), not the private 0600 of a temporary file.
@@ -193,7 +238,9 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else _new_file_mode())
+            fsync_path(tmp_path)  # on disk before it takes the name: a crash leaves old or new
         os.replace(tmp_path, path)
+        fsync_path(path.parent)  # the rename itself
     except OSError as err:
         if err.filename is None:  # a full disk, a quota: say which output it was writing
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err

@@ -4,18 +4,23 @@
 Item or ItemCollection) predicts each scene into ``roads/<scene id>.tif`` with one model
 loaded once. The output folder keeps
 
-- ``run.json``: what the outputs are made with (models, options, output kind); a run with
-  other models or options is refused instead of mixed in;
+- ``run.json``: the run's identity (:func:`roadseg.identity.run_identity`: models by
+  content, every option that changes a pixel, output kind); a run with other models or
+  options is refused in one line naming what differs (``--overwrite`` predicts again);
 - ``manifest[.shard-I-of-N].jsonl``: one line per finished or failed scene (scene, id,
-  output, status, seconds, finished), appended as scenes finish, so a killed run loses
-  nothing: the same command again skips what is done, resumes what is half done (its
-  chunks in ``<output>.parts/``) and redoes what failed;
+  output, status, identity, seconds, finished), appended and synced as scenes finish, so
+  a killed run loses nothing: the same command again skips a scene only when its output
+  was made from the same content with the same identity, resumes what is half done (its
+  chunks in ``<output>.parts/``), and redoes what failed or changed;
 - ``manifest.csv``: every shard's lines merged (``--merge-manifest``, or at the end of a
   run that is not a shard), one row per scene, its latest status.
 
-``--shard I/N`` takes scenes I, I+N, I+2N, ... (1-based) of the list sorted by id, so
-Slurm arrays, AWS Batch array jobs and Kubernetes indexed jobs need nothing more
-(``--shard $((SLURM_ARRAY_TASK_ID))/$SLURM_ARRAY_TASK_COUNT``). ``--ray [ADDRESS]`` runs
+``--shard I/N`` takes scenes I, I+N, I+2N, ... (1-based) of the list sorted by id;
+``--shard auto`` reads the index (and count) the scheduler sets: Slurm arrays, AWS Batch
+array jobs and Kubernetes indexed jobs (:func:`parse_shard`).
+
+Any error reading or predicting one scene is that scene's failure, recorded with its
+one-line reason; the other scenes go on and the run ends with exit 1 naming the failed. ``--ray [ADDRESS]`` runs
 the scenes as tasks on Ray actors that load the model once (a scene of at least two
 chunks per worker is split into one task per worker, each every N-th chunk, merged by the
 driver); Ray retries the task of a killed worker (which resumes from its finished chunks),
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -36,8 +40,11 @@ from pathlib import Path
 from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".img")
-MANIFEST_FIELDS = ("id", "scene", "output", "status", "seconds", "finished", "error")
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png")
+# In a folder that holds GeoTIFFs (or other georeferenced formats), pictures are previews
+# and quicklooks, not scenes: left out and named.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MANIFEST_FIELDS = ("id", "scene", "output", "status", "seconds", "finished", "identity", "error")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,37 @@ class Scene:
 
     id: str
     path: str
+
+
+def _is_address(text: str) -> bool:
+    return "://" in text or text.startswith("/vsi")
+
+
+def _stem(text: str) -> str:
+    """The id of a path or address: its file name without the suffix."""
+    return Path(text.split("?")[0].rstrip("/")).stem
+
+
+def _stac_asset(item: dict, asset: str | None, path: Path) -> str:
+    """The key of the item's RGB asset: ``asset`` if given; else ``visual``, else the one
+    asset whose roles say visual (or RGB); else refused listing the assets."""
+    assets = item["assets"]
+    if asset is None:
+        visual = [k for k, a in assets.items() if k == "visual"] or [
+            k for k, a in assets.items()
+            if {"visual", "rgb"} & {str(r).lower() for r in a.get("roles", [])}
+        ]  # fmt: skip
+        asset = visual[0] if len(visual) == 1 else None
+    if asset not in assets:
+        listed = ", ".join(
+            f"{k} ({'/'.join(a.get('roles', [])) or a.get('type', '?')})" for k, a in assets.items()
+        )
+        said = f"has no asset {asset!r}" if asset else "has no visual (RGB) asset"
+        raise RoadsegError(
+            f"item {item.get('id')!r} {said}; its assets: {listed}; choose one with --asset KEY",
+            path,
+        )
+    return asset
 
 
 def _stac_scenes(path: Path, asset: str | None) -> list[Scene]:
@@ -57,43 +95,62 @@ def _stac_scenes(path: Path, asset: str | None) -> list[Scene]:
     items = doc.get("features", []) if doc.get("type") == "FeatureCollection" else [doc]
     if not items or any(i.get("type") != "Feature" or "assets" not in i for i in items):
         raise RoadsegError("not a STAC Item or ItemCollection (Features with assets)", path)
-    scenes = []
+    scenes, chosen = [], set()
     for item in items:
-        assets = item["assets"]
-        key = asset or next(
-            (k for k, a in assets.items() if "geotiff" in str(a.get("type", "")).lower()), None
-        )
-        if key not in assets:
-            raise RoadsegError(
-                f"item {item.get('id')!r} has no asset {key!r}; its assets: "
-                f"{', '.join(assets)} (choose one with --asset KEY)",
-                path,
-            )
-        href = assets[key]["href"]
-        local = href if "://" in href or href.startswith("/") else str(path.parent / href)
-        scenes.append(Scene(str(item.get("id") or Path(href).stem), local))
+        key = _stac_asset(item, asset, path)
+        chosen.add(key)
+        href = item["assets"][key]["href"]
+        where = href if _is_address(href) or href.startswith("/") else str(path.parent / href)
+        scenes.append(Scene(str(item.get("id") or _stem(href)), where))
+    print(f"{path}: {len(items)} STAC item{'s' if len(items) > 1 else ''}, asset "
+          f"{', '.join(sorted(chosen))}" + ("" if asset else " (its visual asset; --asset KEY for another)"))  # fmt: skip
+    return scenes
+
+
+def _folder_scenes(path: Path) -> list[Scene]:
+    """The rasters of a folder; hidden files (``._*`` of macOS too) and, beside
+    georeferenced rasters, pictures (previews) are left out and named."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    rasters = [p for p in files if p.suffix.lower() in RASTER_SUFFIXES]
+    if any(p.suffix.lower() not in PICTURE_SUFFIXES for p in rasters):
+        pictures = [p for p in rasters if p.suffix.lower() in PICTURE_SUFFIXES]
+        rasters = [p for p in rasters if p not in pictures]
+        if pictures:
+            names = ", ".join(p.name for p in pictures[:3]) + (" ..." if len(pictures) > 3 else "")
+            print(f"{path}: {len(pictures)} picture{'s' if len(pictures) > 1 else ''} left out "
+                  f"beside its GeoTIFFs ({names}); list them by name to predict them")  # fmt: skip
+    if not rasters:
+        raise RoadsegError(f"no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder", path)
+    return [Scene(p.stem, str(p)) for p in rasters]
+
+
+def _text_scenes(path: Path) -> list[Scene]:
+    """The scenes of a text file: a path or address per line (relative paths from the
+    file's folder; ``#`` comments)."""
+    from roadseg.paths import read_text
+
+    scenes = []
+    for line in (ln.strip() for ln in read_text(path, "list of scenes").splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        where = line if _is_address(line) or Path(line).is_absolute() else str(path.parent / line)
+        scenes.append(Scene(_stem(line), where))
     return scenes
 
 
 def scene_list(specs: list[str], asset: str | None = None) -> list[Scene]:
-    """The scenes of ``specs``: raster paths, folders (their rasters), text files (a path
-    per line, relative to the file; ``#`` comments) and STAC JSON; sorted by id, each id
-    once."""
+    """The scenes of ``specs``: raster paths or addresses (``https://``, ``s3://``,
+    ``/vsicurl/``...), folders (their rasters), text files (a path per line, relative to
+    the file; ``#`` comments) and STAC JSON; sorted by id, each id once."""
     scenes: list[Scene] = []
     for spec in specs:
         path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                raise RoadsegError(
-                    f"no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder", path
-                )
-            scenes += [Scene(p.stem, str(p)) for p in found]
+        if _is_address(spec):
+            scenes.append(Scene(_stem(spec), spec))
+        elif path.is_dir():
+            scenes += _folder_scenes(path)
         elif path.suffix.lower() == ".txt":
-            lines = [ln.strip() for ln in path.read_text().splitlines()]
-            for line in (ln for ln in lines if ln and not ln.startswith("#")):
-                p = Path(line) if Path(line).is_absolute() or "://" in line else path.parent / line
-                scenes.append(Scene(Path(line).stem, str(p)))
+            scenes += _text_scenes(path)
         elif path.suffix.lower() == ".json":
             scenes += _stac_scenes(path, asset)
         else:
@@ -103,23 +160,57 @@ def scene_list(specs: list[str], asset: str | None = None) -> list[Scene]:
         if scene.id in by_id and by_id[scene.id].path != scene.path:
             raise RoadsegError(
                 f"two scenes would write {scene.id}.tif: {by_id[scene.id].path} and "
-                f"{scene.path}; rename one, or list them in separate runs"
+                f"{scene.path}; rename one (or give each its own --out folder)"
             )
         by_id[scene.id] = scene
     return [by_id[k] for k in sorted(by_id)]
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``I/N`` (1-based) -> (I, N); None -> (1, 1)."""
+# (index variable, its base, count variable) of the schedulers --shard auto reads
+SCHEDULERS = (
+    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"),
+    ("AWS_BATCH_JOB_ARRAY_INDEX", 0, None),
+    ("JOB_COMPLETION_INDEX", 0, None),  # Kubernetes indexed jobs
+)
+
+
+def parse_shard(text: str | None, base: int = 1, env=None) -> tuple[int, int]:
+    """The shard ``(I, N)``, I 1-based, of ``--shard``: ``I/N`` (``base`` 1: I from 1 to N;
+    ``--shard-base 0``: from 0 to N-1), or ``auto[/N]``: the index the scheduler set
+    (Slurm's array task id from its minimum, AWS Batch's and Kubernetes' 0-based index),
+    N from Slurm or given; None -> (1, 1)."""
+    import os
+
     if text is None:
         return 1, 1
+    env = os.environ if env is None else env
+    if text.split("/")[0] == "auto":
+        return _auto_shard(text, env)
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        i = n = 0
-    if not 1 <= i <= n:
-        raise RoadsegError(f"--shard must be I/N with 1 <= I <= N, got {text!r}")
-    return i, n
+        i, n = -1, 0
+    if not base <= i < n + base:
+        hint = " (0-based? add --shard-base 0, or use --shard auto)" if i == 0 and base == 1 else ""
+        raise RoadsegError(
+            f"--shard must be I/N with {base} <= I <= {'N-1' if base == 0 else 'N'}, got {text!r}{hint}"
+        )
+    return i - base + 1, n
+
+
+def _auto_shard(text: str, env) -> tuple[int, int]:
+    given = text.split("/")[1] if "/" in text else None
+    for index, base, count in SCHEDULERS:
+        if env.get(index, "") == "":
+            continue
+        low = int(env.get(base, 0)) if isinstance(base, str) else base
+        n = given or (env.get(count) if count else None)
+        if n is None:
+            raise RoadsegError(f"--shard auto: {index} is set but not the number of shards: "
+                               "give it, --shard auto/N")  # fmt: skip
+        return parse_shard(f"{int(env[index]) - low}/{n}", base=0, env=env)
+    names = ", ".join(s[0] for s in SCHEDULERS)
+    raise RoadsegError(f"--shard auto: none of {names} is set; give --shard I/N")
 
 
 def shard(scenes: list[Scene], i: int, n: int) -> list[Scene]:
@@ -131,21 +222,27 @@ def manifest_path(out: Path, i: int, n: int) -> Path:
     return out / ("manifest.jsonl" if n == 1 else f"manifest.shard-{i}-of-{n}.jsonl")
 
 
-def start_run(out: Path, key: dict) -> str:
-    """``out/run.json`` with the run key (written once); refused when it says another run.
-    Returns the key's short hash, recorded on each manifest line."""
-    text = json.dumps(key, indent=2, sort_keys=True) + "\n"
+def start_run(out: Path, run: dict, *, overwrite: bool = False) -> None:
+    """``out/run.json`` with the run's identity; a folder of another run (other models,
+    options or output) is refused naming what differs, unless ``overwrite`` (its scenes
+    are then predicted again: their identities differ)."""
+    from roadseg.identity import describe_differences
+
+    text = json.dumps(run, indent=2, sort_keys=True) + "\n"
     stamp = out / "run.json"
-    if stamp.is_file() and stamp.read_text() != text:
+    if stamp.is_file() and stamp.read_text() != text and not overwrite:
+        try:
+            old = json.loads(stamp.read_text())
+        except json.JSONDecodeError:
+            old = {}
         raise RoadsegError(
-            "holds the outputs of another run (other models, options or output kind; see "
-            "its run.json): write to another folder, or delete it",
+            "holds the outputs of another run, made with other "
+            f"{describe_differences(old, run) if 'format' in old else 'models or options (an older roadseg)'}: "
+            "write to another folder, or add --overwrite to predict its scenes again with these",
             out,
-        )
-    if not stamp.is_file():
-        with atomic_path(stamp) as tmp:
-            tmp.write_text(text)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+        )  # fmt: skip
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(text)
 
 
 def read_manifests(out: Path) -> dict[str, dict]:
@@ -190,31 +287,77 @@ class SceneJob:
     output: str
     chunk: int
     cog: bool
+    run: dict  # roadseg.identity.run_identity
+    overwrite: bool = False
 
 
-def plan(
-    scenes: list[Scene], out: Path, output: str, chunk: int, cog: bool
-) -> tuple[list[SceneJob], int]:
-    """(jobs of the scenes not done yet, how many are done): a scene is done when its
-    manifest line says so and its output is there."""
-    done = {k for k, r in read_manifests(out).items() if r["status"] == "done"}
+def _stat(path: str) -> list[int] | None:
+    """(size, modification time) of a local scene: an unchanged file need not be hashed
+    again to be known unchanged."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def is_done(row: dict | None, scene: Scene, target: Path, run: dict) -> bool:
+    """Whether ``target`` is this run's prediction of ``scene``'s current content: its
+    manifest line says done with the identity of the scene's content (hashed again when
+    the file's size or time changed), and the output is tagged with the same."""
+    from roadseg.identity import file_digest, identity_hash
+    from roadseg.parts import output_identity
+
+    if not row or row.get("status") != "done" or not target.is_file():
+        return False
+    digest = row.get("scene_digest") if row.get("scene_stat") == _stat(scene.path) else None
+    try:
+        digest = digest or file_digest(scene.path)
+    except (RoadsegError, OSError):
+        return False  # its prediction reports why
+    want = identity_hash({"scene": digest, **run})
+    return row.get("identity") == want and output_identity(target) == want
+
+
+def plan(scenes: list[Scene], out: Path, run: dict, *, output: str, chunk: int, cog: bool,
+         overwrite: bool = False) -> tuple[list[SceneJob], int]:  # fmt: skip
+    """(jobs of the scenes not done yet, how many are done): :func:`is_done`; a scene done
+    before whose content or options changed is said and predicted again."""
+    rows = read_manifests(out)
     jobs, skipped = [], 0
     for scene in scenes:
         target = out / f"{scene.id}.tif"
-        if scene.id in done and target.is_file():
+        if is_done(rows.get(scene.id), scene, target, run):
             skipped += 1
             continue
-        jobs.append(SceneJob(scene, str(target), output, chunk, cog))
+        if rows.get(scene.id, {}).get("status") == "done":
+            print(f"{scene.id}: its output was made from other content or options; "
+                  "predicting it again")  # fmt: skip
+        jobs.append(SceneJob(scene, str(target), output, chunk, cog, run, overwrite))
     return jobs, skipped
 
 
 def record(manifest: Path, job: SceneJob, status: str, seconds: float, error: str = "") -> None:
-    """Append one scene's line (one write: a kill leaves at most a torn last line)."""
+    """Append one scene's line and sync it to disk (one write: a kill leaves at most a torn
+    last line); a done line records the identity its output was made with."""
+    import os
+
+    from roadseg.identity import file_digest, identity_hash
+
     row = {"id": job.scene.id, "scene": job.scene.path, "output": job.out, "status": status,
            "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "error": error}  # fmt: skip
+    if status == "done":
+        digest = file_digest(job.scene.path)  # hashed when it was predicted: cached
+        row.update(identity=identity_hash({"scene": digest, **job.run}), scene_digest=digest,
+                   scene_stat=_stat(job.scene.path), models=job.run.get("models"),
+                   decision=job.run.get("decision"))  # fmt: skip
     with open(manifest, "a") as f:
         f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def predict_one(
@@ -225,24 +368,35 @@ def predict_one(
     start = time.perf_counter()
     predictor.predict_scene(
         job.scene.path, job.out, output=job.output, decision=decision, chunk=job.chunk,
-        run_key=options.run_key(), read=options.read_options(), cog=job.cog,
-        rank=rank, world=world, merge=world == 1,
+        run=job.run, read=options.read_options(), cog=job.cog, rank=rank, world=world,
+        merge=world == 1, overwrite=job.overwrite and world == 1,
     )  # fmt: skip
     return time.perf_counter() - start
 
 
+def scene_failure(err: Exception, job: SceneJob) -> str:
+    """One line saying why a scene failed, naming it."""
+    from roadseg.console import one_line
+
+    line = one_line(err)
+    if isinstance(err, RoadsegError):
+        return line
+    return f"{job.scene.path}: {type(err).__name__}: {line}"
+
+
 @dataclass
 class Progress:
-    """Scenes done, time left, and the summary line."""
+    """Scenes done, time left, and the summary line: ``total`` scenes to predict in this
+    run (those done before are counted apart)."""
 
     total: int
     skipped: int
     start: float = dataclasses.field(default_factory=time.perf_counter)
     done: int = 0
-    failed: int = 0
+    failed: list = dataclasses.field(default_factory=list)
 
     def line(self, job: SceneJob, seconds: float, error: str = "") -> str:
-        finished = self.done + self.failed
+        finished = self.done + len(self.failed)
         elapsed = time.perf_counter() - self.start
         left = elapsed / finished * (self.total - finished)
         what = f"failed: {error}" if error else f"{seconds:.1f} s"
@@ -252,22 +406,24 @@ class Progress:
     def summary(self) -> str:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed * 3600 if elapsed and self.done else 0.0
-        return (f"{self.done + self.skipped + self.failed} scenes: {self.done} predicted, "
-                f"{self.skipped} done before (skipped), {self.failed} failed, in {elapsed:.0f} s "
-                f"({rate:.0f} scenes/hour)")  # fmt: skip
+        return (f"{self.done + self.skipped + len(self.failed)} scenes: {self.done} predicted, "
+                f"{self.skipped} done before (skipped), {len(self.failed)} failed, in "
+                f"{elapsed:.0f} s ({rate:.0f} scenes/hour)")  # fmt: skip
 
 
 def run_local(options, jobs: list[SceneJob], manifest: Path, progress: Progress) -> None:
-    """Every job in this process, one model loaded once; a scene that fails on bad input
-    is recorded and the next one runs."""
+    """Every job in this process, one model loaded once; any error of one scene is
+    recorded as its failure and the next one runs."""
     import dataclasses as dc
 
     predictor, decision = dc.replace(options, quiet=True).predictor()
     for job in jobs:
         try:
-            _finish(manifest, progress, job, predict_one(predictor, decision, options, job), "")
-        except RoadsegError as err:
-            _finish(manifest, progress, job, 0.0, str(err))
+            seconds = predict_one(predictor, decision, options, job)
+        except Exception as err:  # noqa: BLE001 - one scene's failure, whatever it is
+            _finish(manifest, progress, job, 0.0, scene_failure(err, job))
+        else:
+            _finish(manifest, progress, job, seconds, "")
 
 
 def run_ray(options, jobs: list[SceneJob], manifest: Path, progress: Progress, *,
@@ -300,8 +456,15 @@ def _ray_jobs(ray, pool_class, options, jobs, manifest, progress, workers, threa
     worker_class = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(SceneWorker)
     pool = pool_class([worker_class.remote(options, threads) for _ in range(workers)])
     imagery = options.imagery()
-    shares = {job.out: _shares(options, imagery, job, workers) for job in jobs}
-    tasks = [(job, rank, shares[job.out]) for job in jobs for rank in range(shares[job.out])]
+    shares, failed = {}, {}
+    for job in jobs:
+        try:
+            shares[job.out] = _shares(options, imagery, job, workers)
+        except Exception as err:  # noqa: BLE001 - the scene's failure
+            failed[job.out] = scene_failure(err, job)
+            _finish(manifest, progress, job, 0.0, failed[job.out])
+    tasks = [(job, rank, shares[job.out]) for job in jobs if job.out in shares
+             for rank in range(shares[job.out])]  # fmt: skip
     left, spent = dict(shares), {}
     for job, seconds, error in pool.map_unordered(lambda a, t: a.predict.remote(*t), tasks):
         if left.get(job.out, 0) == 0:
@@ -309,49 +472,51 @@ def _ray_jobs(ray, pool_class, options, jobs, manifest, progress, workers, threa
         spent[job.out] = spent.get(job.out, 0.0) + seconds
         left[job.out] = 0 if error else left[job.out] - 1
         if not error and left[job.out] == 0 and shares[job.out] > 1:
-            error = _merge_shares(options, imagery, job)
+            error = _merge_shares(job)
         if error or left[job.out] == 0:
             _finish(manifest, progress, job, spent[job.out], error)
 
 
 def _shares(options, imagery, job: SceneJob, workers: int) -> int:
     """Tasks a scene is split into: one, or one per worker for a scene of at least two
-    chunks per worker (each predicts every N-th chunk; the driver merges)."""
+    chunks per worker (each predicts every N-th chunk; the driver merges, and starts the
+    parts folder here, once, so that the tasks find it)."""
     import warnings
 
     import rasterio
 
-    from roadseg.parts import scene_chunks
-    from roadseg.scenes import scene_chunk_side
+    from roadseg.identity import prediction_identity
+    from roadseg.io import open_scene
+    from roadseg.parts import start_parts
+    from roadseg.scenes import scene_plan
 
     if workers < 2:
         return 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        try:
-            with rasterio.open(job.scene.path) as src:
-                side = scene_chunk_side(options, src, job.chunk, imagery)
-                chunks = len(scene_chunks(src.width, src.height, side))
-        except (rasterio.errors.RasterioIOError, RoadsegError):
-            return 1  # the task reports the error
-    return workers if chunks >= 2 * workers else 1
+        with open_scene(job.scene.path) as src:
+            scene = scene_plan(options, src, job.chunk, imagery)
+    if len(scene.chunks()) < 2 * workers:
+        return 1
+    identity = prediction_identity(job.scene.path, job.run)
+    start_parts(job.out, identity, scene, overwrite=job.overwrite)
+    return workers
 
 
-def _merge_shares(options, imagery, job: SceneJob) -> str:
+def _merge_shares(job: SceneJob) -> str:
     """Merge a scene predicted in shares; the error said in one line, or ""."""
     from roadseg.scenes import merge_scene
 
     try:
-        merge_scene(options, job.scene.path, job.out, output=job.output, chunk=job.chunk,
-                    cog=job.cog, imagery=imagery)  # fmt: skip
-    except RoadsegError as err:
-        return str(err)
+        merge_scene(job.scene.path, job.out, output=job.output, cog=job.cog)
+    except Exception as err:  # noqa: BLE001 - the scene's failure
+        return scene_failure(err, job)
     return ""
 
 
 def _finish(manifest: Path, progress: Progress, job: SceneJob, seconds: float, error: str) -> None:
     if error:
-        progress.failed += 1
+        progress.failed.append(job.scene.id)
         record(manifest, job, "failed", 0.0, error)
         print(progress.line(job, 0.0, error), file=sys.stderr, flush=True)
     else:
@@ -382,7 +547,8 @@ class SceneWorker:
         return os.getpid()
 
     def predict(self, job: SceneJob, rank: int = 0, world: int = 1) -> tuple[SceneJob, float, str]:
-        """A scene, or with ``world`` > 1 its ``rank``-th share of chunks (not merged)."""
+        """A scene, or with ``world`` > 1 its ``rank``-th share of chunks (not merged); any
+        error is returned as the scene's one-line failure."""
         import contextlib
         import io
 
@@ -390,31 +556,67 @@ class SceneWorker:
             with contextlib.redirect_stdout(io.StringIO()):
                 seconds = predict_one(self.predictor, self.decision, self.options, job, rank, world)
                 return job, seconds, ""
-        except RoadsegError as err:
-            return job, 0.0, str(err)
+        except Exception as err:  # noqa: BLE001 - one scene's failure, whatever it is
+            return job, 0.0, scene_failure(err, job)
+
+
+def check_outputs(specs: list[str], scenes: list[Scene], out: Path) -> None:
+    """Refuse, before any work, an output folder that is a file's name, is or is inside a
+    folder of scenes being read, or holds an input (a scene or a list): its outputs,
+    parts or manifest could overwrite them, or be read as scenes on the next run."""
+    from roadseg.paths import check_output
+
+    if out.suffix.lower() in RASTER_SUFFIXES and not out.is_dir():
+        raise RoadsegError(
+            "names a file, but a list of scenes writes one GeoTIFF per scene into a folder: "
+            "name a folder (or predict one scene to write one file)",
+            out,
+        )
+    check_output(out, folder=True)
+    where = out.resolve()
+    for spec in specs:
+        if _is_address(spec):
+            continue
+        source = Path(spec).resolve()
+        if Path(spec).is_dir() and (where == source or source in where.parents):
+            raise RoadsegError(
+                f"is {'the' if where == source else 'inside the'} folder of scenes being read "
+                f"({spec}): outputs there would overwrite scenes or be read as scenes; "
+                "choose a folder outside it",
+                out,
+            )
+    inputs = [*specs, *(s.path for s in scenes)]
+    for path in (p for p in inputs if not _is_address(p)):
+        if where in Path(path).resolve().parents:
+            raise RoadsegError(
+                f"holds an input of this command ({path}): its outputs could overwrite it; "
+                "choose another folder",
+                out,
+            )
 
 
 def predict_many(
     options, specs: list[str], out: str | Path, *, output: str = "prob", chunk: int = 2048,
     cog: bool = False, asset: str | None = None, shard_spec: str | None = None,
-    ray: str | None = None, workers: int = 2, merge: bool = False,
+    shard_base: int = 1, ray: str | None = None, workers: int = 2, merge: bool = False,
+    overwrite: bool = False,
 ) -> Progress:  # fmt: skip
     """Predict the scenes of ``specs`` (:func:`scene_list`) into the folder ``out`` (module
     doc): this shard's share, locally or on Ray (``ray``: ``local`` or an address), the
     manifest kept; ``merge``: collect every shard's manifest into ``manifest.csv`` after
     (a run that is not a shard always does). Returns the progress (counts)."""
-    from roadseg.paths import check_input
+    from roadseg.errors import Interrupted
+    from roadseg.identity import run_identity
 
-    i, n = parse_shard(shard_spec)
+    i, n = parse_shard(shard_spec, shard_base)
     scenes = scene_list(specs, asset)
-    for scene in scenes:
-        if "://" not in scene.path:
-            check_input(scene.path)
     out = Path(out)
+    check_outputs(specs, scenes, out)
+    run = run_identity(options, output=output, chunk=chunk, cog=cog)
     out.mkdir(parents=True, exist_ok=True)
-    start_run(out, {"run": options.run_key(), "output": output, "chunk": chunk, "cog": cog})
+    start_run(out, run, overwrite=overwrite)
     mine = shard(scenes, i, n)
-    jobs, skipped = plan(mine, out, output, chunk, cog)
+    jobs, skipped = plan(mine, out, run, output=output, chunk=chunk, cog=cog, overwrite=overwrite)
     where = (
         f"shard {i}/{n}: {len(mine)} of {len(scenes)} scenes" if n > 1 else f"{len(scenes)} scenes"
     )
@@ -422,13 +624,19 @@ def predict_many(
     print(
         f"{where}; {skipped} done before, {len(jobs)} to predict {engine} into {out}/", flush=True
     )
-    progress = Progress(total=len(mine), skipped=skipped)
+    progress = Progress(total=len(jobs), skipped=skipped)
     manifest = manifest_path(out, i, n)
-    if jobs and ray:
-        run_ray(options, jobs, manifest, progress, address=None if ray == "local" else ray,
-                workers=workers)  # fmt: skip
-    elif jobs:
-        run_local(options, jobs, manifest, progress)
+    try:
+        if jobs and ray:
+            run_ray(options, jobs, manifest, progress, address=None if ray == "local" else ray,
+                    workers=workers)  # fmt: skip
+        elif jobs:
+            run_local(options, jobs, manifest, progress)
+    except KeyboardInterrupt as err:
+        raise Interrupted(
+            f"{out}: {progress.done} scenes finished in this run are in the manifest, the "
+            "scene being predicted keeps its finished chunks; run the same command again to go on"
+        ) from err
     if merge or n == 1:
         path, counts = merge_manifest(out, scenes)
         print(f"wrote {path}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))

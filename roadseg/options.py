@@ -146,16 +146,6 @@ class PredictOptions:
                 print(f"  member {path}: {d.describe()} ({where})")
         return predictor, decision
 
-    def run_key(self) -> dict:
-        """What must match for chunks of an earlier prediction of a scene to be reused."""
-        ckpts = [Path(c).resolve() for c in self.ckpt]
-        return {
-            "ckpt": [f"{c} {c.stat().st_size} {c.stat().st_mtime_ns}" for c in ckpts],
-            "tta": bool(self.tta), "window": self.window, "overlap": self.overlap,
-            "merge": self.merge, "precision": self.precision, "backend": self.backend,
-            "read": dataclasses.asdict(self.read_options()),
-        }  # fmt: skip
-
 
 def _defaults() -> dict[str, object]:
     """The options an options file may set, with their defaults, in their order."""

@@ -28,20 +28,17 @@ from tqdm.auto import tqdm
 
 from roadseg.backends import OnnxBackend, TorchBackend, choose_backend
 from roadseg.errors import RoadsegError
+from roadseg.identity import prediction_identity
 from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
-from roadseg.io import read_image
+from roadseg.io import open_scene, read_image
 from roadseg.maps import MapIndex, context_image
 from roadseg.parts import (
     GDAL_CACHE_MB,
     OUTPUTS,
     PROB8_SCALE,
-    aligned_chunk,
-    chunk_margin,
+    ScenePlan,
     merge_parts,
     part_path,
-    parts_dir,
-    scene_chunks,
-    scene_key,
     scene_profile,
     start_parts,
     write_part,
@@ -164,11 +161,14 @@ class Predictor:
     ) -> Predictor:
         """A predictor over the ensemble of these checkpoints (``contents``: theirs, when
         already read by :func:`roadseg.checkpoints.read_checkpoint`)."""
-        contents = contents or [None] * len(paths)
+        if contents is None:  # read here, so that the imagery they recorded is used
+            from roadseg.checkpoints import read_checkpoint
+
+            contents = [read_checkpoint(p) for p in paths]
         tasks = [
             RoadSegTask.from_checkpoint(p, ckpt=c) for p, c in zip(paths, contents, strict=True)
         ]
-        if contents[0] is not None and "imagery" not in kwargs:
+        if "imagery" not in kwargs:
             kwargs["imagery"] = ensemble_imagery(list(paths), contents)
         return cls(tasks, **kwargs)
 
@@ -288,9 +288,10 @@ class Predictor:
         rank: int = 0,
         world: int = 1,
         merge: bool = True,
-        run_key: dict | None = None,
+        run: dict | None = None,
         read: ReadOptions | None = None,
         cog: bool = False,
+        overwrite: bool = False,
     ) -> int:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory);
         returns the number of chunks this call predicted.
@@ -309,8 +310,10 @@ class Predictor:
         already there, so a killed run resumes where it stopped. With ``merge``, the parts
         are then joined into ``out_path`` (atomically) and the folder removed; every part
         must be there by then (for ``world`` > 1, merge after all processes finished).
-        ``run_key``: what else must match for parts of an earlier run to be reused (the
-        models, TTA, ...); a folder of parts of another run is refused.
+        ``run``: the run's identity (:func:`roadseg.identity.run_identity`): with the
+        scene's content, what must match for parts of an earlier run to be reused; parts of
+        another run are refused unless ``overwrite`` (:func:`roadseg.parts.start_parts`).
+        On any failure the chunks finished are kept for a rerun.
 
         ``read``: how the scene is read (:class:`~roadseg.reading.ReadOptions`: bands,
         radiometry, resolution); what is done is printed. A scene resampled to the model's
@@ -321,36 +324,42 @@ class Predictor:
         if chunk <= 0 or chunk % PATCH_SIZE:
             raise RoadsegError(f"chunk ({chunk}) must be a positive multiple of {PATCH_SIZE}")
         decision = self.output_decision or decision or Decision()
-        margin = chunk_margin(self.overlap)
+        run = run or self._run_identity(output, chunk, decision)
         # GDAL's block cache grows to 5% of RAM by default; capped, memory stays flat.
         with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(src_path) as src:
+            with open_scene(src_path) as src:
                 reader = self._say_reading(src, read)
                 profile = scene_profile(src, output)
-                chunk = reader.chunk_side(aligned_chunk(chunk, self.window, self.overlap))
-                chunks = scene_chunks(src.width, src.height, chunk)
-                key = scene_key(src_path, src, chunk=chunk, output=output, margin=margin,
-                                decision=decision, run_key=run_key)  # fmt: skip
-                fresh = not parts_dir(out_path).exists()
-                parts = start_parts(out_path, key)
+                plan = ScenePlan.make(src.width, src.height, chunk=chunk, window=self.window,
+                                      overlap=self.overlap, factor=reader.factor)  # fmt: skip
+                if self.progress:
+                    print(f"chunks: {plan.describe()}")
+                identity = prediction_identity(src_path, run)
+                parts = start_parts(out_path, identity, plan, overwrite=overwrite)
                 mine = [
                     (k, win)
-                    for k, win in enumerate(chunks)
+                    for k, win in enumerate(plan.chunks())
                     if k % world == rank and not part_path(parts, k).exists()
                 ]
                 try:
-                    self._predict_parts(reader, mine, margin, parts, profile,
+                    self._predict_parts(reader, mine, plan.margin, parts, profile,
                                         decision if output == "mask" else None)  # fmt: skip
-                except Exception:
-                    # a bad input fails the same way again: a lone run that started the
-                    # parts leaves nothing behind (a killed or interrupted one keeps them)
-                    if fresh and world == 1:
+                finally:  # finished chunks are kept for a rerun; a folder of none is not
+                    if world == 1 and not any(parts.glob("chunk_*.tif")):
                         shutil.rmtree(parts, ignore_errors=True)
-                    raise
         if merge:
-            merge_parts(out_path, profile, chunks, cog=cog)
+            merge_parts(out_path, profile, cog=cog)
         return len(mine)
+
+    def _run_identity(self, output: str, chunk: int, decision: Decision) -> dict:
+        """The run's identity when no options gave one (a Predictor used directly)."""
+        return {
+            "output": output, "chunk": chunk, "window": self.window, "overlap": self.overlap,
+            "tta": bool(self.tta), "decision": decision.describe() if output == "mask" else None,
+            "members": self.members, "merge": self.merge,
+            "decisions": [d.describe() for d in self.decisions] if self.merge == "vote" else None,
+        }  # fmt: skip
 
     def _say_reading(self, src, read: ReadOptions | None) -> SceneReader:
         """The scene's reader; what it does to the scene printed, a warning on stderr."""

@@ -37,6 +37,7 @@ class SceneRun:
 def predict_scene_run(
     options: PredictOptions, scene: str | Path, out: str | Path, *, output: str = "prob",
     chunk: int = 2048, processes: int = 1, threads: int | None = None, cog: bool = False,
+    overwrite: bool = False,
 ) -> SceneRun:  # fmt: skip
     """Predict ``scene`` into the GeoTIFF ``out`` with ``processes`` local processes (each
     ``threads`` CPU threads, default: this machine's shared out), or as this rank's share
@@ -46,7 +47,10 @@ def predict_scene_run(
         raise RoadsegError(f"--processes must be at least 1, got {processes}")
     if world > 1 and processes > 1:
         raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
-    job = _Job(options, str(scene), str(out), output, chunk, cog)
+    from roadseg.identity import run_identity
+
+    run = run_identity(options, output=output, chunk=chunk, cog=cog)
+    job = _Job(options, str(scene), str(out), output, chunk, run, cog, overwrite)
     try:
         if processes > 1:
             return SceneRun(_predict_processes(job, processes, threads))
@@ -73,35 +77,35 @@ def _kept(job: _Job) -> str:
 
 def _start_parts(job: _Job) -> None:
     """The parts folder, refused here (once, in the parent) when it holds another run's."""
-    import rasterio
-
-    from roadseg.parts import chunk_margin, scene_key, start_parts
+    from roadseg.identity import prediction_identity
+    from roadseg.io import open_scene
+    from roadseg.parts import start_parts
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(job.scene) as src:
-            key = scene_key(
-                job.scene, src, chunk=_chunk_side(job, src), output=job.output,
-                margin=chunk_margin(job.options.overlap), decision=job.options.output_decision(),
-                run_key=job.options.run_key(),
-            )  # fmt: skip
-    start_parts(job.out, key)
+        warnings.simplefilter("ignore", rasterio_warning())
+        with open_scene(job.scene) as src:
+            plan = scene_plan(job.options, src, job.chunk)
+    identity = prediction_identity(job.scene, job.run)
+    start_parts(job.out, identity, plan, overwrite=job.overwrite)
 
 
-def _chunk_side(job: _Job, src) -> int:
-    return scene_chunk_side(job.options, src, job.chunk)
+def rasterio_warning():
+    import rasterio
+
+    return rasterio.errors.NotGeoreferencedWarning
 
 
-def scene_chunk_side(options: PredictOptions, src, chunk: int, imagery=None) -> int:
-    """The side of an open scene's chunks on its own grid, as
-    :meth:`~roadseg.predict.Predictor.predict_scene` works it out for ``options`` and the
+def scene_plan(options: PredictOptions, src, chunk: int, imagery=None):
+    """The :class:`~roadseg.parts.ScenePlan` of an open scene, as
+    :meth:`~roadseg.predict.Predictor.predict_scene` makes it for ``options`` and the
     ``--chunk`` asked for (``imagery``: the models', when already read)."""
-    from roadseg.parts import aligned_chunk
-    from roadseg.reading import chunk_side, scene_factor
+    from roadseg.parts import ScenePlan
+    from roadseg.reading import scene_factor
 
     imagery = imagery or options.imagery()
     scales, _ = scene_factor(src, imagery, options.read_options().resolution)
-    return chunk_side(aligned_chunk(chunk, options.window, options.overlap), max(scales))
+    return ScenePlan.make(src.width, src.height, chunk=chunk, window=options.window,
+                          overlap=options.overlap, factor=max(scales))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,9 @@ class _Job:
     out: str
     output: str
     chunk: int
+    run: dict  # roadseg.identity.run_identity
     cog: bool = False
+    overwrite: bool = False
 
 
 def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision:
@@ -126,8 +132,8 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
     predictor, decision = job.options.predictor()
     done = predictor.predict_scene(
         job.scene, job.out, output=job.output, decision=decision, chunk=job.chunk,
-        rank=rank, world=world, merge=merge, run_key=job.options.run_key(),
-        read=job.options.read_options(), cog=job.cog,
+        rank=rank, world=world, merge=merge, run=job.run,
+        read=job.options.read_options(), cog=job.cog, overwrite=job.overwrite and rank == 0,
     )  # fmt: skip
     if world > 1:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -137,26 +143,20 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
 
 
 def _merge_scene(job: _Job) -> None:
-    merge_scene(job.options, job.scene, job.out, output=job.output, chunk=job.chunk, cog=job.cog)
+    merge_scene(job.scene, job.out, output=job.output, cog=job.cog)
 
 
-def merge_scene(
-    options: PredictOptions, scene: str, out: str, *, output: str, chunk: int, cog: bool = False,
-    imagery=None,
-) -> None:  # fmt: skip
+def merge_scene(scene: str, out: str, *, output: str, cog: bool = False) -> None:
     """Merge the parts of a scene predicted in shares (processes, torchrun ranks, Ray
-    tasks) into ``out``."""
-    import rasterio
-
-    from roadseg.parts import merge_parts, scene_chunks, scene_profile
+    tasks) into ``out``, by the plan recorded with them."""
+    from roadseg.io import open_scene
+    from roadseg.parts import merge_parts, scene_profile
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(scene) as src:
+        warnings.simplefilter("ignore", rasterio_warning())
+        with open_scene(scene) as src:
             profile = scene_profile(src, output)
-            side = scene_chunk_side(options, src, chunk, imagery)
-            chunks = scene_chunks(src.width, src.height, side)
-    merge_parts(out, profile, chunks, cog=cog)
+    merge_parts(out, profile, cog=cog)
 
 
 def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from roadseg.cli.common import (
@@ -164,7 +165,7 @@ def _many_scenes(args: argparse.Namespace) -> bool:
     if len(args.scene) > 1 or args.shard or args.ray or args.merge_manifest:
         return True
     one = Path(args.scene[0])
-    return one.is_dir() or one.suffix.lower() in (".txt", ".json")
+    return (one.is_dir() or one.suffix.lower() in (".txt", ".json")) and "://" not in args.scene[0]
 
 
 def _cmd_predict_many(args: argparse.Namespace) -> None:
@@ -178,15 +179,18 @@ def _cmd_predict_many(args: argparse.Namespace) -> None:
     options = predict_options(args)
     progress = predict_many(
         options, args.scene, args.out, output=args.output, chunk=args.chunk, cog=args.cog,
-        asset=args.asset, shard_spec=args.shard, ray=args.ray, workers=args.workers,
-        merge=args.merge_manifest,
+        asset=args.asset, shard_spec=args.shard, shard_base=args.shard_base, ray=args.ray,
+        workers=args.workers, merge=args.merge_manifest, overwrite=args.overwrite,
     )  # fmt: skip
     if progress.failed:
-        raise RoadsegError(
-            f"{progress.failed} scenes failed (their errors are in the manifest); fix them and "
-            "run the same command again: finished scenes are skipped",
-            args.out,
+        names = ", ".join(progress.failed[:5]) + (" ..." if len(progress.failed) > 5 else "")
+        print(
+            f"roadseg: {len(progress.failed)} scene{'s' if len(progress.failed) > 1 else ''} "
+            f"failed ({names}); their reasons are above and in {args.out}/manifest*.jsonl: fix "
+            "them and run the same command again: finished scenes are skipped",
+            file=sys.stderr,
         )
+        sys.exit(1)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -210,8 +214,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
          "--processes N (the threads of each of them; one process uses every core)"),
     )  # fmt: skip
     options = predict_options(args)
-    check_io(inputs=[args.scene], outputs=[args.out], protected=options.inputs)
-    raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
+    if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
+        raise RoadsegError(
+            "predictions are GeoTIFFs: name the output .tif (roadseg vectorize --png draws "
+            "pictures)",
+            args.out,
+        )
+    remote = "://" in args.scene or args.scene.startswith("/vsi")
+    check_io(inputs=[] if remote else [args.scene], outputs=[args.out], protected=options.inputs)
+    if not remote:
+        raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
     if args.vector:
         from roadseg.vectors import vector_driver
 
@@ -222,7 +234,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         vector_driver(args.vector)
     run = predict_scene_run(
         options, args.scene, args.out, output=args.output, chunk=args.chunk,
-        processes=args.processes, threads=args.threads, cog=args.cog,
+        processes=args.processes, threads=args.threads, cog=args.cog, overwrite=args.overwrite,
     )  # fmt: skip
     if not run.wrote:
         return
@@ -432,13 +444,31 @@ def _add_predict(sub) -> None:
 def _add_many_args(p: argparse.ArgumentParser) -> None:
     """Options of a list of scenes (roadseg.jobs)."""
     p.add_argument(
-        "--asset", help="STAC: the key of the asset to read (default: the first GeoTIFF)"
+        "--asset",
+        help="STAC: the key of the asset to read (default: 'visual', or the asset whose "
+        "roles say visual; the choice is printed)",
     )
     p.add_argument(
         "--shard",
-        metavar="I/N",
+        metavar="I/N|auto",
         help="predict share I of N (scenes I, I+N, ... of the list sorted by id), for array "
-        "jobs: Slurm --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+        "jobs: auto reads the index the scheduler sets (Slurm's SLURM_ARRAY_TASK_ID and "
+        "count; AWS Batch's AWS_BATCH_JOB_ARRAY_INDEX or Kubernetes' JOB_COMPLETION_INDEX "
+        "with auto/N); or I/N with I from 1 (see --shard-base)",
+    )
+    p.add_argument(
+        "--shard-base",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="--shard I/N counts I from 0 (0..N-1, as AWS Batch and Kubernetes) or from 1 "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="predict again outputs and finished chunks that other models or options made "
+        "(without it, such a folder is refused naming what differs)",
     )
     p.add_argument(
         "--merge-manifest",

@@ -149,7 +149,7 @@ def start_parts(out_path: str | Path, identity: dict, plan: ScenePlan, *,
         changed = differences(old.get("identity", {}), identity) if old else ["format"]
         if old and not overwrite and set(changed) - {"scene"} and old.get("plan") is not None:
             raise RoadsegError(
-                "holds the finished chunks of a prediction made with other options: "
+                "holds the finished chunks of another prediction, made with other options: "
                 f"{describe_differences(old['identity'], identity)}; run with those options "
                 "to resume it, or add --overwrite to predict it again with these",
                 parts,

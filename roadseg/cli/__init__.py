@@ -38,18 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str]) -> int | None:
+    """Run a command; its exit status when it has one other than 0 (scenes that failed)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from roadseg.training import run_lightning
 
         run_lightning(argv)
-        return
+        return None
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return
-    args.func(args)
+        return None
+    return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         quiet_libraries()
     try:
-        _run(argv)
-        return 0
+        return _run(argv) or 0
     except RoadsegError as err:
         if debug:
             raise

@@ -202,3 +202,48 @@ def write_lines(raster, out, args: argparse.Namespace, *, threshold: float, imag
         from roadseg.vectors import draw_lines
 
         print(f"wrote {draw_lines(image or raster, frame, args.png)}")
+
+
+def add_many_args(p: argparse.ArgumentParser) -> None:
+    """Options of a list of scenes (roadseg.jobs)."""
+    p.add_argument(
+        "--asset",
+        help="STAC: the key of the asset to read (default: 'visual', or the asset whose "
+        "roles say visual; the choice is printed)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N|auto",
+        help="predict share I of N (scenes I, I+N, ... of the list sorted by id), for array "
+        "jobs: auto reads the index the scheduler sets (Slurm's SLURM_ARRAY_TASK_ID and "
+        "count; AWS Batch's AWS_BATCH_JOB_ARRAY_INDEX or Kubernetes' JOB_COMPLETION_INDEX "
+        "with auto/N); or I/N with I from 1 (see --shard-base)",
+    )
+    p.add_argument(
+        "--shard-base",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="--shard I/N counts I from 0 (0..N-1, as AWS Batch and Kubernetes) or from 1 "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="predict again outputs and finished chunks that other models or options made "
+        "(without it, such a folder is refused naming what differs)",
+    )
+    p.add_argument(
+        "--merge-manifest",
+        action="store_true",
+        help="after this run, collect every shard's manifest into OUT/manifest.csv",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the scenes as tasks on Ray actors that load the model once: a local Ray "
+        "without ADDRESS, else the cluster's (auto, ray://host:10001); pip install 'roadseg[ray]'",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (default %(default)s)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from roadseg.cli.common import (
     add_decision_args,
+    add_many_args,
     add_predictor_args,
     add_quiet_arg,
     add_scene_args,
@@ -168,7 +169,7 @@ def _many_scenes(args: argparse.Namespace) -> bool:
     return (one.is_dir() or one.suffix.lower() in (".txt", ".json")) and "://" not in args.scene[0]
 
 
-def _cmd_predict_many(args: argparse.Namespace) -> None:
+def _cmd_predict_many(args: argparse.Namespace) -> int:
     from roadseg.jobs import predict_many
 
     refuse_idle(
@@ -190,17 +191,17 @@ def _cmd_predict_many(args: argparse.Namespace) -> None:
             "them and run the same command again: finished scenes are skipped",
             file=sys.stderr,
         )
-        sys.exit(1)
+        return 1
+    return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _cmd_predict(args: argparse.Namespace) -> int | None:
     from roadseg.io import raster_shape
     from roadseg.paths import check_io
     from roadseg.scenes import predict_scene_run
 
     if _many_scenes(args):
-        _cmd_predict_many(args)
-        return
+        return _cmd_predict_many(args)
     refuse_idle(
         (args.asset is not None, "--asset", "a STAC Item or ItemCollection (.json)"),
         (args.workers != 2, "--workers", "--ray"),
@@ -435,55 +436,10 @@ def _add_predict(sub) -> None:
         help="write Cloud-Optimized GeoTIFFs (512-px tiles, overviews) that web maps and "
         "cloud GIS read in place",
     )
-    _add_many_args(p)
+    add_many_args(p)
     add_scene_args(p)
     add_vector_args(p)
     p.set_defaults(func=_cmd_predict)
-
-
-def _add_many_args(p: argparse.ArgumentParser) -> None:
-    """Options of a list of scenes (roadseg.jobs)."""
-    p.add_argument(
-        "--asset",
-        help="STAC: the key of the asset to read (default: 'visual', or the asset whose "
-        "roles say visual; the choice is printed)",
-    )
-    p.add_argument(
-        "--shard",
-        metavar="I/N|auto",
-        help="predict share I of N (scenes I, I+N, ... of the list sorted by id), for array "
-        "jobs: auto reads the index the scheduler sets (Slurm's SLURM_ARRAY_TASK_ID and "
-        "count; AWS Batch's AWS_BATCH_JOB_ARRAY_INDEX or Kubernetes' JOB_COMPLETION_INDEX "
-        "with auto/N); or I/N with I from 1 (see --shard-base)",
-    )
-    p.add_argument(
-        "--shard-base",
-        type=int,
-        choices=[0, 1],
-        default=1,
-        help="--shard I/N counts I from 0 (0..N-1, as AWS Batch and Kubernetes) or from 1 "
-        "(default 1)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="predict again outputs and finished chunks that other models or options made "
-        "(without it, such a folder is refused naming what differs)",
-    )
-    p.add_argument(
-        "--merge-manifest",
-        action="store_true",
-        help="after this run, collect every shard's manifest into OUT/manifest.csv",
-    )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run the scenes as tasks on Ray actors that load the model once: a local Ray "
-        "without ADDRESS, else the cluster's (auto, ray://host:10001); pip install 'roadseg[ray]'",
-    )
-    p.add_argument("--workers", type=int, default=2, help="Ray actors (default %(default)s)")
 
 
 def _add_vectorize(sub) -> None:

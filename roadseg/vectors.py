@@ -2,9 +2,9 @@
 
 The mask is thinned to one-pixel centre lines (scikit-image), the skeleton's pixels are
 linked into chains between junctions and ends, and each chain becomes a LineString in
-the raster's CRS with its length (metres; geodesic for a geographic CRS; pixels without
-a CRS), mean road probability and estimated width (twice the distance from the centre
-line to the mask's edge, same unit).
+the raster's CRS with its length (ground metres, geodesic on the ellipsoid of the CRS's
+datum, :mod:`roadseg.ground`; pixels without a CRS), mean road probability and estimated
+width (twice the distance from the centre line to the mask's edge, same unit).
 
 Large rasters stream chunk by chunk: each chunk is thinned with a margin around it, so
 its skeleton is the whole raster's, and keeps the links of the pixels it owns; a link
@@ -30,6 +30,7 @@ from skimage.morphology import skeletonize
 from tqdm import tqdm
 
 from roadseg.errors import RoadsegError
+from roadseg.ground import Ruler, ruler
 from roadseg.io import atomic_path
 
 # 8-neighbour offsets (dr, dc) that come after a pixel in raster order: each link once
@@ -308,9 +309,9 @@ def vectorize_raster(
 
 def to_frame(pieces: list[Piece], crs, transform):
     """A GeoDataFrame of LineStrings in the raster's CRS: ``length`` and ``width`` in
-    metres (:func:`length_units`: geodesic on the WGS84 ellipsoid for a geographic CRS;
-    pixels for a raster without georeference), ``mean_prob`` (NaN for a mask). The unit is
-    in ``frame.attrs["units"]``."""
+    ground metres (:func:`length_units`: geodesic on the ellipsoid of the CRS's datum;
+    pixels for a raster without a CRS), ``mean_prob`` (NaN for a mask). The unit is in
+    ``frame.attrs["units"]``, how they were measured in ``frame.attrs["how"]``."""
     import geopandas as gpd
     from shapely.geometry import LineString
 
@@ -324,39 +325,24 @@ def to_frame(pieces: list[Piece], crs, transform):
         probs.append(p.prob_sum / p.count if p.count else float("nan"))
         # a centre pixel at distance d from the edge lies in a road 2d - 1 pixels wide
         widths.append(2 * p.half_width_sum / p.count - 1 if p.count else float("nan"))
-    units, pixel_size, length = length_units(crs, transform)
+    measure = length_units(crs, transform)
     at = np.asarray(points, np.float64).reshape(-1, 2)
+    sides = measure.pixel_side(at[:, 0], at[:, 1]) if len(at) else np.zeros(0)
     frame = gpd.GeoDataFrame(
-        {"mean_prob": probs, "width": np.asarray(widths) * pixel_size(at[:, 0], at[:, 1])},
-        geometry=lines, crs=crs,
-    )  # fmt: skip
-    frame.insert(0, "length", length(frame.geometry) if len(frame) else [])
-    frame.attrs["units"] = units
+        {"mean_prob": probs, "width": np.asarray(widths) * sides}, geometry=lines, crs=crs
+    )
+    frame.insert(0, "length", measure.lengths(frame.geometry) if len(frame) else [])
+    frame.attrs["units"], frame.attrs["how"] = measure.unit, measure.how
     return frame
 
 
-def length_units(crs, transform):
-    """(unit, pixel side at points ``(x, y) -> metres``, line lengths ``geoseries -> array``)
-    of lines in ``crs``: metres for a projected CRS (its unit converted), geodesic metres on
-    the WGS84 ellipsoid for a geographic one (a degree is not a length), pixels without a
-    CRS."""
-    det = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
-    if crs is None:
-        return "px", lambda x, y: np.full(len(x), det), lambda g: g.length.to_numpy()
-    if crs.is_geographic:
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")
-
-        def pixel_size(x, y):
-            _, _, dx = geod.inv(x, y, x + abs(transform.a), y)
-            _, _, dy = geod.inv(x, y, x, y + abs(transform.e))
-            return np.sqrt(np.asarray(dx) * np.asarray(dy))
-
-        return "m", pixel_size, lambda g: np.array([geod.geometry_length(line) for line in g])
-    factor = crs.linear_units_factor[1]
-    return ("m", lambda x, y: np.full(len(x), det * factor),
-            lambda g: g.length.to_numpy() * factor)  # fmt: skip
+def length_units(crs, transform) -> Ruler:
+    """How lines in ``crs`` on ``transform`` are measured (:func:`roadseg.ground.ruler`):
+    ``unit``, ``lengths(geoseries) -> array`` and ``pixel_side(x, y) -> array`` (for
+    widths), and ``how`` for the summary. Geodesic metres on the ellipsoid of the CRS's
+    datum for every CRS with one (projections' scale, feet, degrees alike); a local CRS's
+    unit in metres; pixels without a CRS."""
+    return ruler(crs, transform)
 
 
 def vector_transform(crs, transform):
@@ -401,11 +387,15 @@ def junctions(frame):
 
 def describe(frame) -> str:
     """One line: lines, junctions, total length, CRS."""
-    units = frame.attrs.get("units", "map units")
-    crs = (frame.crs.to_string() if frame.crs is not None
-           else "no CRS: pixel coordinates, y up as a GIS shows the raster")  # fmt: skip
-    if frame.crs is not None and frame.crs.is_geographic:
-        crs += ", lengths and widths geodesic"
+    units, how = frame.attrs.get("units", "map units"), frame.attrs.get("how")
+    if frame.crs is not None:
+        crs = frame.crs.to_string() + (f", {how}" if how else "")
+    elif how and "transform" in how:  # coordinates in the transform's units, lengths in px
+        crs = f"no CRS: {how}"
+    else:
+        crs = "no CRS: pixel coordinates, y up as a GIS shows the raster" + (
+            f", {how}" if how else ""
+        )
     return (
         f"{len(frame)} lines, {len(junctions(frame))} junctions, total length "
         f"{frame['length'].sum():.1f} {units}, {crs}"

@@ -7,13 +7,20 @@ their ground resolution (metres per pixel). Prediction brings a scene to it:
 - **radiometry** (:class:`Radiometry`): 8-bit input is divided by 255, as always (bit for
   bit the same as before). Integers that fill their own bit depth's range, as 8-bit
   imagery does (12-bit values up to 4,095 in uint16: 2nd percentile in the lowest
-  quarter, 98th above 60%), are divided by it (4,095). Anything else (16-bit raw
-  counts, float reflectance) is stretched from the scene's own 2nd-98th percentiles (sampled in a streaming pass,
-  never the whole raster) onto the model's, as Raster Vision's ``StatsTransformer`` and
+  quarter, 98th above 60%), are divided by it (4,095), but only when that division
+  gives what the model saw: the scene's 2nd and 98th percentiles so divided within
+  :data:`RULE_TOLERANCE` of the training imagery's (raw counts with an offset pass the
+  guess and fail this check, and are stretched). Anything else (16-bit raw counts,
+  float reflectance) is stretched from the scene's own 2nd-98th percentiles (sampled in
+  a streaming pass, never the whole raster; NaN and infinities are no data, tagged or
+  not) onto the model's, as Raster Vision's ``StatsTransformer`` and
   QGIS's cumulative-cut stretch do, with one gain for all bands: the scene's colour
   balance is kept (matching each band alone moved cpu.yaml's masks of its own training
   imagery to IoU 0.87, the network being sensitive to colour; docs/imagery.md); or from
-  ``--input-range LOW HIGH``; or, with ``--input-range none``, by the type's full range;
+  ``--input-range LOW HIGH``; or, with ``--input-range none``, by the type's full range
+  (both kept as given, and warned about by :func:`check_mapped` when far off);
+- **palettes**: a lone palette band is read through its colour table as 8-bit R, G, B
+  (:func:`palette_lut`), its transparent entries no data;
 - **resolution**: a scene whose metres per pixel differ from the model's by more than 5%
   is resampled to the model's on the fly (:mod:`roadseg.scene`).
 
@@ -39,6 +46,13 @@ COMPETITION_RESOLUTION = 0.5
 # A scene this close to the model's resolution (relative difference) is not resampled.
 RESOLUTION_TOLERANCE = 0.05
 SAMPLE_SIDE = 1024  # statistics are taken on a decimated read of at most this side
+# How far (in [0, 1]) a rule's mapped 2nd or 98th percentile (all bands) may be from the
+# training imagery's before the rule is not trusted: whole 8-bit sources differ from
+# cil-2022's 0.137..0.949 by up to 0.11 (cil-2020 0.012..0.839, Massachusetts
+# 0.063..0.898; 97.5% of single cil-2022 tiles are within 0.15), and their 12/16-bit
+# versions must keep their exact division; raw counts with an offset or a gain miss by
+# 0.2 and more (x 40 + 1,000 read as 14 bits: 0.146..0.652, 0.30 short at the top).
+RULE_TOLERANCE = 0.15
 
 
 @dataclass(frozen=True)
@@ -116,15 +130,18 @@ class Radiometry:
     notes: tuple[str, ...] = field(default=())
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Raw ``(bands, h, w)`` -> float32 in [0, 1]; NaN becomes 0."""
+        """Raw ``(bands, h, w)`` -> float32 in [0, 1]; NaN and infinities become 0."""
         if self.divide is not None:
             return raw.astype(np.float32) / np.float32(self.divide)
         out = raw.astype(np.float32)
+        bad = ~np.isfinite(out) if raw.dtype.kind == "f" else None
         scale = np.asarray(self.scale, np.float32)[:, None, None]
         offset = np.asarray(self.offset, np.float32)[:, None, None]
         out = out * scale + offset
         np.clip(out, 0.0, 1.0, out=out)
-        return np.nan_to_num(out, nan=0.0, copy=False)
+        if bad is not None:
+            out[bad] = 0.0
+        return out
 
     def to_dict(self) -> dict:
         return {"scale": list(self.scale), "offset": list(self.offset), "divide": self.divide}
@@ -185,32 +202,53 @@ def plan_radiometry(
             path,
         )
     low, high = np.percentile(sample, PERCENTILES)
+    refused = ""
     if np.issubdtype(dtype, np.integer):
-        filled = _filled_bit_depth(sample, low, high, kind)
+        filled, refused = _filled_bit_depth(sample, low, high, kind, model)
         if filled is not None:
             return filled
-    return stretch([low] * 3, [high] * 3, [model.pooled[0]] * 3, [model.pooled[1]] * 3,
-                   f"{kind}: the scene's 2-98% ({low:g}..{high:g}, all bands) stretched "
-                   f"onto the model's training imagery's ({model.pooled[0] * 255:.0f}.."
-                   f"{model.pooled[1] * 255:.0f} of 255)")  # fmt: skip
+    onto = (f"onto the model's training imagery's ({model.pooled[0] * 255:.0f}.."
+            f"{model.pooled[1] * 255:.0f} of 255)")  # fmt: skip
+    how = (f"{refused}: the scene's 2-98% stretched {onto}" if refused else
+           f"{kind}: the scene's 2-98% ({low:g}..{high:g}, all bands) stretched {onto}")  # fmt: skip
+    return stretch([low] * 3, [high] * 3, [model.pooled[0]] * 3, [model.pooled[1]] * 3, how)
 
 
-def _filled_bit_depth(sample: np.ndarray, low: float, high: float, kind: str):
+def _filled_bit_depth(
+    sample: np.ndarray, low: float, high: float, kind: str, model: Imagery
+) -> tuple[Radiometry | None, str]:
     """Integers that fill their own bit depth's range as 8-bit imagery does (2nd
-    percentile in its lowest quarter, 98th above 60%): divided by it; else None."""
+    percentile in its lowest quarter, 98th above 60%), divided by it: ``(the division,
+    "")`` when that gives what the model saw (:func:`off_model`); else ``(None, why
+    not)``, ``why`` empty when the values do not fill a bit depth at all."""
     top = float(np.percentile(sample, 99.99))
     bits = max(1, math.ceil(math.log2(top + 1))) if top > 0 else 1
     full = 2.0**bits - 1
-    if low <= 0.25 * full and high >= 0.6 * full:
-        return stretch([0.0] * 3, [full] * 3, [0.0] * 3, [1.0] * 3,
-                       f"{kind} of {bits}-bit values filling their range (2-98%: {low:g}.."
-                       f"{high:g}): divided by {full:g}, as 8-bit by 255")  # fmt: skip
-    return None
+    if not (low <= 0.25 * full and high >= 0.6 * full):
+        return None, ""
+    off = off_model(low / full, high / full, model)
+    if off:
+        return None, (f"{kind} values {low:,.0f}..{high:,.0f} (2-98%) do not fill {bits} bits "
+                      f"as imagery does ({off})")  # fmt: skip
+    return stretch([0.0] * 3, [full] * 3, [0.0] * 3, [1.0] * 3,
+                   f"{kind} of {bits}-bit values filling their range (2-98%: {low:g}.."
+                   f"{high:g}): divided by {full:g}, as 8-bit by 255"), ""  # fmt: skip
 
 
-def check_mapped(unit: np.ndarray, model: Imagery, path) -> str | None:
+def off_model(low: float, high: float, model: Imagery) -> str:
+    """``""`` when a scene's mapped 2nd and 98th percentiles (all bands, in [0, 1]) are
+    within :data:`RULE_TOLERANCE` of the model's training imagery's; else the figures."""
+    if max(abs(low - model.pooled[0]), abs(high - model.pooled[1])) <= RULE_TOLERANCE:
+        return ""
+    return (f"they would map to {low:.2f}..{high:.2f}, the model saw "
+            f"{model.pooled[0]:.2f}..{model.pooled[1]:.2f}")  # fmt: skip
+
+
+def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None) -> str | None:
     """One line warning when a scene's mapped pixels ``(3, n)`` look like nothing the model
-    saw (mostly black or saturated, or a median outside its training range); else None."""
+    saw (mostly black or saturated, or a median outside its training range); else None.
+    ``rule``: the user's explicit mapping (``--input-range ...``), kept as given but also
+    warned about when its 2-98% is off the model's (:func:`off_model`)."""
     if unit.shape[1] == 0:
         return None
     dark = float(np.mean(np.all(unit <= 0.02, axis=0)))
@@ -221,8 +259,45 @@ def check_mapped(unit: np.ndarray, model: Imagery, path) -> str | None:
         what = f"{dark:.0%} black" if dark > 0.5 else f"{bright:.0%} saturated"
         return (f"{path}: after mapping, {what} pixels; the model never saw such imagery. "
                 "Check --input-range and --bands")  # fmt: skip
+    off = off_model(*np.percentile(unit, PERCENTILES), model) if rule else ""
+    if off:
+        return (f"{path}: {rule} maps the scene's 2-98% far from the training imagery's "
+                f"({off}); predictions may be poor. --input-range auto stretches it")  # fmt: skip
     if np.any(median < lows) or np.any(median > highs):
         m = "/".join(f"{v * 255:.0f}" for v in median)
         return (f"{path}: after mapping, the median pixel is {m} of 255, outside the model's "
                 "training 2-98% range; predictions may be poor. Check --input-range and --bands")  # fmt: skip
     return None
+
+
+def palette_lut(src, bands: tuple[int, ...]) -> np.ndarray | None:
+    """The colour table of a lone palette band as a ``(4, n)`` uint8 RGBA lookup (entries
+    it does not list opaque black); None when ``bands`` are not one palette band."""
+    from rasterio.enums import ColorInterp
+
+    if len(bands) != 1 or src.colorinterp[bands[0] - 1] != ColorInterp.palette:
+        return None
+    table = src.colormap(bands[0])
+    lut = np.zeros((4, max(256, max(table, default=0) + 1)), np.uint8)
+    lut[3] = 255
+    for index, rgba in table.items():
+        lut[: len(rgba), index] = rgba[:4]
+    return lut
+
+
+def through_palette(indices: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Palette indices ``(1, ...)`` -> (uint8 R, G, B ``(3, ...)``, where the colour table is
+    not transparent)."""
+    rgba = np.take(lut, indices[0].astype(np.int64), axis=1, mode="clip")
+    return rgba[:3], rgba[3] > 0
+
+
+def resized(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(3, h, w)`` resampled to ``shape`` (bicubic, antialiased), rounded to uint8 as
+    GDAL's cubic read of an 8-bit raster is."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(rgb.astype(np.float32))[None]
+    out = F.interpolate(t, size=shape, mode="bicubic", antialias=True, align_corners=False)[0]
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()

@@ -24,7 +24,10 @@ from roadseg.imagery import (
     Imagery,
     Radiometry,
     check_mapped,
+    palette_lut,
     plan_radiometry,
+    resized,
+    through_palette,
 )
 from roadseg.patches import PATCH_SIZE
 
@@ -140,63 +143,56 @@ def pick_bands(src, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], lis
     return chosen, notes
 
 
-def ground_resolution(src) -> tuple[float | None, str]:
-    """The scene's metres per pixel (None: not georeferenced) and how it was found; for
-    a geographic CRS, the geometric mean of the pixel's sides (:func:`pixel_metres`)."""
-    sides, how = pixel_metres(src)
+def ground_resolution(src, hint: str = "--resolution METRES") -> tuple[float | None, str]:
+    """The scene's ground metres per pixel (None: unknown) and how it was found: the
+    geometric mean of its pixel's sides (:func:`pixel_metres`)."""
+    sides, how = pixel_metres(src, hint)
     return (math.sqrt(sides[0] * sides[1]) if sides else None), how
 
 
-def pixel_metres(src) -> tuple[tuple[float, float] | None, str]:
-    """The scene's pixel ``(across, down)`` in metres (None: not georeferenced), and how it
-    was found: a geographic CRS's degrees measured on the WGS84 ellipsoid at the scene's
-    centre (a degree of longitude shrinks with latitude, so its pixels are not square)."""
-    t = src.transform
-    if src.crs is None or t.is_identity:
-        return None, "no georeference"
-    if src.crs.is_geographic:
-        from pyproj import Geod
+def pixel_metres(src, hint: str = "--resolution METRES") -> tuple[tuple[float, float] | None, str]:
+    """The scene's pixel ``(across, down)`` in ground metres, measured on its datum's
+    ellipsoid at its centre (:func:`roadseg.ground.raster_pixel_metres`: projections' scale,
+    feet, degrees, rotated transforms, GCPs), and how it was found; None without a CRS or
+    with only RPCs. A local CRS without a datum is a RoadsegError saying to give ``hint``."""
+    from roadseg.ground import raster_pixel_metres
 
-        geod = Geod(ellps="WGS84")
-        lon, lat = t * (src.width / 2, src.height / 2)
-        _, _, dx = geod.inv(lon, lat, lon + abs(t.a), lat)
-        _, _, dy = geod.inv(lon, lat, lon, lat + abs(t.e))
-        where = f"{abs(lat):.1f} {'N' if lat >= 0 else 'S'}"
-        return (
-            dx,
-            dy,
-        ), f"{src.crs.to_string()}, {abs(t.a):.3g} deg = {dx:.3g} x {dy:.3g} m at {where}"
-    unit, factor = src.crs.linear_units_factor
-    return (
-        math.hypot(t.a, t.d) * factor,
-        math.hypot(t.b, t.e) * factor,
-    ), f"{src.crs.to_string()}, {unit}"
+    return raster_pixel_metres(src, hint)
 
 
 def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
     """Valid raw pixels ``(bands, n)`` of the raster, sampled without reading it whole: a
     decimated read (overviews when it has them) of small or pyramided rasters, else a grid
-    of 64 windows of 256 px spread over it."""
+    of 64 windows of 256 px spread over it. NaN and infinite pixels are no data (with a
+    nodata tag or without) and left out."""
     h, w = src.height, src.width
     if max(h, w) <= 2 * SAMPLE_SIDE or src.overviews(1):
         f = max(1.0, max(h, w) / SAMPLE_SIDE)
         shape = (max(1, round(h / f)), max(1, round(w / f)))
         raw = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
-        valid = src.dataset_mask(out_shape=shape) > 0
-        return raw[:, valid]
-    side, n = 256, 8
-    pieces = []
-    for r in np.linspace(0, h - side, n).astype(int):
-        for c in np.linspace(0, w - side, n).astype(int):
-            win = Window(int(c), int(r), side, side)
-            raw = src.read(list(bands), window=win)
-            pieces.append(raw[:, src.dataset_mask(window=win) > 0])
-    return np.concatenate(pieces, axis=1)
+        sample = raw[:, src.dataset_mask(out_shape=shape) > 0]
+    else:
+        side, n = 256, 8
+        pieces = []
+        for r in np.linspace(0, h - side, n).astype(int):
+            for c in np.linspace(0, w - side, n).astype(int):
+                win = Window(int(c), int(r), side, side)
+                raw = src.read(list(bands), window=win)
+                pieces.append(raw[:, src.dataset_mask(window=win) > 0])
+        sample = np.concatenate(pieces, axis=1)
+    if sample.dtype.kind == "f":
+        sample = sample[:, np.isfinite(sample).all(axis=0)]
+    return sample
 
 
 def sample_rgb(src, bands: tuple[int, ...]) -> np.ndarray:
-    """:func:`sample_pixels` as three bands (a grey band repeated, as it is read)."""
+    """:func:`sample_pixels` as three bands, as they are read: a grey band repeated, a
+    palette band through its colour table (its transparent entries left out)."""
     sample = sample_pixels(src, bands)
+    lut = palette_lut(src, bands)
+    if lut is not None:
+        rgb, opaque = through_palette(sample, lut)
+        return rgb[:, opaque]
     return np.repeat(sample, 3, axis=0) if len(bands) == 1 else sample
 
 
@@ -209,21 +205,27 @@ class SceneReader:
         self.bands, self.notes = pick_bands(src, options.bands)
         self.scales, self.resolution_line = scene_factor(src, imagery, options.resolution)
         self.factor = max(self.scales)
-        dtype = np.dtype(src.dtypes[self.bands[0] - 1])
+        self.palette = palette_lut(src, self.bands)  # a palette band: read as 8-bit R, G, B
+        dtype = np.dtype(src.dtypes[self.bands[0] - 1] if self.palette is None else np.uint8)
         # one sample: the statistics of a stretch, and the check of what the model will see
-        sample = sample_rgb(src, self.bands) if options.input_range != "none" else None
+        sample = sample_rgb(src, self.bands)
         self.radiometry: Radiometry = plan_radiometry(
             dtype, sample, imagery, options.input_range, src.name
         )
-        self.warning = None
-        if sample is not None:
-            self.warning = check_mapped(
-                self.radiometry.apply(sample[:, :, None])[:, :, 0], imagery, src.name
-            )
+        given = options.input_range  # the user's own rule is kept, and checked
+        rule = None if given == "auto" else "--input-range " + (
+            given if given == "none" else f"{given[0]:g} {given[1]:g}")  # fmt: skip
+        self.warning = check_mapped(
+            self.radiometry.apply(sample[:, :, None])[:, :, 0], imagery, src.name, rule
+        )
 
     def lines(self) -> list[str]:
         """What is done to the scene, one line each."""
-        return [f"pixels: {self.radiometry.how}", self.resolution_line, *self.notes]
+        notes = self.notes
+        if self.palette is not None:  # colour-table indices, not grey levels
+            notes = [f"band {self.bands[0]} read through its colour table as R,G,B",
+                     *(n for n in notes if "read as grey" not in n)]  # fmt: skip
+        return [f"pixels: {self.radiometry.how}", self.resolution_line, *notes]
 
     def chunk_side(self, chunk: int) -> int:
         """Chunk side on the scene's grid whose resampled image is about ``chunk`` px."""
@@ -231,20 +233,25 @@ class SceneReader:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The window as float32 RGB ``(3, H, W)`` in [0, 1] at the model's resolution, and
-        its valid pixels ``(h, w)`` on the scene's grid."""
+        its valid pixels ``(h, w)`` on the scene's grid: not nodata, alpha or a colour
+        table's transparent entry, and not NaN or infinite (tagged or not; 0 in the image)."""
         h, w = int(window.height), int(window.width)
-        if self.scales == (1.0, 1.0):
+        shape = (max(1, round(h * self.scales[0])), max(1, round(w * self.scales[1])))
+        valid = self.src.dataset_mask(window=window) > 0
+        if self.palette is not None:
+            indices = self.src.read(list(self.bands), window=window)
+            raw, opaque = through_palette(indices, self.palette)
+            raw, valid = (raw if shape == (h, w) else resized(raw, shape)), valid & opaque
+        elif self.scales == (1.0, 1.0):
             raw = self.src.read(list(self.bands), window=window)
         else:
-            shape = (
-                len(self.bands),
-                max(1, round(h * self.scales[0])),
-                max(1, round(w * self.scales[1])),
+            raw = self.src.read(list(self.bands), window=window,
+                                out_shape=(len(self.bands), *shape), resampling=Resampling.cubic)  # fmt: skip
+        if raw.dtype.kind == "f":
+            native = (
+                raw if raw.shape[1:] == (h, w) else self.src.read(list(self.bands), window=window)
             )
-            raw = self.src.read(
-                list(self.bands), window=window, out_shape=shape, resampling=Resampling.cubic
-            )
-        valid = self.src.dataset_mask(window=window) > 0
+            valid &= np.isfinite(native).all(axis=0)  # NaN, infinities: no data, tagged or not
         if raw.shape[0] == 1:
             raw = np.repeat(raw, 3, axis=0)
         return self.radiometry.apply(raw), valid
@@ -288,7 +295,7 @@ def scene_factor(src, imagery: Imagery, option) -> tuple[tuple[float, float], st
     if option == "auto":
         sides, how = pixel_metres(src)
         if sides is None:
-            return (1.0, 1.0), ("resolution: no georeference, read as it is (give --resolution "
+            return (1.0, 1.0), (f"resolution: {how}, read as it is (give --resolution "
                                 "METRES if its pixels are not about the model's "
                                 f"{model or 'unknown'} m)")  # fmt: skip
     else:
@@ -324,7 +331,9 @@ def source_resolution(image: str, given: float | None) -> tuple[float | None, st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(image) as src:
-            return ground_resolution(src)
+            return ground_resolution(
+                src, "its metres per pixel in the config (data.resolution, data.resolutions)"
+            )
 
 
 def source_radiometry(images: list[str], target: Imagery, root) -> Radiometry | None:

@@ -185,3 +185,48 @@ def test_checkpoints_without_a_record_get_the_competition_imagery():
     assert imagery_of({}) is COMPETITION and "not recorded" in COMPETITION.origin
     own = Imagery(low=(0.1,) * 3, high=(0.9,) * 3, pooled=(0.1, 0.9), resolution=1.0)
     assert imagery_of({"roadseg_imagery": own.to_dict()}) == own
+
+
+def test_a_bit_depth_rule_whose_result_is_far_from_the_training_imagery_is_not_used():
+    rgb = smooth_rgb(64, 64).reshape(3, -1)
+    counts = rgb.astype(np.uint16) * 40 + 1000  # raw counts: 14 bits, the top third empty
+    plan = plan_radiometry(np.uint16, counts, COMPETITION, "auto", "c.tif")
+    assert plan.divide is None and "do not fill 14 bits as imagery does" in plan.how
+    unit = plan.apply(counts[:, :, None])[:, :, 0]
+    np.testing.assert_allclose(np.percentile(unit, (2, 98)), COMPETITION.pooled, atol=1e-3)
+    # a checkpoint trained on that darker imagery takes the division as it is
+    dim = Imagery(low=(0.1,) * 3, high=(0.6,) * 3, pooled=(0.12, 0.6))
+    assert "divided by 16383" in plan_radiometry(np.uint16, counts, dim, "auto", "c.tif").how
+
+
+def test_nan_without_a_nodata_tag_is_nodata_in_the_prediction(tmp_path):
+    rgb = smooth_rgb(160, 160).astype(np.float32) / 255
+    rgb[:, 20:60, 30:90] = np.nan
+    rgb[1, 100:120, 100:120] = np.inf  # one band is enough
+    holes = ~np.isfinite(rgb).all(axis=0)
+    for metres in (0.5, 1.0):  # read as it is, and resampled (its holes found on its grid)
+        georef = {"crs": "EPSG:32632", "transform": from_origin(500_000, 5_200_000, metres, metres)}
+        path = write_raster(tmp_path / f"nan{metres}.tif", rgb, **georef)
+        prob, _ = predicted(path, tmp_path, name=f"p{metres}.tif")
+        assert (prob[holes] == -1).all() and (prob[~holes] >= 0).all()
+        with rasterio.open(path) as src:
+            reader = SceneReader(src, COMPETITION, None)
+        assert reader.warning is None and "nan" not in reader.radiometry.how
+
+
+def test_a_palette_png_is_read_through_its_colour_table_without_its_transparent_entries(
+    tmp_path,
+):
+    indices = np.random.default_rng(0).integers(0, 4, (1, 48, 64)).astype(np.uint8)
+    table = {0: (0, 0, 0, 0), 1: (200, 60, 40, 255), 2: (60, 200, 40, 255), 3: (9, 9, 9, 0)}
+    path = write_raster(tmp_path / "palette.png", indices)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, table)
+    with rasterio.open(path) as src:
+        reader = SceneReader(src, COMPETITION, ReadOptions(bands=(1,)))
+        image, valid = reader.read(rasterio.windows.Window(0, 0, 64, 48))
+    assert "band 1 read through its colour table as R,G,B" in reader.lines()
+    assert not any("grey" in line for line in reader.lines())
+    np.testing.assert_array_equal(valid, np.isin(indices[0], (1, 2)))
+    lut = np.array([table[i][:3] for i in range(4)], np.float32).T / 255
+    np.testing.assert_array_equal(image[:, valid], lut[:, indices[0][valid]])

@@ -220,7 +220,10 @@ def test_parts_of_other_options_are_refused_naming_them(scenes, ckpt, tmp_path, 
         main_scene(options(ckpt), scenes / "scene_0.tif", tmp_path / "p.tif")
     monkeypatch.setattr(Predictor, "_write_part", original)
     tta = PredictOptions(**{**options(ckpt).__dict__, "tta": True})
-    with pytest.raises(RoadsegError, match=r"another prediction, made with other options: tta \(false -> true\).*--overwrite"):
+    with pytest.raises(
+        RoadsegError,
+        match=r"another prediction, made with other options: tta \(false -> true\).*--overwrite",
+    ):
         main_scene(tta, scenes / "scene_0.tif", tmp_path / "p.tif")
 
 

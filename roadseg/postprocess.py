@@ -113,5 +113,14 @@ class Decision:
         """Patch labels ``(rows, cols)`` uint8 of a probability map."""
         return patch_labels(self.mask(prob).astype(np.float32), threshold=self.patch)
 
+    def scaled(self, factor: float) -> Decision:
+        """The decision for maps whose pixels are ``factor`` times the model's on the
+        ground (a scene read resampled): gaps and areas tuned in the model's pixels."""
+        if factor == 1:
+            return self
+        return Decision(pixel=self.pixel, patch=self.patch,
+                        close_gaps=round(self.close_gaps / factor),
+                        min_area=round(self.min_area / factor**2))  # fmt: skip
+
     def replace(self, **changes) -> Decision:
         return Decision(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})

@@ -342,9 +342,10 @@ class Predictor:
                     for k, win in enumerate(plan.chunks())
                     if k % world == rank and not part_path(parts, k).exists()
                 ]
+                # gaps and areas were tuned in the model's pixels: in the scene's here
+                scene_decision = decision.scaled(reader.factor) if output == "mask" else None
                 try:
-                    self._predict_parts(reader, mine, plan.margin, parts, profile,
-                                        decision if output == "mask" else None)  # fmt: skip
+                    self._predict_parts(reader, mine, plan.margin, parts, profile, scene_decision)
                 finally:  # finished chunks are kept for a rerun; a folder of none is not
                     if world == 1 and not any(parts.glob("chunk_*.tif")):
                         shutil.rmtree(parts, ignore_errors=True)

@@ -95,6 +95,18 @@ def rasterio_warning():
     return rasterio.errors.NotGeoreferencedWarning
 
 
+def scene_decision(options: PredictOptions, scene: str, decision: Decision) -> Decision:
+    """``decision`` for ``scene``'s own pixels (gaps and areas tuned in the model's)."""
+    from roadseg.io import open_scene
+    from roadseg.reading import scene_factor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio_warning())
+        with open_scene(scene) as src:
+            scales, _ = scene_factor(src, options.imagery(), options.read_options().resolution)
+    return decision.scaled(max(scales))
+
+
 def scene_plan(options: PredictOptions, src, chunk: int, imagery=None):
     """The :class:`~roadseg.parts.ScenePlan` of an open scene, as
     :meth:`~roadseg.predict.Predictor.predict_scene` makes it for ``options`` and the

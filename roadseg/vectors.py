@@ -269,6 +269,7 @@ def vectorize_raster(
     min_length: float = 10.0,
     simplify: float = 1.0,
     progress: bool = False,
+    clean=None,
 ) -> tuple[list[Piece], object, object]:
     """Centre-line chains of a one-band road raster (module doc) and its CRS and transform.
 
@@ -276,6 +277,8 @@ def vectorize_raster(
     it; an integer raster without one is a mask (0/1 or 0/255). Chunks of ``chunk`` pixels are thinned with ``margin`` pixels
     around them (more than a road's width). Chains shorter than ``min_length`` pixels with
     a free end are dropped; lines are simplified to ``simplify`` pixels (Douglas-Peucker).
+    ``clean``: a decision's clean-up of the road mask (gap closing, small components),
+    applied to each chunk with its margin.
     """
     if chunk <= 0 or margin < 1:  # links across a chunk border need the pixel beyond it
         raise RoadsegError(f"chunk ({chunk}) and margin ({margin}) must be at least 1")
@@ -299,6 +302,8 @@ def vectorize_raster(
                 r0, c0 = max(0, r - margin), max(0, c - margin)
                 r1, c1 = min(height, r + chunk + margin), min(width, c + chunk + margin)
                 road, prob = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
+                if clean is not None:
+                    road = clean(road).astype(bool)
                 if road.any():
                     owned = (slice(r - r0, min(r + chunk, height) - r0),
                              slice(c - c0, min(c + chunk, width) - c0))  # fmt: skip

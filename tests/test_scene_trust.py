@@ -367,3 +367,28 @@ def test_from_checkpoints_uses_the_imagery_the_checkpoint_recorded(tmp_path, ckp
     content["roadseg_imagery"] = {**COMPETITION.to_dict(), "resolution": 1.0, "origin": "test"}
     torch.save(content, ckpt)
     assert Predictor.from_checkpoints([ckpt], backend="torch").imagery.resolution == 1.0
+
+
+def test_clean_up_sizes_tuned_in_model_pixels_are_scaled_to_the_scene():
+    """min_area and close_gaps were applied in scene pixels with values tuned in model pixels."""
+    from roadseg.postprocess import Decision
+
+    tuned = Decision(pixel=0.4, close_gaps=8, min_area=400)
+    assert tuned.scaled(2.0) == Decision(pixel=0.4, close_gaps=4, min_area=100)  # a 1 m scene
+    assert tuned.scaled(0.25) == Decision(pixel=0.4, close_gaps=32, min_area=6400)  # 0.125 m
+    assert tuned.scaled(1.0) is tuned
+
+
+def test_lines_of_a_probability_output_get_the_decisions_clean_up(tmp_path):
+    """`predict --vector` on probability output skipped the decision's clean-up."""
+    from roadseg.postprocess import Decision
+    from roadseg.vectors import vectorize_raster
+
+    prob = np.zeros((1, 96, 96), np.float32)
+    prob[0, 40:46, 10:40] = 0.9  # a 6 x 30 px speck: 180 px
+    prob[0, 10:90, 60:68] = 0.9  # a road: 640 px
+    path = write_raster(tmp_path / "p.tif", prob, crs="EPSG:32632",
+                        transform=from_origin(500_000, 5_200_000, 0.5, 0.5))  # fmt: skip
+    raw, _, _ = vectorize_raster(path, threshold=0.5)
+    kept, _, _ = vectorize_raster(path, threshold=0.5, clean=Decision(min_area=300).clean)
+    assert len(raw) == 2 and len(kept) == 1

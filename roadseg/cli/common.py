@@ -187,13 +187,15 @@ def add_vector_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def write_lines(raster, out, args: argparse.Namespace, *, threshold: float, image=None) -> None:
-    """Centre lines of ``raster`` to ``out``; with ``--png``, drawn over ``image``."""
+def write_lines(raster, out, args: argparse.Namespace, *, threshold: float, image=None,
+                clean=None) -> None:  # fmt: skip
+    """Centre lines of ``raster`` to ``out``; with ``--png``, drawn over ``image``;
+    ``clean``: the decision's clean-up of a probability raster's road mask."""
     from roadseg.vectors import describe, to_frame, vectorize_raster, write_vectors
 
     pieces, crs, transform = vectorize_raster(
         raster, threshold=threshold, chunk=args.chunk, min_length=args.min_length,
-        simplify=args.simplify, progress=not args.quiet,
+        simplify=args.simplify, progress=not args.quiet, clean=clean,
     )  # fmt: skip
     frame = to_frame(pieces, crs, transform)
     write_vectors(frame, out)

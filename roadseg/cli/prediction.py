@@ -198,7 +198,7 @@ def _cmd_predict_many(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int | None:
     from roadseg.io import raster_shape
     from roadseg.paths import check_io
-    from roadseg.scenes import predict_scene_run
+    from roadseg.scenes import predict_scene_run, scene_decision
 
     if _many_scenes(args):
         return _cmd_predict_many(args)
@@ -241,7 +241,10 @@ def _cmd_predict(args: argparse.Namespace) -> int | None:
         return
     print(f"wrote {args.out}")
     if args.vector:  # the centre lines of the roads the decision keeps
-        write_lines(args.out, args.vector, args, threshold=run.decision.pixel, image=args.scene)
+        decision = scene_decision(options, args.scene, run.decision)
+        clean = decision.clean if args.output != "mask" and decision.postprocessing else None
+        write_lines(args.out, args.vector, args, threshold=decision.pixel, image=args.scene,
+                    clean=clean)  # fmt: skip
 
 
 def _cmd_vectorize(args: argparse.Namespace) -> None:

@@ -80,6 +80,20 @@ _LITE0_CONFIG = (
 )
 
 
+def _split_checkpoints(tmp: Path, *, changed: bool = False) -> None:
+    """a.ckpt and b.ckpt, small checkpoints of data/cil that record their splits (seed 0
+    and seed 1, half the tiles for validation); ``changed``: a validation tile of a.ckpt's
+    is then overwritten with other pixels."""
+    from tests.test_recorded_split import write_split_checkpoint
+
+    _cil(tmp)
+    with contextlib.chdir(tmp):
+        write_split_checkpoint(Path("a.ckpt"), "data/cil")
+        write_split_checkpoint(Path("b.ckpt"), "data/cil", seed=1)
+    if changed:
+        write_raster(tmp / "data/cil/training/images/satimage_3.png", road_tile(32, 9)[0])
+
+
 def _trained_run(tmp: Path) -> None:
     (tmp / "runs" / "quick" / "checkpoints").mkdir(parents=True)
     (tmp / "runs" / "quick" / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -255,6 +269,27 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         ),
         "roadseg score sub.csv --truth truth",
     ),
+    "submission with an id twice, scored": (
+        lambda t: (
+            write_raster(t / "truth" / "satimage_7.png", np.zeros((32, 32), np.uint8))
+            and (t / "sub.csv").write_text(
+                "id,prediction\n"
+                + "".join(f"007_{x}_{y},0\n" for x in (0, 16) for y in (0, 16))
+                + "007_16_0,1\n"
+            )
+        ),
+        "roadseg score sub.csv --truth truth",
+    ),
+    "submission of tiles larger than the masks, scored": (
+        lambda t: (
+            write_raster(t / "truth" / "satimage_7.png", np.zeros((32, 32), np.uint8))
+            and (t / "sub.csv").write_text(
+                "id,prediction\n"
+                + "".join(f"007_{x}_{y},0\n" for x in (0, 16, 32) for y in (0, 16, 32))
+            )
+        ),
+        "roadseg score sub.csv --truth truth",
+    ),
     "lines written to a format roadseg cannot write": (
         lambda t: write_raster(t / "mask.tif", np.zeros((32, 32), np.uint8)),
         "roadseg vectorize mask.tif --out roads.shp",
@@ -282,6 +317,14 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
             )
         ),  # fmt: skip
         "roadseg fit --config bad.yaml --model.init_from model.ckpt --trainer.fast_dev_run true",
+    ),
+    "ensemble member trained on the validation tiles": (
+        _split_checkpoints,
+        "roadseg evaluate --ckpt a.ckpt --ckpt b.ckpt",
+    ),
+    "validation tile recorded in the checkpoint changed": (
+        lambda t: _split_checkpoints(t, changed=True),
+        "roadseg evaluate --ckpt a.ckpt",
     ),
     "checkpoint name with a typo": (
         lambda t: _checkpoint(t, foreign=False),
@@ -324,6 +367,27 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "--image without --png": (
         lambda t: write_raster(t / "mask.tif", np.zeros((32, 32), np.uint8)),
         "roadseg vectorize mask.tif --out roads.gpkg --image scene.tif",
+    ),
+    "predictions written into the folder of scenes they read": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scenes" / "a.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scenes --out scenes --ckpt model.ckpt",
+    ),
+    "a folder of scenes predicted into a file name": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scenes" / "a.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scenes --out roads.tif --ckpt model.ckpt",
+    ),
+    "a prediction named as a picture": (
+        lambda t: (
+            _checkpoint(t, foreign=False)
+            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
+        ),
+        "roadseg predict scene.tif --out roads.png --ckpt model.ckpt",
     ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),

@@ -14,10 +14,9 @@ from rasterio.transform import from_origin
 
 from roadseg.cli import main
 from roadseg.errors import Interrupted, RoadsegError
-from roadseg.identity import identity_hash, run_identity
 from roadseg.jobs import parse_shard, predict_many, scene_list
 from roadseg.options import PredictOptions
-from roadseg.parts import ScenePlan, chunk_margin, parts_dir
+from roadseg.parts import parts_dir
 from roadseg.predict import Predictor
 from tests.conftest import smooth_map, write_raster, write_small_checkpoint
 from tests.test_jobs import options, outputs, write_scenes
@@ -168,6 +167,8 @@ def test_a_copied_and_touched_model_is_the_same_model(scenes, ckpt, tmp_path):
 
 def test_a_vote_identity_holds_each_members_decision(tmp_path, ckpt):
     """A vote's parts key left out the members' decisions (its probability depends on them)."""
+    from roadseg.identity import identity_hash, run_identity
+
     second = write_small_checkpoint(tmp_path / "m2.ckpt")
     vote = PredictOptions(ckpt=(str(ckpt), str(second)), merge="vote", quiet=True)
     run = run_identity(vote, output="prob", chunk=2048)
@@ -327,12 +328,16 @@ def test_the_chunk_plan_is_said_and_recorded(scenes, ckpt, tmp_path, capsys):
     predictor.progress = True
     predictor.predict_scene(scenes / "scene_0.tif", tmp_path / "p.tif", chunk=256)
     assert "1 chunk of 1408 px" in capsys.readouterr().out
+    from roadseg.parts import ScenePlan
+
     plan = ScenePlan.make(5000, 5000, chunk=256, window=1536, overlap=128)
     assert "--chunk 256 rounded to whole windows" in plan.describe()
 
 
 def test_fine_scenes_keep_the_models_context():
     """0.125 m scenes kept 64 scene px (16 model px) of context whatever the resampling."""
+    from roadseg.parts import chunk_margin
+
     assert chunk_margin(128) == 64 and chunk_margin(128, 2.0) == 64
     assert chunk_margin(128, 0.25) == 256
 

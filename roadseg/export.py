@@ -247,7 +247,7 @@ def export_metadata(options, contents: list[dict]) -> dict:
 
     def decisions(tta: bool) -> dict:
         opts = dataclasses.replace(options, tta=tta)
-        first, origin = opts.decision(options.ckpt[0])
+        first, origin = opts.mean_decision()  # a mean ensemble's own, when tuned
         members = [opts.decision(c)[0] for c in options.ckpt]
         return {
             **dataclasses.asdict(first), "origin": origin,

@@ -23,6 +23,7 @@ from roadseg.patches import CONTEXT_MARGIN
 
 if TYPE_CHECKING:  # scipy's start-up is paid by the commands that decide, not by every one
     from roadseg.postprocess import Decision
+    from roadseg.thresholds import Thresholds
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,10 @@ class PredictOptions:
         from roadseg.thresholds import stored_decision
 
         base, origin, _ = stored_decision(ckpt, tta=bool(self.tta), metric=self.metric)
+        return self._given(base, origin)
+
+    def _given(self, base: Decision, origin: str) -> tuple[Decision, str]:
+        """``base`` with the thresholds and clean-up given in the options."""
         given = {
             "pixel": self.pixel_threshold, "patch": self.patch_threshold,
             "close_gaps": self.close_gaps, "min_area": self.min_area,
@@ -112,13 +117,36 @@ class PredictOptions:
             origin = f"{origin}, overridden by the options given"
         return base.replace(**given), origin
 
+    def stored(self) -> tuple[Decision, str, Thresholds | None]:
+        """What ``roadseg tune`` stored for the outputs of these checkpoints (not a vote):
+        one checkpoint's own thresholds; for a mean ensemble those tuned for it (keyed by
+        its members' hashes), else the first member's with a note. Returns (decision, where
+        from, the stored :class:`~roadseg.thresholds.Thresholds` or ``None``)."""
+        from roadseg.thresholds import stored_decision, stored_ensemble_decision
+
+        tta = bool(self.tta)
+        if len(self.ckpt) > 1:
+            found = stored_ensemble_decision(self.ckpt, tta=tta, metric=self.metric)
+            if found is not None:
+                return found
+            base, origin, tuned = stored_decision(self.ckpt[0], tta=tta, metric=self.metric)
+            origin = (f"the first member's: {origin}; none tuned for this ensemble: run "
+                      "roadseg tune with the same --ckpt")  # fmt: skip
+            return base, origin, tuned
+        return stored_decision(self.ckpt[0], tta=tta, metric=self.metric)
+
+    def mean_decision(self) -> tuple[Decision, str]:
+        """(Decision, where from) of the outputs of one model or of a mean ensemble: the
+        options given over :meth:`stored`."""
+        return self._given(*self.stored()[:2])
+
     def output_decision(self) -> Decision:
         """The decision the outputs of these options use (a vote's: strict majority)."""
         if self.merge == "vote":  # Predictor.output_decision
             from roadseg.postprocess import Decision
 
             return Decision(pixel=0.5, patch=0.5)
-        return self.decision(self.ckpt[0])[0]
+        return self.mean_decision()[0]
 
     def predictor(self, contents: list[dict] | None = None):
         """(Predictor over the checkpoints, an ensemble when several; the decision that
@@ -139,7 +167,7 @@ class PredictOptions:
         print(f"backend: {predictor.backend_name} ({predictor.backend_why})")
         decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
         if decision is None:
-            decision, origin = decisions[0]
+            decision, origin = self.mean_decision()
         print(f"decision: {decision.describe()} ({origin})")
         if self.merge == "vote":
             for path, (d, where) in zip(self.ckpt, decisions, strict=True):

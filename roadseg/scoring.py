@@ -43,23 +43,27 @@ def f1_from_counts(tp, fp, fn):
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
 
 
+def scores_from_counts(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    """Every patch score of road patch counts: true and false positives and negatives."""
+    tp, fp, fn, tn = (float(x) for x in (tp, fp, fn, tn))
+    return {
+        "patch_accuracy": (tp + tn) / max(tp + fp + fn + tn, 1),
+        "patch_f1": float(f1_from_counts(tp, fp, fn)),
+        "background_f1": float(f1_from_counts(tn, fn, fp)),
+        "patch_precision": tp / (tp + fp) if tp + fp else 1.0,
+        "patch_recall": tp / (tp + fn) if tp + fn else 1.0,
+    }
+
+
 def patch_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Scores of predicted 0/1 labels against true ones (any shape, flattened)."""
     pred = np.asarray(pred, dtype=bool).ravel()
     truth = np.asarray(truth, dtype=bool).ravel()
     if pred.shape != truth.shape:
         raise ValueError(f"{pred.size} predicted labels but {truth.size} true ones")
-    tp = float(np.sum(pred & truth))
-    tn = float(np.sum(~pred & ~truth))
-    fp = float(np.sum(pred & ~truth))
-    fn = float(np.sum(~pred & truth))
-    return {
-        "patch_accuracy": (tp + tn) / max(pred.size, 1),
-        "patch_f1": float(f1_from_counts(tp, fp, fn)),
-        "background_f1": float(f1_from_counts(tn, fn, fp)),
-        "patch_precision": tp / (tp + fp) if tp + fp else 1.0,
-        "patch_recall": tp / (tp + fn) if tp + fn else 1.0,
-    }
+    return scores_from_counts(
+        np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth), np.sum(~pred & ~truth)
+    )
 
 
 def format_scores(scores: dict[str, float], indent: str = "  ") -> str:
@@ -74,35 +78,86 @@ def score_submission(
     patch rule (raw grey levels scaled to [0, 1], a patch is road when its mean is above
     0.25). The tiles of the CSV that have a mask are scored, each with all its patches; a
     mask whose tile has no row at all is left out (a CSV of the validation tiles scored
-    against every training mask), but a CSV that covers none of the masks is refused.
+    against every training mask). Refused: a CSV with an id twice, or with ids that the
+    truth's tiles do not have (tiles without a mask, or patches outside a mask's grid: the
+    CSV's tiles are not the truth's), or that covers none of the masks.
 
     Returns the scores, the number of tiles and the number of patches scored.
     """
-    from roadseg.errors import RoadsegError
     from roadseg.index import list_rasters, tile_id
-    from roadseg.io import read_mask_grey
-    from roadseg.patches import patch_labels
-    from roadseg.submission import check_predictions, read_submission, tile_rows
+    from roadseg.submission import check_predictions, check_unique_ids, read_submission
 
     frame = read_submission(submission)
+    check_unique_ids(frame, submission)
     check_predictions(frame, submission)
     predicted = dict(zip(frame["id"], frame["prediction"], strict=True))
-    masks = list_rasters(truth)
+    masks = {f"{tile_id(m):03d}": m for m in list_rasters(truth)}
+    _refuse_tiles_without_masks(predicted, masks, submission, truth)
     tiles = {ident.split("_", 1)[0] for ident in predicted}
-    covered = [m for m in masks if f"{tile_id(m):03d}" in tiles] or masks  # none: say so below
+    covered = [m for t, m in masks.items() if t in tiles] or list(masks.values())
     pred, true = [], []
     for mask in covered:
-        rows = tile_rows(tile_id(mask), patch_labels(read_mask_grey(mask)))
-        missing = [ident for ident, _ in rows if ident not in predicted]
-        if missing:
-            raise RoadsegError(
-                f"has no row {missing[0]} for the mask {Path(mask).name} "
-                f"({len(missing)} of its {len(rows)} patches missing)",
-                submission,
-            )
+        rows = _mask_rows(mask, predicted, submission)
         pred += [predicted[ident] == "1" for ident, _ in rows]
         true += [label for _, label in rows]
+    if len(true) < len(predicted):
+        _refuse_outside_grids(predicted, covered, submission)
     return patch_scores(np.array(pred), np.array(true)), len(covered), len(true)
+
+
+def _mask_rows(mask: str | Path, predicted: dict[str, str], submission) -> list[tuple[str, int]]:
+    """The ``(id, true label)`` rows of one mask, refused when the CSV lacks one of them."""
+    from roadseg.errors import RoadsegError
+    from roadseg.index import tile_id
+    from roadseg.io import read_mask_grey
+    from roadseg.patches import patch_labels
+    from roadseg.submission import tile_rows
+
+    rows = tile_rows(tile_id(mask), patch_labels(read_mask_grey(mask)))
+    missing = [ident for ident, _ in rows if ident not in predicted]
+    if missing:
+        raise RoadsegError(
+            f"has no row {missing[0]} for the mask {Path(mask).name} "
+            f"({len(missing)} of its {len(rows)} patches missing)",
+            submission,
+        )
+    return rows
+
+
+def _refuse_tiles_without_masks(predicted: dict, masks: dict, submission, truth) -> None:
+    """Refuse the ids of tiles that have no mask in ``truth``: scoring the rest would leave
+    them out without a word."""
+    from roadseg.errors import RoadsegError
+
+    stray = [ident for ident in predicted if ident.split("_", 1)[0] not in masks]
+    if stray:
+        others = len({ident.split("_", 1)[0] for ident in stray})
+        raise RoadsegError(
+            f"{len(stray):,} ids of {others} tile{'s' if others > 1 else ''} with no mask in "
+            f"{truth} (first: {stray[0]}): the CSV's tiles are not the truth's; score it "
+            "against its own tiles' masks",
+            submission,
+        )
+
+
+def _refuse_outside_grids(predicted: dict, covered: list, submission) -> None:
+    """Refuse ids outside their tile's patch grid: tiles of another size than the masks."""
+    from roadseg.errors import RoadsegError
+    from roadseg.index import tile_id
+    from roadseg.io import raster_shape
+    from roadseg.submission import patch_ids
+
+    known: set[str] = set()
+    for mask in covered:
+        known.update(patch_ids(tile_id(mask), *raster_shape(mask)[1:]))
+    stray = [ident for ident in predicted if ident not in known]
+    mask = next(m for m in covered if f"{tile_id(m):03d}" == stray[0].split("_", 1)[0])
+    _, height, width = raster_shape(mask)
+    raise RoadsegError(
+        f"{len(stray):,} ids outside their tile's mask (first: {stray[0]}; {Path(mask).name} "
+        f"is {width}x{height}): the CSV's tiles are not the truth's",
+        submission,
+    )
 
 
 def score_masks(predicted: str | Path, truth: str | Path) -> tuple[dict[str, float], int, int]:

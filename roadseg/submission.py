@@ -85,6 +85,15 @@ def check_predictions(frame: pd.DataFrame, path: str | Path) -> None:
         )
 
 
+def check_unique_ids(frame: pd.DataFrame, path: str | Path) -> None:
+    """Raise when an id of a submission read by :func:`read_submission` comes twice: which
+    of its rows counts would be a guess."""
+    ids = frame["id"]
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise RoadsegError(f"{len(dup)} duplicated ids (first: {dup.iloc[0]})", path)
+
+
 @dataclass(frozen=True)
 class SubmissionReport:
     """What a valid submission holds."""
@@ -114,9 +123,7 @@ def validate_submission(path: str | Path, images: str | Path | pd.DataFrame) -> 
     frame = read_submission(path)
     expected = expected_ids(index)
     ids = frame["id"]
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise RoadsegError(f"{len(dup)} duplicated ids (first: {dup.iloc[0]})", path)
+    check_unique_ids(frame, path)
     have, want = set(ids), set(expected)
     missing = [i for i in expected if i not in have]
     if missing:

@@ -93,3 +93,54 @@ def test_the_real_ground_truth_scores_itself_perfectly(shared_data, tmp_path):
     scores, tiles, patches = score_submission(sub, truth)
     assert tiles == 80 and patches == 80 * 625
     assert scores["patch_accuracy"] == 1.0 and scores["patch_f1"] == 1.0
+
+
+def _refusal(capsys, sub: str, truth) -> str:
+    assert main(["score", sub, "--truth", str(truth)]) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_score_refuses_an_id_given_twice(tmp_path, capsys):
+    """At 50d5b1f the last of two rows of an id counted, without a word."""
+    _mask(tmp_path, "satimage_7.png", [(0, 1)])
+    rows = [f"007_{x}_{y},0" for x in (0, 16) for y in (0, 16)] + ["007_16_0,1"]
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,prediction\n" + "\n".join(rows) + "\n")
+    assert _refusal(capsys, str(sub), tmp_path / "truth") == (
+        f"roadseg: error: {sub}: 1 duplicated ids (first: 007_16_0)"
+    )
+
+
+def test_score_refuses_ids_of_tiles_without_a_mask(tmp_path, capsys):
+    """A CSV of tiles 7 and 9 against the masks of tiles 7 and 8: tile 9 has no mask."""
+    _mask(tmp_path, "satimage_7.png", [(0, 1)])
+    _mask(tmp_path, "satimage_8.png", [])
+    sub = _csv(tmp_path, {f"00{t}_{x}_{y}": 0 for t in (7, 9) for x in (0, 16) for y in (0, 16)})
+    assert _refusal(capsys, sub, tmp_path / "truth") == (
+        f"roadseg: error: {sub}: 4 ids of 1 tile with no mask in {tmp_path / 'truth'} "
+        "(first: 009_0_0): the CSV's tiles are not the truth's; score it against its own "
+        "tiles' masks"
+    )
+
+
+def test_score_refuses_ids_outside_the_masks_grid(tmp_path, capsys):
+    """A CSV of 48x48 tiles (3x3 patches) against 32x32 masks of the same ids: the tiles are
+    not the truth's (a cil-2020 test CSV, 608x608, against the 400x400 training masks)."""
+    _mask(tmp_path, "satimage_7.png", [(0, 1)])
+    sub = _csv(tmp_path, {f"007_{x}_{y}": 0 for x in (0, 16, 32) for y in (0, 16, 32)})
+    assert _refusal(capsys, sub, tmp_path / "truth") == (
+        f"roadseg: error: {sub}: 5 ids outside their tile's mask (first: 007_0_32; "
+        "satimage_7.png is 32x32): the CSV's tiles are not the truth's"
+    )
+
+
+def test_a_cil_2020_test_csv_is_not_scored_against_the_training_masks(shared_data, tmp_path):
+    """At 50d5b1f: "23 tiles scored" without a word. The test tiles are 608x608."""
+    from roadseg.errors import RoadsegError
+    from roadseg.index import unlabelled_tiles
+    from roadseg.submission import expected_ids
+
+    test = unlabelled_tiles(shared_data / "cil-2020")
+    sub = _csv(tmp_path, dict.fromkeys(expected_ids(test), 0))
+    with pytest.raises(RoadsegError, match="the CSV's tiles are not the truth's"):
+        score_submission(sub, shared_data / "cil-2020" / "training" / "groundtruth")

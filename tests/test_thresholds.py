@@ -147,3 +147,95 @@ def test_a_thresholds_file_of_before_per_mode_files_counts_for_its_mode(tmp_path
     store_thresholds(other, Thresholds(pixel=0.45, tta=True))
     assert stored_decision(other, tta=False)[0].pixel == 0.35
     assert stored_decision(other, tta=True)[0].pixel == 0.45
+
+
+def test_thresholds_are_used_only_for_the_checkpoint_they_were_tuned_for(tmp_path):
+    """After ``fit --ckpt_path last`` rewrites best.ckpt without ``tune``, the old best's
+    thresholds were used at 50d5b1f; now the file records the checkpoint's hash, and a file
+    of another checkpoint is ignored with a one-line note, the defaults used."""
+    import json
+
+    from roadseg.options import PredictOptions
+    from roadseg.thresholds import Thresholds, store_thresholds, stored_decision, thresholds_path
+
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"the first best")
+    store_thresholds(ckpt, Thresholds(pixel=0.4, patch=0.2, tta=False))
+    recorded = json.loads(thresholds_path(ckpt).read_text())["checkpoint_sha256"]
+    assert recorded.startswith("sha256:") and len(recorded) == 7 + 64
+    assert stored_decision(ckpt, tta=False)[0].pixel == 0.4
+
+    ckpt.write_bytes(b"a later best")  # trained on, not tuned
+    decision, origin, tuned = stored_decision(ckpt, tta=False)
+    assert (decision, tuned) == (Decision(), None)
+    assert origin.startswith(f"defaults; {thresholds_path(ckpt)} was tuned for another checkpoint")
+    assert origin.endswith("not used; run roadseg tune") and "\n" not in origin
+    chosen, said = PredictOptions(ckpt=(str(ckpt),)).mean_decision()
+    assert chosen == Decision() and "tuned for another checkpoint" in said
+
+    # tuning the new checkpoint keeps nothing of the old one's (the other metric neither)
+    store_thresholds(ckpt, Thresholds(pixel=0.6, patch=0.3, tta=False, metric="accuracy"))
+    assert stored_decision(ckpt, tta=False, metric="f1")[0].pixel == 0.6
+    assert stored_decision(ckpt, tta=False)[1].startswith("tuned for accuracy")
+
+
+def test_a_thresholds_file_that_records_no_checkpoint_counts_while_newer_than_it(tmp_path):
+    """Files of an older roadseg record no hash: used when written after the checkpoint."""
+    import json
+    import os
+
+    from roadseg.thresholds import stored_decision, thresholds_path
+
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    entry = {"pixel": 0.35, "patch": 0.2, "tta": False, "metric": "f1"}
+    path = thresholds_path(ckpt)
+    path.write_text(json.dumps({"use": "f1", "by_metric": {"f1": entry}}))
+    os.utime(ckpt, ns=(path.stat().st_mtime_ns - 10**9,) * 2)
+    assert stored_decision(ckpt, tta=False)[0].pixel == 0.35
+    os.utime(ckpt, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # the checkpoint rewritten later
+    decision, origin, _ = stored_decision(ckpt, tta=False)
+    assert decision == Decision() and "is older than the checkpoint and records none" in origin
+
+
+def test_a_mean_ensembles_thresholds_are_stored_for_it_and_found_in_any_order(tmp_path):
+    """At 50d5b1f tune printed an ensemble's thresholds without storing them, and submit of
+    the ensemble used its first member's. Now they are stored keyed by the members' content
+    and read back when the same checkpoints predict together (in any order)."""
+    import json
+
+    from roadseg.options import PredictOptions
+    from roadseg.thresholds import (
+        Thresholds,
+        ensemble_key,
+        store_ensemble_thresholds,
+        store_thresholds,
+        thresholds_path,
+    )
+
+    a, b, c = (tmp_path / f"{name}.ckpt" for name in "abc")
+    for path in (a, b, c):
+        path.write_bytes(path.name.encode())
+    store_thresholds(a, Thresholds(pixel=0.45, patch=0.25, tta=False))  # a's own
+    out = store_ensemble_thresholds([str(a), str(b)], Thresholds(pixel=0.3, patch=0.2, tta=False))
+    assert out == thresholds_path(a)
+    key, members = ensemble_key([str(b), str(a)])
+    assert json.loads(out.read_text())["ensembles"][key]["members"] == members
+
+    for order in ((a, b), (b, a)):
+        decision, origin = PredictOptions(ckpt=tuple(map(str, order))).mean_decision()
+        assert (decision.pixel, decision.patch) == (0.3, 0.2)
+        assert "for this ensemble" in origin
+    assert PredictOptions(ckpt=(str(a),)).mean_decision()[0].pixel == 0.45  # a's own kept
+    with_tta = PredictOptions(ckpt=(str(a), str(b)), tta=True).mean_decision()
+    assert with_tta[0].pixel == 0.3 and "none tuned with TTA" in with_tta[1]
+    given = PredictOptions(ckpt=(str(a), str(b)), pixel_threshold=0.7).mean_decision()
+    assert given[0].pixel == 0.7 and given[1].endswith("overridden by the options given")
+    vote = PredictOptions(ckpt=(str(a), str(b)), merge="vote").output_decision()
+    assert (vote.pixel, vote.patch) == (0.5, 0.5)
+
+    decision, origin = PredictOptions(ckpt=(str(a), str(c))).mean_decision()  # not tuned
+    assert decision.pixel == 0.45 and origin.startswith("the first member's: tuned for f1")
+    assert "none tuned for this ensemble: run roadseg tune with the same --ckpt" in origin
+    b.write_bytes(b"b, trained further")  # another member is another ensemble
+    assert PredictOptions(ckpt=(str(a), str(b))).mean_decision()[0].pixel == 0.45

@@ -2,9 +2,12 @@
 
 The one place a checkpoint file is opened (:func:`read_checkpoint`). A checkpoint is a
 dict with ``state_dict`` (the task's tensors), ``hyper_parameters`` (the task's
-arguments) and ``datamodule_hyper_parameters`` (the data it trained on). The network is
-rebuilt from it by :meth:`roadseg.task.RoadSegTask.from_checkpoint`, its validation
-split by :meth:`roadseg.datamodule.RoadDataModule.from_checkpoint`.
+arguments), ``datamodule_hyper_parameters`` (the data it trained on) and ``roadseg_split``
+(its validation and training tiles by content, :func:`split_record`). The network is
+rebuilt from it by :meth:`roadseg.task.RoadSegTask.from_checkpoint`; its validation
+tiles are the recorded ones (:func:`roadseg.evaluation.validation_tiles`), or for a
+checkpoint that records none, its split made again by
+:meth:`roadseg.datamodule.RoadDataModule.from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from roadseg.errors import RoadsegError
 
 if TYPE_CHECKING:  # torch is imported when a checkpoint is read, not by the command line
     import torch
+
+SPLIT_KEY = "roadseg_split"  # the split's tiles by content (split_record)
+SPLIT_FORMAT = 1
 
 
 def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
@@ -46,6 +52,32 @@ def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
 def trained_root(ckpt: dict) -> str | None:
     """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on."""
     return (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+
+
+def split_record(index, root: str | Path) -> dict:
+    """What a checkpoint records of its split (under :data:`SPLIT_KEY`): the file name and
+    SHA-256 of each validation tile, of each labelled training tile (extra roots too) and
+    of each tile trained on pseudo-labels, so that the tiles it never trained on are known
+    by content later, whatever files are added to its folder. ``index``: the datamodule's
+    tile index with its ``stage`` (and ``pseudo``) column."""
+    from roadseg.index import content_hash
+
+    def tiles(rows) -> list[dict[str, str]]:
+        return [{"file": Path(p).name, "sha256": content_hash(p)} for p in rows["image"]]
+
+    train = (index["stage"] == "train").to_numpy()
+    pseudo = index["pseudo"].fillna(False).to_numpy(bool) if "pseudo" in index else train & False
+    return {
+        "format": SPLIT_FORMAT, "root": str(root), "val": tiles(index[index["stage"] == "val"]),
+        "train": tiles(index[train & ~pseudo]), "pseudo": tiles(index[train & pseudo]),
+    }  # fmt: skip
+
+
+def recorded_split(ckpt: dict) -> dict | None:
+    """The split a checkpoint recorded (:func:`split_record`); ``None`` for a checkpoint
+    saved before roadseg recorded one."""
+    record = ckpt.get(SPLIT_KEY)
+    return record if isinstance(record, dict) and "val" in record else None
 
 
 def datamodule_arguments(ckpt: dict) -> dict:

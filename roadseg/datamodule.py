@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from roadseg.checkpoints import datamodule_arguments
+from roadseg.checkpoints import datamodule_arguments, split_record
 from roadseg.dataset import RandomWindowDataset, SeededSampler, TileDataset
 from roadseg.errors import RoadsegError
 from roadseg.folds import split_stages
@@ -98,6 +98,7 @@ class RoadDataModule(pl.LightningDataModule):
         self.radiometry: dict = {}
         self.resolution: float | None = None
         self._imagery = None
+        self._split: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.index is not None:
@@ -138,6 +139,10 @@ class RoadDataModule(pl.LightningDataModule):
             name = Path(root).resolve().name
             rows = frame["source"] == name
             images = list(frame.loc[rows, "image"])
+            if not images:  # scan_many counts a tile once, however it is reached
+                print(f"data: {root}: its tiles are tiles of an earlier root (the same files, "
+                      "or copies): each is used once")  # fmt: skip
+                continue
             own = hp.get("resolution") if k == 0 else given.get(str(root), given.get(name))
             res, how = source_resolution(images[0], own)
             if k == 0:
@@ -182,11 +187,21 @@ class RoadDataModule(pl.LightningDataModule):
             )  # fmt: skip
         return self._imagery
 
+    def split_record(self) -> dict:
+        """The split by content (:func:`roadseg.checkpoints.split_record`), made once;
+        every checkpoint records it, so that the tiles it never trained on are known later."""
+        if self._split is None:
+            assert self.index is not None, "call setup() first"
+            self._split = split_record(self.index, self.hparams.root)
+        return self._split
+
     @classmethod
     def from_checkpoint(cls, ckpt: dict, **overrides) -> RoadDataModule:
         """The datamodule a checkpoint (its contents) was trained with, set up, so that
-        its split is made again; ``overrides`` replace saved arguments. Pseudo-labels are
-        left out unless given: they only ever train, and their folder may be gone."""
+        its split is made again from the files present (for a checkpoint that records no
+        split: :func:`roadseg.evaluation.validation_tiles` reads a recorded one);
+        ``overrides`` replace saved arguments. Pseudo-labels are left out unless given:
+        they only ever train, and their folder may be gone."""
         arguments = {
             **datamodule_arguments(ckpt), "pseudo_labels": None, "pseudo_validation": False,
             **overrides,

@@ -2,22 +2,25 @@
 
 ``roadseg tune``, ``roadseg figures`` and the evaluation rows of ``roadseg reproduce``
 all predict a checkpoint's own validation split the same way: :class:`Validation`
-rebuilds the split from the checkpoint, places the tiles on their maps, and predicts
-them with any :class:`~roadseg.predict.Predictor` (one model or an ensemble, with or
-without TTA). :class:`ValidationScores` then gives the patch scores at any pair of
-thresholds, the tuned pair, rings, per-tile scores, bootstrap intervals and APLS.
+finds the validation tiles the checkpoint recorded (by content, :func:`validation_tiles`),
+refuses an ensemble member that trained on any of them (:func:`refuse_trained_members`),
+places the tiles on their maps, and predicts them with any
+:class:`~roadseg.predict.Predictor` (one model or an ensemble, with or without TTA).
+:class:`ValidationScores` then gives the patch scores at any pair of thresholds, the
+tuned pair, rings, per-tile scores, bootstrap intervals and APLS.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from roadseg.checkpoints import trained_root
+from roadseg.checkpoints import recorded_split, trained_root
+from roadseg.errors import RoadsegError
 from roadseg.io import read_mask_grey
 from roadseg.maps import context_for
 from roadseg.patches import PATCH_THRESHOLD, patch_grid, patch_labels, patch_means
@@ -26,21 +29,101 @@ from roadseg.thresholds import PATCH_GRID, PIXEL_GRID, Thresholds
 
 
 def validation_tiles(ckpt: dict) -> pd.DataFrame:
-    """The validation tiles of the split a checkpoint (its contents) was trained with."""
-    from roadseg.datamodule import RoadDataModule
+    """The validation tiles of the split a checkpoint (its contents) was trained with
+    (:func:`validation_split`)."""
+    return validation_split(ckpt)[0]
 
-    return RoadDataModule.from_checkpoint(ckpt).frame("val")
+
+def validation_split(ckpt: dict) -> tuple[pd.DataFrame, str]:
+    """A checkpoint's validation tiles and a line saying where they come from: exactly the
+    tiles it recorded (:func:`roadseg.checkpoints.split_record`), found by content among
+    the labelled tiles of its dataset, so that files added to the folder change nothing;
+    a recorded tile that is not there is refused, naming it. A checkpoint saved before
+    roadseg recorded its split: the split made again from the files present, said so."""
+    record = recorded_split(ckpt)
+    if record is None:
+        from roadseg.datamodule import RoadDataModule
+
+        return RoadDataModule.from_checkpoint(ckpt).frame("val"), (
+            "split: the checkpoint records no split (saved before roadseg recorded one): its "
+            "validation tiles are made again from the files present, as it was trained, which "
+            "is its split only if no labelled tile was added or removed since"
+        )
+    root = trained_root(ckpt) or record.get("root")
+    tiles = _recorded_tiles(record["val"], root)
+    return (
+        tiles,
+        f"split: the {len(tiles)} validation tiles the checkpoint recorded, found in {root}",
+    )
 
 
-def trained_tiles(ckpt: dict) -> set[Path]:
-    """The labelled tiles a checkpoint trained on (resolved image paths; none when its
-    dataset is not on this machine): scores on them read high."""
+def _recorded_tiles(recorded: list[dict], root: str) -> pd.DataFrame:
+    """The labelled tiles of ``root`` whose content is that of the ``recorded`` tiles, in
+    the index's order; one recorded tile that is not there is refused, naming it."""
+    from roadseg.index import content_hash, scan
+
+    frame = scan(root)
+    labelled = frame[frame["mask"].notna()].reset_index(drop=True)
+    hashes = pd.Series([content_hash(p) for p in labelled["image"]])
+    wanted, here = {entry["sha256"] for entry in recorded}, set(hashes)
+    missing = [entry["file"] for entry in recorded if entry["sha256"] not in here]
+    if missing:
+        raise RoadsegError(
+            f"validation tile {missing[0]} recorded in the checkpoint is not here (no labelled "
+            f"image has its content; {len(missing)} of {len(recorded)} missing): restore it as "
+            "it was trained with",
+            root,
+        )
+    return labelled[hashes.isin(wanted) & ~hashes.duplicated()].reset_index(drop=True)
+
+
+def trained_tiles(ckpt: dict) -> set[str] | None:
+    """The content hashes (:func:`roadseg.index.content_hash`) of the labelled tiles a
+    checkpoint trained on: the ones it recorded, else those of its split made again from
+    the files present; ``None`` when it records none and its dataset is not here."""
+    record = recorded_split(ckpt)
+    if record is not None:
+        return {entry["sha256"] for entry in record["train"]}
     root = trained_root(ckpt)
     if root is None or not Path(root).is_dir():
-        return set()
+        return None
     from roadseg.datamodule import RoadDataModule
+    from roadseg.index import content_hash
 
-    return {Path(p).resolve() for p in RoadDataModule.from_checkpoint(ckpt).frame("train")["image"]}
+    return {content_hash(p) for p in RoadDataModule.from_checkpoint(ckpt).frame("train")["image"]}
+
+
+def refuse_trained_members(
+    members: Sequence[tuple[str, dict]], tiles: pd.DataFrame, doing: str = "scores"
+) -> list[str]:
+    """Refuse (one line naming the member and the count) when a checkpoint of
+    ``members`` (``(path, contents)``, every member of an ensemble) trained on any of
+    ``tiles``, the tiles a command ``doing`` (``scores``, ``labels``): it would read high.
+    Returns notes on members that record no split (the first one's is said elsewhere)."""
+    from roadseg.index import content_hash
+
+    if tiles.empty:
+        return []
+    keys = {content_hash(p) for p in tiles["image"]}
+    notes = []
+    for k, (name, ckpt) in enumerate(members):
+        trained = trained_tiles(ckpt)
+        if trained is None:
+            notes.append(f"note: {name} records no split and its data ({trained_root(ckpt)}) "
+                         "is not here: whether it trained on these tiles is not known")  # fmt: skip
+            continue
+        seen = len(keys & trained)
+        if seen:
+            raise RoadsegError(
+                f"trained on {seen} of the {len(keys)} tiles this command {doing} (its split is "
+                "not the first checkpoint's): leave it out, or use members trained on the same "
+                "split (data.seed or data.split_seed, data.val_fraction)",
+                name,
+            )
+        if k and recorded_split(ckpt) is None:
+            notes.append(f"note: {name} records no split (saved before roadseg recorded one): "
+                         "checked against its split made again from the files present")  # fmt: skip
+    return notes
 
 
 class Validation:
@@ -49,10 +132,13 @@ class Validation:
     Args:
         ckpt: the checkpoint's contents (:func:`roadseg.checkpoints.read_checkpoint`).
         context: pixels of neighbouring tiles around each tile (0: each tile alone).
+        members: every checkpoint that predicts them (``(path, contents)``): one that
+            trained on any of the tiles is refused (:func:`refuse_trained_members`).
     """
 
-    def __init__(self, ckpt: dict, context: int):
-        self.tiles = validation_tiles(ckpt)
+    def __init__(self, ckpt: dict, context: int, *, members: Sequence[tuple[str, dict]] = ()):
+        self.tiles, self.split_line = validation_split(ckpt)
+        self.notes = refuse_trained_members(members, self.tiles)
         if self.tiles.empty:  # trained on every labelled tile
             self.maps, self.margin, self.context_line = None, 0, "context: off (no tiles)"
         else:
@@ -140,11 +226,13 @@ class ValidationScores:
         greys = [read_mask_grey(m) for m in masks]
         self.truth = np.concatenate([patch_labels(g).ravel() for g in greys])
         self.roads = [g > 0.5 for g in greys]  # true road pixels, for APLS
+        self._grid: np.ndarray | None = None  # counts at every grid pair (grid())
 
     def with_clean(self, clean: Callable[[np.ndarray], np.ndarray] | None) -> ValidationScores:
         """The same maps and truth (masks read once) with another post-processing."""
         other = copy.copy(self)
         other.clean = clean
+        other._grid = None
         return other
 
     def masks(self, pixel: float) -> Iterator[np.ndarray]:
@@ -267,25 +355,40 @@ class ValidationScores:
         """Road patch F1 at these thresholds."""
         return self.scores(pixel, patch)["patch_f1"]
 
+    def grid(self) -> np.ndarray:
+        """Each tile's patch counts at every pair of the thresholds' grid, after the clean-up
+        (:func:`roadseg.crossfit.grid_counts`), computed once."""
+        if self._grid is None:
+            from roadseg.crossfit import grid_counts
+
+            self._grid = grid_counts(self)
+        return self._grid
+
     def tune(self, close_gaps: int = 0, min_area: int = 0, metric: str = "f1") -> Thresholds:
-        """The grid pair with the best ``metric`` (``f1``: road patch F1; ``accuracy``: patch
-        accuracy, the leaderboard's number); ties go to the pair nearest the defaults.
+        """The grid pair with the best ``metric`` over all the tiles (``f1``: road patch F1;
+        ``accuracy``: patch accuracy, the leaderboard's number); ties go to the pair nearest
+        the defaults. Scored on the same tiles, they read high: see :meth:`cross_fit`.
 
         ``close_gaps``, ``min_area``: the post-processing ``clean`` does, recorded in the result.
         """
-        key = {"f1": "patch_f1", "accuracy": "patch_accuracy"}.get(metric)
-        if key is None:
-            raise ValueError(f"unknown metric {metric!r}; use f1 or accuracy")
-        best = (-1.0, 0.0, 0.0, 0.0)
-        for pixel in PIXEL_GRID:
-            share = self.road_share(float(pixel))
-            for patch in PATCH_GRID:
-                value = patch_scores(share > patch, self.truth)[key]
-                closeness = -abs(pixel - 0.5) - abs(patch - PATCH_THRESHOLD)
-                best = max(best, (round(value, 6), closeness, float(pixel), float(patch)))
-        reached = self.scores(best[2], best[3])
+        from roadseg.crossfit import best_pair, metric_of
+
+        metric_of(np.zeros(4), metric)  # an unknown metric is refused before any work
+        a, b = best_pair(self.grid().sum(axis=2), metric)
+        pixel, patch = float(PIXEL_GRID[a]), float(PATCH_GRID[b])
+        reached = self.scores(pixel, patch)
         return Thresholds(
-            pixel=best[2], patch=best[3], val_patch_f1=round(reached["patch_f1"], 6),
+            pixel=pixel, patch=patch, val_patch_f1=round(reached["patch_f1"], 6),
             val_patch_accuracy=round(reached["patch_accuracy"], 6), close_gaps=close_gaps,
             min_area=min_area, metric=metric,
         )  # fmt: skip
+
+    def cross_fit(self, metric: str = "f1", seed: int | None = None):
+        """The honest figure: each half of the tiles scored at the thresholds tuned for
+        ``metric`` on the other half (:func:`roadseg.crossfit.cross_fit`; halves by ``seed``,
+        else the fixed one); ``None`` with fewer than 2 tiles."""
+        from roadseg.crossfit import SEED, cross_fit
+
+        if len(self.probs) < 2:
+            return None
+        return cross_fit(self.grid(), metric, SEED if seed is None else seed)

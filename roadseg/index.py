@@ -5,6 +5,10 @@ Columns: ``tile_id`` (the last run of digits in the file name), ``image``, ``mas
 (``train`` for labelled tiles, ``test`` for the competition's test tiles),
 ``height`` and ``width``. Splits and extra datasets are operations on this table.
 
+A tile is its content, not its path: the same file reached by a relative path, an
+absolute one or a link, and a copy of it, are one tile (:func:`distinct_tiles`,
+:class:`TileFinder`; :func:`content_hash` names it in a checkpoint's recorded split).
+
 Known layouts, detected from the folders under the root:
 
 - CIL competition (2020 and 2022): ``training/images``, ``training/groundtruth``,
@@ -16,7 +20,9 @@ Known layouts, detected from the folders under the root:
 
 from __future__ import annotations
 
+import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +166,87 @@ def check_tiles(frame: pd.DataFrame, *, progress: bool = True) -> None:
 
 
 def scan_many(roots: list[str | Path]) -> pd.DataFrame:
-    """Index several roots into one table (the first is the main dataset, the rest extras)."""
-    return pd.concat([scan(r) for r in roots], ignore_index=True)
+    """Index several roots into one table (the first is the main dataset, the rest extras),
+    each folder and each tile once however it is reached (:func:`distinct_roots`,
+    :func:`distinct_tiles`): a copy of a tile under another root does not count twice."""
+    return distinct_tiles(pd.concat([scan(r) for r in distinct_roots(roots)], ignore_index=True))
+
+
+def distinct_roots(roots: list) -> list[str]:
+    """``roots`` without ``None`` and without a folder reached a second time by another
+    path (relative, absolute, through a link: compared resolved), first spelling kept."""
+    seen: dict[str, str] = {}
+    for root in roots:
+        if root is not None:
+            seen.setdefault(os.path.realpath(root), str(root))
+    return list(seen.values())
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a tile file's bytes (hex), cached per process while the file is unchanged:
+    the tile's identity in a checkpoint's recorded split, whatever its path."""
+    from roadseg.identity import file_digest
+
+    return file_digest(path).removeprefix("sha256:")
+
+
+def tile_keys(images: list[str | Path]) -> list[str]:
+    """What tells the tiles ``images`` apart: the same file reached by two paths has one
+    key (its resolved path), and so do two files of the same bytes (SHA-256, computed only
+    for files whose size another file shares, and cached per process)."""
+    from roadseg.identity import file_digest
+
+    real = [os.path.realpath(p) for p in images]
+    sizes = [os.path.getsize(r) for r in real]
+    shared = {s for s, n in Counter(sizes).items() if n > 1}
+    return [file_digest(r) if s in shared else r for r, s in zip(real, sizes, strict=True)]
+
+
+def distinct_tiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (reindexed) without the rows whose image is a tile of an earlier row: the
+    same file by another path, or a copy of it (:func:`tile_keys`); the first row is kept."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    keys = pd.Series(tile_keys(list(frame["image"])), index=frame.index)
+    return frame[~keys.duplicated()].reset_index(drop=True)
+
+
+class TileFinder:
+    """Which of some tiles a file is: the same path, the same file reached by another path
+    (resolved), or a copy of it (same size, then the same SHA-256), as :func:`tile_keys`
+    tells tiles apart.
+
+    Args:
+        images: the tiles' paths; :meth:`find` answers positions in this list.
+    """
+
+    def __init__(self, images: list[str | Path]):
+        self.images = [str(p) for p in images]
+        self._at = {p: k for k, p in reversed(list(enumerate(self.images)))}
+        self._real: dict[str, int] | None = None
+        self._sizes: dict[int, list[int]] | None = None
+
+    def find(self, image: str | Path) -> int | None:
+        """The position of the tile that ``image`` is, else ``None`` (the first of equals)."""
+        if str(image) in self._at:
+            return self._at[str(image)]
+        if self._real is None:
+            self._real = {}
+            self._sizes = {}
+            for k, path in enumerate(self.images):
+                real = os.path.realpath(path)
+                self._real.setdefault(real, k)
+                self._sizes.setdefault(os.path.getsize(real), []).append(k)
+        real = os.path.realpath(image)
+        if not os.path.isfile(real):
+            return None
+        if real in self._real:
+            return self._real[real]
+        from roadseg.identity import file_digest
+
+        same_size = self._sizes.get(os.path.getsize(real), [])
+        digest = file_digest(real) if same_size else None
+        return next((k for k in same_size if file_digest(self.images[k]) == digest), None)
 
 
 def split_train_val(

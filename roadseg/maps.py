@@ -17,6 +17,7 @@ the margin is the tile's own reflection, as the network's padding would be.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections import deque
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from roadseg.index import TileFinder, distinct_roots, distinct_tiles, scan
 from roadseg.io import image_to_rgb, read_image, read_raster
 from roadseg.patches import PATCH_SIZE
 
@@ -35,23 +37,31 @@ RUNNER_UP_RATIO = 0.7
 LAYOUT_COLUMNS = ("map", "col", "row")
 EDGE_BLOCK = 16  # tiles whose edges are compared with all others at once
 CACHED_TILES = 512  # decoded tiles a MapIndex keeps: a tile is read again for each neighbour
+CACHED_EDGES = 4096  # tiles whose edges are kept (19 KB for a 400x400 tile)
+CONTEXT_OFF = "context: off (each tile predicted alone)"
 
 
 def _edges(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    return _edges_of(tuple(str(p) for p in frame["image"]))
-
-
-@functools.lru_cache(maxsize=4)  # runs of one process (make reproduce) share the decoding
-def _edges_of(paths: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     edges: dict[str, list[np.ndarray]] = {"left": [], "right": [], "top": [], "bottom": []}
     inner = []
-    for path in paths:  # one image at a time: only its edges are kept
-        im = read_image(path)
-        for side, edge in (("left", im[:, :, 0]), ("right", im[:, :, -1]),
-                           ("top", im[:, 0, :]), ("bottom", im[:, -1, :])):  # fmt: skip
-            edges[side].append(edge.copy())
-        inner.append(np.abs(np.diff(im, axis=2)).mean())
+    for path in frame["image"]:
+        stat = os.stat(path)
+        sides, within = _tile_edges(str(path), stat.st_size, stat.st_mtime_ns)
+        for side, edge in zip(edges, sides, strict=True):
+            edges[side].append(edge)
+        inner.append(within)
     return edges, np.array(inner)
+
+
+# runs of one process (make reproduce, a layout with and without other tiles) share the
+# decoding; a file changed since it was read (size, time) is read again
+@functools.lru_cache(maxsize=CACHED_EDGES)
+def _tile_edges(path: str, size: int, mtime: int) -> tuple[tuple[np.ndarray, ...], float]:
+    """A tile's left, right, top and bottom edges and its mean column-to-column difference
+    (only these are kept of the decoded image)."""
+    im = read_image(path)
+    sides = (im[:, :, 0], im[:, :, -1], im[:, 0, :], im[:, -1, :])
+    return tuple(e.copy() for e in sides), float(np.abs(np.diff(im, axis=2)).mean())
 
 
 def _edge_distances(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
@@ -158,14 +168,29 @@ class MapIndex:
                 layout["map"], layout["col"], layout["row"], layout["image"], strict=True
             )
         }
-        self._place = {str(p): k for k, p in self._at.items()}
+        self._place: dict[str, tuple[int, int, int] | None] = {
+            str(p): k for k, p in self._at.items()
+        }
+        self._finder: TileFinder | None = None
 
     def image(self, path: str | Path) -> np.ndarray:
         """A tile as float32 RGB ``(3, H, W)`` in [0, 1], decoded once (see ``cached_tiles``)."""
         return image_to_rgb(self._raw(str(path)), path)
 
     def place(self, image: str | Path) -> tuple[int, int, int] | None:
-        return self._place.get(str(image))
+        """``(map, col, row)`` of the tile ``image``: by its path, else the tile of the layout
+        it is under another path or as a copy (:class:`roadseg.index.TileFinder`); ``None``
+        when it is not on the maps."""
+        key = str(image)
+        if key not in self._place:
+            if self._finder is None:
+                self._finder = TileFinder(list(self.layout["image"]))
+            k = self._finder.find(key)
+            row = None if k is None else self.layout.iloc[k]
+            self._place[key] = (
+                None if row is None else (int(row["map"]), int(row["col"]), int(row["row"]))
+            )
+        return self._place[key]
 
     def neighbour(self, image: str | Path, dx: int, dy: int) -> str | None:
         """The image ``dx`` tiles right and ``dy`` tiles down of ``image`` (None: no tile)."""
@@ -238,18 +263,57 @@ def mosaic(
 
 def context_for(roots: list, tiles: pd.DataFrame, margin: int) -> tuple[MapIndex | None, int, str]:
     """Maps for predicting ``tiles`` in context: every tile of the dataset ``roots`` (the
-    checkpoint's own data, the folder of the tiles to predict; ``None`` entries and
-    folders that do not exist here are skipped) and ``tiles`` placed together. Returns the map index, the margin (0 and no index when
-    ``margin`` is 0 or no tile has a neighbour) and a line that says so."""
-    if margin <= 0:
-        return None, 0, "context: off (each tile predicted alone)"
-    from roadseg.index import scan
+    checkpoint's own data first, then the folder of the tiles to predict; ``None`` entries
+    and folders that do not exist here are skipped) and ``tiles`` placed together. Returns
+    the map index, the margin (0 and no index when ``margin`` is 0 or no tile has a
+    neighbour) and a line that says so.
 
+    Each folder and each tile counts once however it is reached (relative or absolute
+    path, a link, a copy: :func:`roadseg.index.distinct_tiles`, first row kept), so the
+    maps are the same whatever path the data is given by. When the other tiles cost the
+    first root's tiles neighbours they have on their own maps, a second line says how many.
+    """
+    if margin <= 0:
+        return None, 0, CONTEXT_OFF
     # a root that is not here (a checkpoint trained elsewhere) adds no neighbours
-    found = [r for r in dict.fromkeys(str(r) for r in roots if r is not None) if Path(r).is_dir()]
+    found = [r for r in distinct_roots(roots) if Path(r).is_dir()]
     frames = [scan(r) for r in found]
-    known = pd.concat([*frames, tiles], ignore_index=True).drop_duplicates("image")
-    return context_in(place_tiles(known), tiles, margin)
+    layout = place_tiles(distinct_tiles(pd.concat([*frames, tiles], ignore_index=True)))
+    maps, margin, line = context_in(layout, tiles, margin)
+    own_here = bool(roots) and roots[0] is not None and Path(roots[0]).is_dir()
+    lost, had = _lost_links(frames[0], layout) if own_here else (0, 0)
+    if lost:
+        line += (
+            f"\ncontext: {lost} of the {had} neighbour links of the checkpoint's own maps "
+            f"({roots[0]}) are lost among the tiles added: tiles there are predicted with "
+            "less of their map"
+        )
+    return maps, margin, line
+
+
+def _links(layout: pd.DataFrame) -> set[tuple[int, int]]:
+    """(i, j) for every tile j one place right of or below tile i on a placed frame."""
+    at = {
+        (m, c, r): i
+        for i, (m, c, r) in enumerate(zip(layout["map"], layout["col"], layout["row"], strict=True))
+    }
+    return {
+        (i, at[(m, c + dx, r + dy)])
+        for (m, c, r), i in at.items()
+        for dx, dy in ((1, 0), (0, 1))
+        if (m, c + dx, r + dy) in at
+    }
+
+
+def _lost_links(own: pd.DataFrame, layout: pd.DataFrame) -> tuple[int, int]:
+    """(lost, had): the neighbour links of the tiles of ``own`` (the first rows of
+    ``layout``) on their own maps, and how many of them ``layout`` does not have."""
+    own = distinct_tiles(own)
+    if len(layout) == len(own):  # nothing added: the same tiles make the same maps
+        return 0, 0
+    had = _links(place_tiles(own))
+    kept = _links(layout.iloc[: len(own)])
+    return len(had - kept), len(had)
 
 
 def context_in(
@@ -258,7 +322,7 @@ def context_in(
     """:func:`context_for` on a layout already made (:func:`place_tiles` of every tile
     known, ``tiles`` among them)."""
     if margin <= 0:
-        return None, 0, "context: off (each tile predicted alone)"
+        return None, 0, CONTEXT_OFF
     if not has_neighbours(layout):
         return None, 0, "context: off (no tile has a neighbour on a map)"
     # The neighbours' pixels reach one tile far at most; whole 16x16 patches, so that the
@@ -267,15 +331,17 @@ def context_in(
     margin = min(margin, smallest - 2) // PATCH_SIZE * PATCH_SIZE
     if margin <= 0:
         return None, 0, "context: off (tiles too small for a margin of whole patches)"
-    placed = layout[layout["image"].isin(set(tiles["image"]))]
-    sizes = layout.groupby("map")["map"].transform("size")
-    lonely = int((sizes[placed.index] == 1).sum())
+    maps = MapIndex(layout)
+    sizes = layout.groupby("map").size()
+    places = [maps.place(image) for image in tiles["image"]]  # by content, whatever the path
+    placed = [p for p in places if p is not None]
+    lonely = sum(int(sizes[m] == 1) for m, _, _ in placed)
     return (
-        MapIndex(layout),
+        maps,
         margin,
         (
             f"context: {margin} px of neighbouring tiles around each tile ({len(layout)} tiles on "
-            f"{(layout.groupby('map').size() > 1).sum()} maps of several tiles; {lonely} of the "
+            f"{(sizes > 1).sum()} maps of several tiles; {lonely} of the "
             f"{len(placed)} tiles predicted stand alone)"
         ),
     )
@@ -299,12 +365,12 @@ def write_maps(
     same ``val_fraction`` and ``seed``. Returns the layout."""
     import rasterio
 
-    from roadseg.index import scan, split_train_val
+    from roadseg.index import split_train_val
     from roadseg.io import atomic_path, read_mask_grey
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = pd.concat([scan(r) for r in roots], ignore_index=True).drop_duplicates("image")
+    frame = distinct_tiles(pd.concat([scan(r) for r in distinct_roots(roots)], ignore_index=True))
     frame = split_train_val(frame, val_fraction=val_fraction, seed=seed)
     layout = place_tiles(frame).sort_values(["map", "row", "col"]).reset_index(drop=True)
     table = layout.drop(columns="split").rename(columns={"image": "file", "stage": "split"})[

@@ -11,7 +11,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from roadseg.checkpoints import network_weights, read_checkpoint, task_arguments, weights_mismatch
+from roadseg.checkpoints import (
+    SPLIT_KEY,
+    network_weights,
+    read_checkpoint,
+    recorded_split,
+    task_arguments,
+    weights_mismatch,
+)
 from roadseg.errors import RoadsegError
 from roadseg.losses import get_loss, supports_weights
 from roadseg.metrics import RoadMetrics
@@ -227,8 +234,13 @@ class RoadSegTask(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "imagery"):
             checkpoint["roadseg_imagery"] = datamodule.imagery().to_dict()
+        # the split by content: evaluate, tune and pseudo-label read which tiles it never
+        # trained on from here, whatever files are added to its folder later
+        if datamodule is not None and hasattr(datamodule, "split_record"):
+            checkpoint[SPLIT_KEY] = datamodule.split_record()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_split(checkpoint)
         states = checkpoint.get("rng_states")
         if states is None:
             return
@@ -237,6 +249,24 @@ class RoadSegTask(pl.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
         np.random.set_state(_numpy_state_from_plain(states["numpy"]))
         random.setstate(states["python"])
+
+    def _check_split(self, checkpoint: dict) -> None:
+        """A run resumed (or validated) on files whose split is not the one its checkpoint
+        recorded would train on its validation tiles, or score others: refused in one line."""
+        recorded = recorded_split(checkpoint)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if recorded is None or not hasattr(datamodule, "split_record"):
+            return
+        was = {entry["sha256"] for entry in recorded["val"]}
+        now = {entry["sha256"] for entry in datamodule.split_record()["val"]}
+        if was != now:
+            raise RoadsegError(
+                "the split made from the files present is not the one the checkpoint recorded "
+                f"(its {len(was)} validation tiles and the {len(now)} made now share "
+                f"{len(was & now)}: labelled tiles were added, removed or changed): put the "
+                "files back as the run started with them, or start a new run",
+                datamodule.hparams.root,
+            )
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -208,7 +208,17 @@ def test_evaluate_scores_the_validation_split_as_submit_predicts(cil_root, tmp_p
     left = masks - 1
     assert f"1 tiles, 16 patches scored against {truth} ({left} masks there have no rows" in scored
     table = lambda text: text[text.index("patch accuracy") :].strip()  # noqa: E731
-    assert table(scored) == table(printed)
+    assert table(scored) == table(printed[printed.index("the CSV's labels") :])
+    # beside them, the honest figure (1 tile: nothing to cross-fit), the tuned and the defaults
+    assert "honest: tuned on the other half (cross-fitted)" in printed
+    assert "tuned on these tiles: optimistic" in printed and "defaults" in printed
+    # a mean ensemble's thresholds: stored by tune, used when the same checkpoints predict
+    pair = ["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--ckpt", str(ckpt)]
+    assert main(["tune", *pair, "--quiet"]) == 0
+    assert "the thresholds of the mean of these 2 checkpoints" in capsys.readouterr().out
+    reordered = ["--ckpt", str(ckpt), "--ckpt", str(run / "checkpoints" / "last.ckpt")]
+    assert main(["evaluate", *reordered, "--out", str(tmp_path / "pair.csv"), "--quiet"]) == 0
+    assert "on validation for this ensemble" in capsys.readouterr().out
     # Predicting the training images says that most of them trained this checkpoint.
     seen_csv = tmp_path / "seen.csv"
     images = cil_root / "training" / "images"

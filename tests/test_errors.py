@@ -94,6 +94,25 @@ def _split_checkpoints(tmp: Path, *, changed: bool = False) -> None:
         write_raster(tmp / "data/cil/training/images/satimage_3.png", road_tile(32, 9)[0])
 
 
+def _resumed_on_other_files(tmp: Path) -> None:
+    """runs/quick's last checkpoint records the split of data/cil as it was (seed 0, a
+    fifth of the tiles for validation); then three labelled tiles are added to data/cil."""
+    import pytorch_lightning as pl
+
+    from tests.test_recorded_split import _add_labelled_tile, _datamodule
+
+    record = _datamodule(_cil(tmp), seed=0, val_fraction=0.2).split_record()
+    (tmp / "runs" / "quick" / "checkpoints").mkdir(parents=True)
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {}, "global_step": 2, "roadseg_split": record,
+         "pytorch-lightning_version": pl.__version__},
+        tmp / "runs" / "quick" / "checkpoints" / "last.ckpt",
+    )  # fmt: skip
+    for tid in (4, 5, 6):
+        _add_labelled_tile(tmp / "data" / "cil", tid)
+    _config(tmp, _LITE0_CONFIG + "trainer:\n  default_root_dir: runs/quick\n")
+
+
 def _trained_run(tmp: Path) -> None:
     (tmp / "runs" / "quick" / "checkpoints").mkdir(parents=True)
     (tmp / "runs" / "quick" / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -321,6 +340,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "ensemble member trained on the validation tiles": (
         _split_checkpoints,
         "roadseg evaluate --ckpt a.ckpt --ckpt b.ckpt",
+    ),
+    "run resumed on other files than it started with": (
+        _resumed_on_other_files,
+        "roadseg fit --config bad.yaml --ckpt_path last",
     ),
     "validation tile recorded in the checkpoint changed": (
         lambda t: _split_checkpoints(t, changed=True),

@@ -284,18 +284,19 @@ def test_addresses_in_lists_are_kept_and_previews_and_hidden_files_left_out(tmp_
     assert "1 picture left out beside its GeoTIFFs (preview.png)" in capsys.readouterr().out
 
 
-def test_stac_takes_the_visual_asset_and_refuses_a_guess():
+def test_stac_takes_the_visual_asset_and_refuses_a_guess(tmp_path):
     """Without --asset the first GeoTIFF asset was taken (a udm mask, an aerosol band)."""
-    from roadseg.scenelist import _stac_asset
-
-    item = {"id": "s2", "assets": {
-        "coastal": {"href": "b01.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
-        "rgb": {"href": "tci.tif", "type": "image/tiff; application=geotiff", "roles": ["visual"]},
+    geotiff = "image/tiff; application=geotiff"
+    item = {"type": "Feature", "id": "s2", "assets": {
+        "coastal": {"href": "b01.tif", "type": geotiff, "roles": ["data"]},
+        "rgb": {"href": "tci.tif", "type": geotiff, "roles": ["visual"]},
     }}  # fmt: skip
-    assert _stac_asset(item, None, "x.json") == "rgb"
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    assert scene_list([str(tmp_path / "item.json")])[0].path == str(tmp_path / "tci.tif")
     del item["assets"]["rgb"]
+    (tmp_path / "item.json").write_text(json.dumps(item))
     with pytest.raises(RoadsegError, match="no visual .RGB. asset; its assets: coastal .data."):
-        _stac_asset(item, None, "x.json")
+        scene_list([str(tmp_path / "item.json")])
 
 
 def test_shards_from_schedulers_and_zero_based_indexes():

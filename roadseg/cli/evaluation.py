@@ -12,26 +12,30 @@ from roadseg.errors import RoadsegError
 
 
 def _validation(options, ckpts: list[dict], instead: str):
-    """The first checkpoint's validation tiles in context, the context said; refused with
-    ``instead`` when it trained on every labelled tile."""
+    """The first checkpoint's validation tiles in context, the split and the context said;
+    refused with ``instead`` when it trained on every labelled tile, and when any member
+    of an ensemble trained on one of them."""
     from roadseg.evaluation import Validation
 
-    validation = Validation(ckpts[0], options.margin)
+    validation = Validation(
+        ckpts[0], options.margin, members=list(zip(options.ckpt, ckpts, strict=True))
+    )
     if validation.tiles.empty:
         raise RoadsegError(
             f"trained without a validation split (every labelled tile trained): {instead}",
             options.ckpt[0],
         )
-    print(validation.context_line)
+    for line in (validation.split_line, *validation.notes, validation.context_line):
+        print(line)
     return validation
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
-    from roadseg.thresholds import store_thresholds, thresholds_path
+    from roadseg.thresholds import thresholds_path
 
     options = predict_options(args)
-    writes = not args.dry_run and len(options.ckpt) == 1 and options.merge != "vote"
+    writes = not args.dry_run and options.merge != "vote"
     if writes:
         out = thresholds_path(options.ckpt[0], tta=bool(options.tta))
         check_io(outputs=[out], protected=options.inputs)
@@ -51,13 +55,25 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         return
     tuned = _print_thresholds(raw, decision, metric=args.metric, tta=options.tta)
     _print_spread(raw, validation.tiles)
-    if len(ckpts) > 1:
-        print("(an ensemble's thresholds are printed, not stored: pass them to submit as options)")
-    elif not args.dry_run:
+    if not args.dry_run:
+        _store(options, tuned)
+
+
+def _store(options, tuned) -> None:
+    """Store the thresholds tuned: a checkpoint's beside it, a mean ensemble's in its first
+    member's file, keyed by its members' content (found again when they predict together)."""
+    from roadseg.thresholds import store_ensemble_thresholds, store_thresholds
+
+    mode = "with" if options.tta else "without"
+    if len(options.ckpt) == 1:
         out = store_thresholds(options.ckpt[0], tuned)
-        mode = "with" if options.tta else "without"
         print(f"wrote {out} (what submit, predict and figures use {mode} TTA unless options "
               "are given)")  # fmt: skip
+        return
+    out = store_ensemble_thresholds(options.ckpt, tuned)
+    print(f"wrote {out}: the thresholds of the mean of these {len(options.ckpt)} checkpoints "
+          f"(by content, in any order), what submit, predict and evaluate use for it {mode} "
+          "TTA unless options are given")  # fmt: skip
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -84,7 +100,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     truth = Path(tiles["mask"].iloc[0]).parent
     print(f"wrote {out}: the {len(tiles)} validation tiles of {options.ckpt[0]} (none trained "
           f"it), {decision.describe()}; roadseg score {out} --truth {truth} scores it again")  # fmt: skip
+    tuned_here = options.merge != "vote" and _print_honest(scores, decision, options)
+    print(f"the CSV's labels ({decision.describe()}"
+          f"{'; thresholds tuned on these tiles: optimistic' if tuned_here else ''}):")  # fmt: skip
     print(format_scores(scores.scores(decision.pixel, decision.patch)))
+
+
+def _print_honest(scores, decision, options) -> bool:
+    """Road patch F1 and patch accuracy at thresholds not tuned on the tiles scored (the
+    honest figure: cross-fitted), at thresholds tuned on them (optimistic) and at the
+    defaults, each with the decision's clean-up; returns whether the CSV's thresholds are
+    those tuned on these tiles (stored by tune, not overridden)."""
+    stored = options.stored()[2]
+    metric = options.metric or (stored.metric if stored else "f1")
+    tuned = scores.tune(metric=metric)
+    honest = scores.cross_fit(metric)
+    rows = [
+        ("honest: tuned on the other half (cross-fitted)", honest.scores if honest else None,
+         honest.describe() if honest else "needs 2 tiles or more: the defaults are honest"),
+        ("tuned on these tiles: optimistic", scores.scores(tuned.pixel, tuned.patch),
+         f"{decision.replace(pixel=tuned.pixel, patch=tuned.patch).describe()}, as tune finds"),
+        ("defaults", scores.scores(), decision.replace(pixel=0.5, patch=0.25).describe()),
+    ]  # fmt: skip
+    print(f"validation scores by where the thresholds come from (tuned for {metric}):")
+    for name, values, how in rows:
+        figures = (f"road patch F1 {values['patch_f1']:.4f}, patch accuracy "
+                   f"{values['patch_accuracy']:.4f}" if values else "-")  # fmt: skip
+        print(f"  {name:<47} {figures} ({how})")
+    given = options.pixel_threshold is not None or options.patch_threshold is not None
+    return stored is not None and not given
 
 
 def _evaluate_rasters(args: argparse.Namespace, options) -> None:
@@ -142,12 +186,17 @@ def _print_thresholds(raw, decision, *, metric: str, tta: bool):
         columns[decision.describe()] = scores.scores(decision.pixel, decision.patch)
     tuned = scores.tune(close_gaps=decision.close_gaps, min_area=decision.min_area, metric=metric)
     tuned = dataclasses.replace(tuned, tta=bool(tta))
-    columns[f"tuned for {metric} ({tuned.decision().describe()})"] = scores.scores(
-        tuned.pixel, tuned.patch
+    columns[f"tuned for {metric} on these tiles ({tuned.decision().describe()}): optimistic"] = (
+        scores.scores(tuned.pixel, tuned.patch)
     )
     for name, values in columns.items():
         print(f"{name}:")
         print(format_scores(values))
+    honest = scores.cross_fit(metric)
+    if honest is not None:
+        print(f"honest (thresholds scored on tiles they were not tuned on; {honest.describe()}): "
+              f"road patch F1 {honest.scores['patch_f1']:.4f}, patch accuracy "
+              f"{honest.scores['patch_accuracy']:.4f}")  # fmt: skip
     print(f"APLS of the centre lines at pixel {tuned.pixel:g} (routes; roadseg.apls): "
           f"{scores.apls(tuned.pixel):.4f}")  # fmt: skip
     return tuned
@@ -195,8 +244,10 @@ def _add_tune(sub) -> None:
         description="Predict the validation tiles of the checkpoint's own split, search the pixel "
         "and patch thresholds on a grid, print patch accuracy (the leaderboard's number), road "
         "patch F1, background F1, precision and recall at the default and at the tuned "
-        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on), which "
-        "submit, predict and figures then use.",
+        "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on and the "
+        "checkpoint's hash: used for that checkpoint only), which submit, predict and figures "
+        "then use. An ensemble's (mean) are stored in its first member's file, keyed by its "
+        "members' content, and used when the same checkpoints predict together.",
     )
     add_predictor_args(p, metric=False)
     p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
@@ -220,7 +271,11 @@ def _add_evaluate(sub) -> None:
         "never trained on) exactly as submit predicts the test tiles (context, TTA, ensemble, "
         "stored thresholds and clean-up), write their rows as a submission CSV and print "
         "patch accuracy (the leaderboard's number), road patch F1 and the rest. roadseg "
-        "score of that CSV against the training masks gives the same figures.",
+        "score of that CSV against the training masks gives the same figures. Thresholds "
+        "tuned on these tiles read high on them, so beside the CSV's figures it prints road "
+        "F1 and accuracy at thresholds not tuned on the tiles they score (the honest figure, "
+        "cross-fitted: tuned on one half of the tiles, scored on the other, both ways, halves "
+        "by a fixed seed), at thresholds tuned on these tiles (optimistic) and at the defaults.",
     )
     add_predictor_args(p)
     p.add_argument("--out", help="CSV to write (default: submissions/<run>-validation[-tta].csv)")

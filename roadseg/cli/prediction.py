@@ -71,7 +71,7 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     )
     check_io(outputs=[out], protected=[*options.inputs, *test["image"]])
     if args.data is not None:  # the checkpoint's own test tiles never trained it
-        _say_trained_tiles(options, ckpts[0], test)
+        _say_trained_tiles(options, ckpts, test)
     maps, margin = _context(options, [trained_on, data], test)
     predictor, decision = options.predictor(ckpts)
 
@@ -87,16 +87,20 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         print(upload(out, args.competition, args.message or f"roadseg {run}"))
 
 
-def _say_trained_tiles(options: PredictOptions, ckpt: dict, tiles) -> None:
-    """One line when tiles to predict are tiles the checkpoint trained on."""
+def _say_trained_tiles(options: PredictOptions, ckpts: list[dict], tiles) -> None:
+    """One line for each checkpoint (every member of an ensemble) that trained on tiles to
+    predict (by content, as its recorded split says)."""
     from roadseg.evaluation import trained_tiles
+    from roadseg.index import content_hash
 
-    seen = trained_tiles(ckpt) & {Path(p).resolve() for p in tiles["image"]}
-    if seen:
-        print(
-            f"note: {len(seen)} of these {len(tiles)} tiles trained {options.ckpt[0]}: scores "
-            "on them read high; roadseg evaluate scores its validation split honestly"
-        )
+    keys = {content_hash(p) for p in tiles["image"]}
+    for name, ckpt in zip(options.ckpt, ckpts, strict=True):
+        seen = (trained_tiles(ckpt) or set()) & keys
+        if seen:
+            print(
+                f"note: {len(seen)} of these {len(tiles)} tiles trained {name}: scores on them "
+                "read high; roadseg evaluate scores its validation split honestly"
+            )
 
 
 def submission_name(options: PredictOptions, what: str) -> str:
@@ -127,7 +131,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     trained_on, data, tiles = _test_tiles(options, args.data, ckpts)
     validation = 0
     if args.validation:
-        tiles, validation = _with_validation_tiles(tiles, ckpts[0], options.ckpt[0])
+        tiles, validation = _with_validation_tiles(tiles, options, ckpts)
     outs = pseudo_label_paths(tiles, args.out)
     check_io(outputs=outs, protected=[*options.inputs, *tiles["image"]])
     maps, margin = _context(options, [trained_on, data], tiles)
@@ -145,20 +149,25 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     )
 
 
-def _with_validation_tiles(tiles, ckpt: dict, path: str):
-    """The unlabelled tiles and the checkpoint's validation tiles, and how many of those."""
+def _with_validation_tiles(tiles, options: PredictOptions, ckpts: list[dict]):
+    """The unlabelled tiles and the first checkpoint's validation tiles (as it recorded
+    them), and how many of those; refused when any member trained on one of them."""
     import pandas as pd
 
-    from roadseg.evaluation import validation_tiles
+    from roadseg.evaluation import refuse_trained_members, validation_split
 
-    val = validation_tiles(ckpt)
+    val, line = validation_split(ckpts[0])
     if val.empty:
         raise RoadsegError(
             "trained without a validation split: no validation tiles to label "
             "(leave out --validation)",
-            path,
+            options.ckpt[0],
         )
-    return pd.concat([tiles, val[tiles.columns]], ignore_index=True), len(val)
+    both = pd.concat([tiles, val[tiles.columns]], ignore_index=True)
+    members = list(zip(options.ckpt, ckpts, strict=True))
+    for note in (line, *refuse_trained_members(members, both, "labels")):
+        print(note)
+    return both, len(val)
 
 
 def _many_scenes(args: argparse.Namespace) -> bool:

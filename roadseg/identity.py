@@ -37,17 +37,15 @@ REMOTE_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/
 
 
 def is_remote(path: str) -> bool:
-    """Whether ``path`` is read through one of GDAL's network file systems."""
-    return str(path).startswith(REMOTE_PREFIXES) or "://" in str(path)
+    """Whether ``path`` is read through one of GDAL's virtual file systems (network
+    addresses, ``/vsicurl/``, ``/vsis3/``, ``/vsizip/``...) rather than as a local file."""
+    return str(path).startswith("/vsi") or "://" in str(path)
 
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a local file's bytes (``sha256:<hex>``), cached per process while the file
-    is unchanged; for a remote scene, its address and header (size, type, georeference),
-    as its bytes would have to be downloaded a second time."""
+    (its path, size, time and inode) is unchanged."""
     path = str(path)
-    if is_remote(path):
-        return _remote_digest(path)
     try:
         st = os.stat(path)
     except OSError as err:
@@ -69,13 +67,47 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def scene_digest(path: str | Path) -> str:
+    """What a scene's pixels are made of: the SHA-256 of every local file GDAL reads for it
+    (the file, a VRT's sources, sidecars such as ``.aux.xml``, ``.ovr``, ``.msk``); for a
+    scene read through a virtual file system (a URL, a zip), its address without the
+    query (signed URLs change their token) and its header (size, type, georeference),
+    as its bytes would have to be read a second time."""
+    from roadseg.io import gdal_path, open_scene
+
+    if is_remote(gdal_path(path)):
+        return _remote_digest(str(path))
+    with open_scene(path) as src:
+        files = sorted({str(Path(f).resolve()) for f in src.files} | {str(Path(path).resolve())})
+    if len(files) == 1:
+        return file_digest(files[0])
+    h = hashlib.sha256("".join(file_digest(f) for f in files).encode())
+    return f"sha256-files:{h.hexdigest()}"
+
+
 def _remote_digest(path: str) -> str:
     from roadseg.io import open_scene
 
     with open_scene(path) as src:
-        header = [path, src.width, src.height, src.count, list(src.dtypes), str(src.crs),
-                  list(src.transform)[:6], src.nodata]  # fmt: skip
+        header = [path.split("?")[0], src.width, src.height, src.count, list(src.dtypes),
+                  str(src.crs), list(src.transform)[:6], src.nodata]  # fmt: skip
     return "remote:" + hashlib.sha256(json.dumps(header, default=str).encode()).hexdigest()
+
+
+def _resolved(options) -> tuple[str, str, str]:
+    """(device, precision, backend) that actually run for ``options`` (``auto`` resolved
+    as the Predictor resolves it): what changes pixels, not what was asked for."""
+    from roadseg.backends import choose_backend
+    from roadseg.predict import pick_device
+
+    device = pick_device(options.device)
+    precision = options.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    backend = options.backend
+    if backend == "auto" and precision == "bf16":
+        backend = "torch"
+    return device.type, precision, choose_backend(backend, device)[0]
 
 
 def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict:
@@ -84,6 +116,7 @@ def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict
     every reading and prediction option, the output kind and format."""
     decisions = [options.decision(c)[0].describe() for c in options.ckpt]
     mask_like = output == "mask" or options.merge == "vote"
+    device, precision, backend = _resolved(options)
     return {
         "format": OUTPUT_FORMAT,
         "models": [file_digest(c) for c in options.ckpt],
@@ -93,15 +126,16 @@ def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict
         "decision": options.output_decision().describe() if mask_like else None,
         "tta": bool(options.tta), "merge": options.merge if len(options.ckpt) > 1 else None,
         "window": options.window, "overlap": options.overlap,
-        "precision": options.precision, "backend": options.backend,
+        "device": device, "precision": precision, "backend": backend,
         "read": dataclasses.asdict(options.read_options()),
         "output": output, "chunk": chunk, "cog": bool(cog),
     }  # fmt: skip
 
 
-def prediction_identity(scene: str | Path, run: dict) -> dict:
-    """The identity of ``scene``'s prediction by a run of :func:`run_identity` ``run``."""
-    return {"scene": file_digest(scene), **run}
+def prediction_identity(scene: str | Path, run: dict, digest: str | None = None) -> dict:
+    """The identity of ``scene``'s prediction by a run of :func:`run_identity` ``run``
+    (``digest``: the scene's :func:`scene_digest`, when known)."""
+    return {"scene": digest or scene_digest(scene), **run}
 
 
 def identity_hash(identity: dict) -> str:
@@ -115,15 +149,18 @@ def differences(old: dict, new: dict) -> list[str]:
     return [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
 
 
-def describe_differences(old: dict, new: dict) -> str:
-    """``"decision (pixel 0.55 ... -> pixel 0.2 ...), tta (False -> True)"``: what differs."""
+def describe_differences(old: dict, new: dict, prefix: str = "") -> str:
+    """``"decision (pixel 0.55 ... -> pixel 0.2 ...), read.resolution (auto -> 0.6)"``:
+    what differs, nested options key by key."""
     parts = []
     for key in differences(old, new):
         a, b = old.get(key), new.get(key)
-        if key in ("models", "scene"):
-            parts.append(f"{key} (other content)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(describe_differences(a, b, f"{prefix}{key}."))
+        elif key in ("models", "scene"):
+            parts.append(f"{prefix}{key} (other content)")
         else:
-            parts.append(f"{key} ({_short(a)} -> {_short(b)})")
+            parts.append(f"{prefix}{key} ({_short(a)} -> {_short(b)})")
     return ", ".join(parts) or "nothing"
 
 

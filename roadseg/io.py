@@ -81,8 +81,10 @@ def gdal_path(path: str | Path) -> str:
 
 def unreadable(path: str, err: Exception) -> str:
     """Why a scene cannot be opened, in words a user can act on."""
-    if path.startswith("/vsi"):
+    if path.startswith(("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/")):
         return f"could not be read over the network ({err}); check the address and access, then run again"
+    if path.startswith("/vsi"):
+        return f"could not be read through GDAL's {path.split('/')[1]} ({err}): check the path inside it"
     if not Path(path).exists():
         return "file not found"
     if Path(path).is_file() and Path(path).stat().st_size == 0:

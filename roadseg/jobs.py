@@ -90,8 +90,10 @@ def merge_manifest(out: Path, scenes: list[Scene] | None = None) -> tuple[Path, 
     """``out/manifest.csv`` from every shard's manifest (scenes of ``scenes`` not yet done
     listed as missing); returns it and the count per status."""
     rows = read_manifests(out)
-    for scene in scenes or []:
-        rows.setdefault(scene.id, {"id": scene.id, "scene": scene.path, "status": "missing"})
+    if scenes is not None:  # the scenes of this list alone (a file removed from it is not counted)
+        listed = {scene.id: scene for scene in scenes}
+        rows = {k: rows.get(k, {"id": k, "scene": v.path, "status": "missing"})
+                for k, v in listed.items()}  # fmt: skip
     path = out / "manifest.csv"
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
@@ -118,29 +120,34 @@ class SceneJob:
 
 
 def _stat(path: str) -> list[int] | None:
-    """(size, modification time) of a local scene: an unchanged file need not be hashed
-    again to be known unchanged."""
+    """(size, modification time, inode) of a local scene: a file unchanged at the same path
+    need not be hashed again to be known unchanged."""
     import os
 
+    from roadseg.identity import is_remote
+
     try:
-        st = os.stat(path)
+        st = os.stat(path) if not is_remote(path) else None
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino] if st else None
 
 
 def is_done(row: dict | None, scene: Scene, target: Path, run: dict) -> bool:
     """Whether ``target`` is this run's prediction of ``scene``'s current content: its
-    manifest line says done with the identity of the scene's content (hashed again when
-    the file's size or time changed), and the output is tagged with the same."""
-    from roadseg.identity import file_digest, identity_hash
+    manifest line says done with the identity of the scene's content (hashed again unless
+    the line is of the same path, size, time and inode), and the output is tagged with
+    the same."""
+    from roadseg.identity import identity_hash, scene_digest
     from roadseg.parts import output_identity
 
     if not row or row.get("status") != "done" or not target.is_file():
         return False
-    digest = row.get("scene_digest") if row.get("scene_stat") == _stat(scene.path) else None
+    stat = _stat(scene.path)
+    same = stat is not None and row.get("scene") == scene.path and row.get("scene_stat") == stat
+    same = same and str(row.get("scene_digest")).startswith("sha256:")  # one file, not a VRT
     try:
-        digest = digest or file_digest(scene.path)
+        digest = row.get("scene_digest") if same else scene_digest(scene.path)
     except (RoadsegError, OSError):
         return False  # its prediction reports why
     want = identity_hash({"scene": digest, **run})
@@ -150,7 +157,10 @@ def is_done(row: dict | None, scene: Scene, target: Path, run: dict) -> bool:
 def plan(scenes: list[Scene], out: Path, run: dict, *, output: str, chunk: int, cog: bool,
          overwrite: bool = False) -> tuple[list[SceneJob], int]:  # fmt: skip
     """(jobs of the scenes not done yet, how many are done): :func:`is_done`; a scene done
-    before whose content or options changed is said and predicted again."""
+    before whose content or options changed is said and predicted again; a file in the
+    way that roadseg did not write is refused unless ``overwrite``."""
+    from roadseg.parts import output_identity
+
     rows = read_manifests(out)
     jobs, skipped = [], 0
     for scene in scenes:
@@ -161,22 +171,29 @@ def plan(scenes: list[Scene], out: Path, run: dict, *, output: str, chunk: int, 
         if rows.get(scene.id, {}).get("status") == "done":
             print(f"{scene.id}: its output was made from other content or options; "
                   "predicting it again")  # fmt: skip
+        elif target.exists() and not overwrite and output_identity(target) is None:
+            raise RoadsegError(
+                "is in the way and is not an output of roadseg (no manifest line, no "
+                "roadseg tags): move it, write to another folder, or add --overwrite",
+                target,
+            )
         jobs.append(SceneJob(scene, str(target), output, chunk, cog, run, overwrite))
     return jobs, skipped
 
 
-def record(manifest: Path, job: SceneJob, status: str, seconds: float, error: str = "") -> None:
+def record(manifest: Path, job: SceneJob, status: str, seconds: float, error: str = "",
+           digest: str | None = None) -> None:  # fmt: skip
     """Append one scene's line and sync it to disk (one write: a kill leaves at most a torn
-    last line); a done line records the identity its output was made with."""
+    last line); a done line records the identity its output was made with (``digest``:
+    the scene's, taken when it was read)."""
     import os
 
-    from roadseg.identity import file_digest, identity_hash
+    from roadseg.identity import identity_hash
 
     row = {"id": job.scene.id, "scene": job.scene.path, "output": job.out, "status": status,
            "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "error": error}  # fmt: skip
     if status == "done":
-        digest = file_digest(job.scene.path)  # hashed when it was predicted: cached
         row.update(identity=identity_hash({"scene": digest, **job.run}), scene_digest=digest,
                    scene_stat=_stat(job.scene.path), models=job.run.get("models"),
                    decision=job.run.get("decision"))  # fmt: skip
@@ -188,16 +205,19 @@ def record(manifest: Path, job: SceneJob, status: str, seconds: float, error: st
 
 def predict_one(
     predictor, decision, options, job: SceneJob, rank: int = 0, world: int = 1
-) -> float:
+) -> tuple[float, str]:
     """One scene of a list with a loaded predictor (or its ``rank``-th share of ``world``,
-    left unmerged); returns its seconds."""
+    left unmerged); returns its seconds and the scene's digest."""
+    from roadseg.identity import scene_digest
+
     start = time.perf_counter()
+    digest = scene_digest(job.scene.path)  # before: a scene changed meanwhile is redone
     predictor.predict_scene(
         job.scene.path, job.out, output=job.output, decision=decision, chunk=job.chunk,
         run=job.run, read=options.read_options(), cog=job.cog, rank=rank, world=world,
-        merge=world == 1, overwrite=job.overwrite and world == 1,
+        merge=world == 1, overwrite=job.overwrite and world == 1, digest=digest,
     )  # fmt: skip
-    return time.perf_counter() - start
+    return time.perf_counter() - start, digest
 
 
 def scene_failure(err: Exception, job: SceneJob) -> str:
@@ -243,13 +263,14 @@ def run_local(options, jobs: list[SceneJob], manifest: Path, progress: Progress)
     import dataclasses as dc
 
     predictor, decision = dc.replace(options, quiet=True).predictor()
+    progress.start = time.perf_counter()  # the time left counts scenes, not the model's start
     for job in jobs:
         try:
-            seconds = predict_one(predictor, decision, options, job)
+            seconds, digest = predict_one(predictor, decision, options, job)
         except Exception as err:  # noqa: BLE001 - one scene's failure, whatever it is
             _finish(manifest, progress, job, 0.0, scene_failure(err, job))
         else:
-            _finish(manifest, progress, job, seconds, "")
+            _finish(manifest, progress, job, seconds, "", digest)
 
 
 def run_ray(options, jobs: list[SceneJob], manifest: Path, progress: Progress, *,
@@ -289,44 +310,47 @@ def _ray_jobs(ray, pool_class, options, jobs, manifest, progress, workers, threa
         except Exception as err:  # noqa: BLE001 - the scene's failure
             failed[job.out] = scene_failure(err, job)
             _finish(manifest, progress, job, 0.0, failed[job.out])
-    tasks = [(job, rank, shares[job.out]) for job in jobs if job.out in shares
-             for rank in range(shares[job.out])]  # fmt: skip
-    left, spent = dict(shares), {}
-    for job, seconds, error in pool.map_unordered(lambda a, t: a.predict.remote(*t), tasks):
+    tasks = [(job, rank, shares[job.out][0]) for job in jobs if job.out in shares
+             for rank in range(shares[job.out][0])]  # fmt: skip
+    left, spent = {k: n for k, (n, _) in shares.items()}, {}
+    progress.start = time.perf_counter()
+    for job, seconds, error, digest in pool.map_unordered(lambda a, t: a.predict.remote(*t), tasks):
         if left.get(job.out, 0) == 0:
             continue  # a share of a scene that already failed
         spent[job.out] = spent.get(job.out, 0.0) + seconds
         left[job.out] = 0 if error else left[job.out] - 1
-        if not error and left[job.out] == 0 and shares[job.out] > 1:
-            error = _merge_shares(job)
+        if not error and left[job.out] == 0 and shares[job.out][0] > 1:
+            error, digest = _merge_shares(job), shares[job.out][1]
         if error or left[job.out] == 0:
-            _finish(manifest, progress, job, spent[job.out], error)
+            _finish(manifest, progress, job, spent[job.out], error, digest)
 
 
-def _shares(options, imagery, job: SceneJob, workers: int) -> int:
+def _shares(options, imagery, job: SceneJob, workers: int) -> tuple[int, str | None]:
     """Tasks a scene is split into: one, or one per worker for a scene of at least two
     chunks per worker (each predicts every N-th chunk; the driver merges, and starts the
-    parts folder here, once, so that the tasks find it)."""
+    parts folder here, once, so that the tasks find it); and the scene's digest for a
+    split scene (the tasks' own is returned with them)."""
     import warnings
 
     import rasterio
 
-    from roadseg.identity import prediction_identity
+    from roadseg.identity import prediction_identity, scene_digest
     from roadseg.io import open_scene
     from roadseg.parts import start_parts
     from roadseg.scenes import scene_plan
 
     if workers < 2:
-        return 1
+        return 1, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with open_scene(job.scene.path) as src:
             scene = scene_plan(options, src, job.chunk, imagery)
     if len(scene.chunks()) < 2 * workers:
-        return 1
-    identity = prediction_identity(job.scene.path, job.run)
-    start_parts(job.out, identity, scene, overwrite=job.overwrite)
-    return workers
+        return 1, None
+    digest = scene_digest(job.scene.path)
+    start_parts(job.out, prediction_identity(job.scene.path, job.run, digest), scene,
+                overwrite=job.overwrite)  # fmt: skip
+    return workers, digest
 
 
 def _merge_shares(job: SceneJob) -> str:
@@ -340,14 +364,15 @@ def _merge_shares(job: SceneJob) -> str:
     return ""
 
 
-def _finish(manifest: Path, progress: Progress, job: SceneJob, seconds: float, error: str) -> None:
+def _finish(manifest: Path, progress: Progress, job: SceneJob, seconds: float, error: str,
+            digest: str | None = None) -> None:  # fmt: skip
     if error:
         progress.failed.append(job.scene.id)
         record(manifest, job, "failed", 0.0, error)
         print(progress.line(job, 0.0, error), file=sys.stderr, flush=True)
     else:
         progress.done += 1
-        record(manifest, job, "done", seconds)
+        record(manifest, job, "done", seconds, digest=digest)
         print(progress.line(job, seconds), flush=True)
 
 
@@ -372,18 +397,20 @@ class SceneWorker:
 
         return os.getpid()
 
-    def predict(self, job: SceneJob, rank: int = 0, world: int = 1) -> tuple[SceneJob, float, str]:
-        """A scene, or with ``world`` > 1 its ``rank``-th share of chunks (not merged); any
-        error is returned as the scene's one-line failure."""
+    def predict(self, job: SceneJob, rank: int = 0, world: int = 1) -> tuple:
+        """(job, seconds, error, digest) of a scene, or with ``world`` > 1 of its ``rank``-th
+        share of chunks (not merged); any error is returned as the scene's one-line failure."""
         import contextlib
         import io
 
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                seconds = predict_one(self.predictor, self.decision, self.options, job, rank, world)
-                return job, seconds, ""
+                seconds, digest = predict_one(
+                    self.predictor, self.decision, self.options, job, rank, world
+                )
+                return job, seconds, "", digest
         except Exception as err:  # noqa: BLE001 - one scene's failure, whatever it is
-            return job, 0.0, scene_failure(err, job)
+            return job, 0.0, scene_failure(err, job), None
 
 
 def check_outputs(specs: list[str], scenes: list[Scene], out: Path) -> None:

@@ -292,6 +292,7 @@ class Predictor:
         read: ReadOptions | None = None,
         cog: bool = False,
         overwrite: bool = False,
+        digest: str | None = None,
     ) -> int:
         """Predict a raster of any size into a GeoTIFF, chunk by chunk (flat memory);
         returns the number of chunks this call predicted.
@@ -312,7 +313,8 @@ class Predictor:
         must be there by then (for ``world`` > 1, merge after all processes finished).
         ``run``: the run's identity (:func:`roadseg.identity.run_identity`): with the
         scene's content, what must match for parts of an earlier run to be reused; parts of
-        another run are refused unless ``overwrite`` (:func:`roadseg.parts.start_parts`).
+        another run are refused unless ``overwrite`` (:func:`roadseg.parts.start_parts`);
+        ``digest``: the scene's (:func:`roadseg.identity.scene_digest`), when known.
         On any failure the chunks finished are kept for a rerun.
 
         ``read``: how the scene is read (:class:`~roadseg.reading.ReadOptions`: bands,
@@ -335,7 +337,7 @@ class Predictor:
                                       overlap=self.overlap, factor=reader.factor)  # fmt: skip
                 if self.progress:
                     print(f"chunks: {plan.describe()}")
-                identity = prediction_identity(src_path, run)
+                identity = prediction_identity(src_path, run, digest)
                 parts = start_parts(out_path, identity, plan, overwrite=overwrite)
                 mine = [
                     (k, win)

@@ -54,14 +54,26 @@ def _stac_asset(item: dict, asset: str | None, path: Path) -> str:
     return asset
 
 
+def safe_id(text: str) -> str:
+    """An id as a file name: characters other than letters, digits, ``.``, ``-`` and ``_``
+    (a ``/`` or ``..`` in a STAC id) become ``_``, so an output stays in its folder."""
+    import re
+
+    return re.sub(r"[^\w.-]", "_", text).lstrip(".") or "scene"
+
+
 def _stac_scenes(path: Path, asset: str | None) -> list[Scene]:
     """The scenes of a STAC Item or ItemCollection (a FeatureCollection of Items)."""
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RoadsegError(f"not JSON ({err})", path) from err
+    if not isinstance(doc, dict):
+        raise RoadsegError("not a STAC Item or ItemCollection (a JSON object)", path)
     items = doc.get("features", []) if doc.get("type") == "FeatureCollection" else [doc]
-    if not items or any(i.get("type") != "Feature" or "assets" not in i for i in items):
+    if not items or any(
+        not isinstance(i, dict) or i.get("type") != "Feature" or "assets" not in i for i in items
+    ):
         raise RoadsegError("not a STAC Item or ItemCollection (Features with assets)", path)
     scenes, chosen = [], set()
     for item in items:
@@ -69,7 +81,7 @@ def _stac_scenes(path: Path, asset: str | None) -> list[Scene]:
         chosen.add(key)
         href = item["assets"][key]["href"]
         where = href if is_address(href) or href.startswith("/") else str(path.parent / href)
-        scenes.append(Scene(str(item.get("id") or _stem(href)), where))
+        scenes.append(Scene(safe_id(str(item.get("id") or _stem(href))), where))
     print(f"{path}: {len(items)} STAC item{'s' if len(items) > 1 else ''}, asset "
           f"{', '.join(sorted(chosen))}" + ("" if asset else " (its visual asset; --asset KEY for another)"))  # fmt: skip
     return scenes
@@ -98,7 +110,9 @@ def _text_scenes(path: Path) -> list[Scene]:
     from roadseg.paths import read_text
 
     scenes = []
-    for line in (ln.strip() for ln in read_text(path, "list of scenes").splitlines()):
+    for line in (
+        ln.strip() for ln in read_text(path, "list of scenes").lstrip("\ufeff").splitlines()
+    ):
         if not line or line.startswith("#"):
             continue
         where = line if is_address(line) or Path(line).is_absolute() else str(path.parent / line)
@@ -125,13 +139,24 @@ def scene_list(specs: list[str], asset: str | None = None) -> list[Scene]:
             scenes.append(Scene(path.stem, str(path)))
     by_id: dict[str, Scene] = {}
     for scene in scenes:
-        if scene.id in by_id and by_id[scene.id].path != scene.path:
+        if scene.id in by_id and _same_file(by_id[scene.id].path, scene.path):
+            continue
+        if scene.id in by_id:
             raise RoadsegError(
                 f"two scenes would write {scene.id}.tif: {by_id[scene.id].path} and "
                 f"{scene.path}; rename one (or give each its own --out folder)"
             )
         by_id[scene.id] = scene
     return [by_id[k] for k in sorted(by_id)]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two spellings of a scene are one file (relative and absolute, links)."""
+    if a == b:
+        return True
+    if is_address(a) or is_address(b):
+        return False
+    return Path(a).resolve() == Path(b).resolve()
 
 
 # (index variable, its base, count variable) of the schedulers --shard auto reads
@@ -172,11 +197,12 @@ def _auto_shard(text: str, env) -> tuple[int, int]:
         if env.get(index, "") == "":
             continue
         low = int(env.get(base, 0)) if isinstance(base, str) else base
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1)) if index.startswith("SLURM") else 1
         n = given or (env.get(count) if count else None)
         if n is None:
             raise RoadsegError(f"--shard auto: {index} is set but not the number of shards: "
                                "give it, --shard auto/N")  # fmt: skip
-        return parse_shard(f"{int(env[index]) - low}/{n}", base=0, env=env)
+        return parse_shard(f"{(int(env[index]) - low) // step}/{n}", base=0, env=env)
     names = ", ".join(s[0] for s in SCHEDULERS)
     raise RoadsegError(f"--shard auto: none of {names} is set; give --shard I/N")
 

@@ -261,6 +261,9 @@ def _predict_torchrun(job: _Job, rank: int, world: int) -> Decision:
     job = dataclasses.replace(job, options=options)
     dist.init_process_group("gloo")
     try:
+        if rank == 0:  # the parts folder made (or refused) once, before any rank uses it
+            _start_parts(job)
+        dist.barrier()
         decision = _predict_share(job, rank, world, merge=False)
         dist.barrier()
         if rank == 0:

@@ -398,3 +398,93 @@ def test_lines_of_a_probability_output_get_the_decisions_clean_up(tmp_path):
     raw, _, _ = vectorize_raster(path, threshold=0.5)
     kept, _, _ = vectorize_raster(path, threshold=0.5, clean=Decision(min_area=300).clean)
     assert len(raw) == 2 and len(kept) == 1
+
+
+# --- found by trying to break the above ---------------------------------------------------
+
+
+def test_another_scene_of_the_same_size_and_time_under_the_same_id_is_predicted(tmp_path, ckpt):
+    """The stored hash was trusted for any file of the same size and time (cp -p, tar)."""
+    geo = {"crs": "EPSG:32632", "transform": from_origin(500_000, 5_200_000, 0.5, 0.5)}
+    a = write_raster(tmp_path / "dup1" / "scene.tif", smooth_map(64, 64, seed=1), **geo)
+    b = write_raster(tmp_path / "dup2" / "scene.tif", smooth_map(64, 64, seed=2), **geo)
+    for path in (a, b):
+        os.utime(path, (1.7e9, 1.7e9))
+    predict_many(options(ckpt), [str(a)], tmp_path / "out")
+    assert predict_many(options(ckpt), [str(b)], tmp_path / "out").done == 1
+
+
+def test_a_stac_id_cannot_write_outside_the_output_folder(tmp_path, ckpt):
+    write_scenes(tmp_path / "stac", sizes=((64, 64),))
+    item = {
+        "type": "Feature",
+        "id": "../stac/scene_0",
+        "assets": {"visual": {"href": "scene_0.tif"}},
+    }
+    (tmp_path / "stac" / "item.json").write_text(json.dumps(item))
+    before = (tmp_path / "stac" / "scene_0.tif").read_bytes()
+    predict_many(options(ckpt), [str(tmp_path / "stac" / "item.json")], tmp_path / "out")
+    assert (tmp_path / "stac" / "scene_0.tif").read_bytes() == before
+    assert [p.name for p in (tmp_path / "out").glob("*.tif")] == ["_stac_scene_0.tif"]
+
+
+def test_a_file_in_the_way_that_roadseg_did_not_write_is_refused(scenes, ckpt, tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(scenes / "scene_0.tif", archive / "scene_0.tif")  # imagery, not an output
+    with pytest.raises(RoadsegError, match="not an output of roadseg.*--overwrite"):
+        predict_many(options(ckpt), [str(scenes / "scene_0.tif")], archive)
+    assert (
+        predict_many(options(ckpt), [str(scenes / "scene_0.tif")], archive, overwrite=True).done
+        == 1
+    )
+
+
+def test_scenes_in_a_zip_and_a_vrt_whose_source_changed(scenes, ckpt, tmp_path):
+    """/vsizip/ scenes always failed (stat of a GDAL path); a VRT's identity was its XML alone."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(scenes / "scene_1.tif", "scene_1.tif")
+    zipped = f"/vsizip/{tmp_path / 'z.zip'}/scene_1.tif"
+    assert predict_many(options(ckpt), [zipped], tmp_path / "zout").done == 1
+    from rasterio.shutil import copy
+
+    shutil.copy(scenes / "scene_0.tif", tmp_path / "src.tif")
+    copy(tmp_path / "src.tif", tmp_path / "m.vrt", driver="VRT")
+    predict_many(options(ckpt), [str(tmp_path / "m.vrt")], tmp_path / "vout")
+    write_raster(tmp_path / "src.tif", smooth_map(200, 260, seed=7), crs="EPSG:32632",
+                 transform=from_origin(500_000, 5_200_000, 0.5, 0.5))  # fmt: skip
+    assert predict_many(options(ckpt), [str(tmp_path / "m.vrt")], tmp_path / "vout").done == 1
+
+
+def test_a_refusal_names_the_nested_option_that_differs():
+    from roadseg.identity import describe_differences
+
+    old = {"read": {"bands": [3, 2, 1], "input_range": [0.0, 200.0], "resolution": "auto"}}
+    new = {"read": {"bands": [3, 2, 1], "input_range": [0.0, 200.0], "resolution": 0.6}}
+    assert describe_differences(old, new) == "read.resolution (auto -> 0.6)"
+
+
+def test_manifest_csv_counts_the_listed_scenes_and_lists_read_as_users_write_them(
+    scenes, ckpt, tmp_path
+):
+    (scenes / "bad.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    predict_many(options(ckpt), [str(scenes)], out)
+    (scenes / "bad.tif").unlink()
+    predict_many(options(ckpt), [str(scenes)], out)
+    assert (out / "manifest.csv").read_text().count(",done,") == 2
+    assert ",failed," not in (out / "manifest.csv").read_text()
+    listing = tmp_path / "list.txt"
+    listing.write_text("\ufeffin/scene_0.tif\r\n" + str(scenes / "scene_0.tif") + "\r\n")
+    assert [s.path for s in scene_list([str(listing)])] == [str(tmp_path / "in/scene_0.tif")]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(RoadsegError, match="not a STAC Item"):
+        scene_list([str(tmp_path / "bad.json")])
+
+
+def test_slurm_arrays_with_a_step():
+    env = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "5"}
+    got = [parse_shard("auto", env={**env, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 2, 4, 6, 8)]
+    assert got == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

@@ -178,6 +178,14 @@ def _many_scenes(args: argparse.Namespace) -> bool:
     return (one.is_dir() or one.suffix.lower() in (".txt", ".json")) and "://" not in args.scene[0]
 
 
+def scene_files(scene: str) -> list[str]:
+    """Every file GDAL reads for a scene: a VRT's sources, sidecars."""
+    from roadseg.io import open_scene
+
+    with open_scene(scene) as src:
+        return list(src.files)
+
+
 def _cmd_predict_many(args: argparse.Namespace) -> int:
     from roadseg.jobs import predict_many
 
@@ -234,6 +242,7 @@ def _cmd_predict(args: argparse.Namespace) -> int | None:
     check_io(inputs=[] if remote else [args.scene], outputs=[args.out], protected=options.inputs)
     if not remote:
         raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
+        check_io(outputs=[args.out], protected=scene_files(args.scene))  # a VRT's sources
     if args.vector:
         from roadseg.vectors import vector_driver
 

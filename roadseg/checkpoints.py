@@ -50,8 +50,12 @@ def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
 
 
 def trained_root(ckpt: dict) -> str | None:
-    """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on."""
-    return (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+    """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on:
+    the resolved path its split records when that folder is here (a relative root was
+    relative to where training ran), else the root as the config gave it."""
+    given = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+    recorded = (ckpt.get(SPLIT_KEY) or {}).get("resolved_root")
+    return recorded if recorded and Path(recorded).is_dir() else given
 
 
 def split_record(index, root: str | Path) -> dict:
@@ -68,7 +72,7 @@ def split_record(index, root: str | Path) -> dict:
     train = (index["stage"] == "train").to_numpy()
     pseudo = index["pseudo"].fillna(False).to_numpy(bool) if "pseudo" in index else train & False
     return {
-        "format": SPLIT_FORMAT, "root": str(root), "val": tiles(index[index["stage"] == "val"]),
+        "format": SPLIT_FORMAT, "root": str(root), "resolved_root": str(Path(root).resolve()), "val": tiles(index[index["stage"] == "val"]),
         "train": tiles(index[train & ~pseudo]), "pseudo": tiles(index[train & pseudo]),
     }  # fmt: skip
 

@@ -187,3 +187,17 @@ def test_submit_notes_each_member_that_trained_on_the_tiles(small_root, tmp_path
     out = capsys.readouterr().out
     assert f"note: 3 of these 6 tiles trained {a}:" in out
     assert f"note: 3 of these 6 tiles trained {b}:" in out
+
+
+def test_the_trained_root_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """A relative data.root was relative to where training ran: from another folder the
+    checkpoint's own maps were lost (found by trying to break #33)."""
+    from roadseg.checkpoints import SPLIT_KEY, trained_root
+
+    (tmp_path / "data" / "cil").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    ckpt = {"datamodule_hyper_parameters": {"root": "data/cil"},
+            SPLIT_KEY: {"root": "data/cil", "resolved_root": str(tmp_path / "data" / "cil")}}  # fmt: skip
+    monkeypatch.chdir(tmp_path.parent)
+    assert trained_root(ckpt) == str(tmp_path / "data" / "cil")
+    assert trained_root({"datamodule_hyper_parameters": {"root": "data/cil"}}) == "data/cil"

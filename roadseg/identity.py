@@ -94,29 +94,13 @@ def _remote_digest(path: str) -> str:
     return "remote:" + hashlib.sha256(json.dumps(header, default=str).encode()).hexdigest()
 
 
-def _resolved(options) -> tuple[str, str, str]:
-    """(device, precision, backend) that actually run for ``options`` (``auto`` resolved
-    as the Predictor resolves it): what changes pixels, not what was asked for."""
-    from roadseg.backends import choose_backend
-    from roadseg.predict import pick_device
-
-    device = pick_device(options.device)
-    precision = options.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    backend = options.backend
-    if backend == "auto" and precision == "bf16":
-        backend = "torch"
-    return device.type, precision, choose_backend(backend, device)[0]
-
-
 def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict:
     """Everything but the scene that determines an output of ``options``
     (:class:`~roadseg.options.PredictOptions`): models by content, per-member decisions,
     every reading and prediction option, the output kind and format."""
     decisions = [options.decision(c)[0].describe() for c in options.ckpt]
     mask_like = output == "mask" or options.merge == "vote"
-    device, precision, backend = _resolved(options)
+    device, precision, backend = options.engine()
     return {
         "format": OUTPUT_FORMAT,
         "models": [file_digest(c) for c in options.ckpt],

@@ -97,10 +97,12 @@ def open_scene(path: str | Path) -> Iterator[rasterio.DatasetReader]:
     """A scene opened for reading by rasterio (addresses through :func:`gdal_path`); a
     file that cannot be opened is one line naming it."""
     where = gdal_path(path)
-    try:
-        src = rasterio.open(where)
-    except RasterioIOError as err:
-        raise RoadsegError(unreadable(where, err), path) from err
+    with warnings.catch_warnings():  # a scene without georeference is said where it is read
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(where)
+        except RasterioIOError as err:
+            raise RoadsegError(unreadable(where, err), path) from err
     with src:
         yield src
 

@@ -92,6 +92,19 @@ class PredictOptions:
 
         return imagery_of(read_checkpoint(self.ckpt[0], mapped=True))
 
+    def engine(self) -> tuple[str, str, str]:
+        """(device, precision, backend) that actually run for these options (``auto``
+        resolved as the Predictor resolves it): what changes pixels, not what was asked."""
+        from roadseg.backends import choose_backend
+        from roadseg.predict import pick_device
+
+        device = pick_device(self.device)
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        backend = "torch" if self.backend == "auto" and precision == "bf16" else self.backend
+        return device.type, precision, choose_backend(backend, device)[0]
+
     def read_checkpoints(self) -> list[dict]:
         """The contents of every checkpoint (weights not yet in a model)."""
         from roadseg.checkpoints import read_checkpoint

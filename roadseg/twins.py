@@ -31,26 +31,22 @@ HOLE = (slice(96, 224), slice(160, 288))  # a block of no data in the variants w
 def plain_twin(images: list[Path], out: Path, cols: int = 2) -> Path:
     """Real tiles (RGB or RGBA PNGs of one size) side by side, ``cols`` per row, as one
     8-bit RGB GeoTIFF in :data:`TWIN_CRS` at 0.5 m."""
-    tiles = []
-    for path in images:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                tiles.append(src.read([1, 2, 3]))
-    rows = [np.concatenate(tiles[r : r + cols], axis=2) for r in range(0, len(tiles), cols)]
-    data = np.concatenate(rows, axis=1)
-    return write(out, data, crs=TWIN_CRS, transform=from_origin(*TWIN_ORIGIN, TWIN_RES, TWIN_RES))
+    return _mosaic(images, [1, 2, 3], out, cols)
 
 
 def label_twin(masks: list[Path], out: Path, cols: int = 2) -> Path:
     """The tiles' road masks (grey, road white) laid out as :func:`plain_twin` lays their
     images: the twin's true roads."""
+    return _mosaic(masks, [1], out, cols)
+
+
+def _mosaic(paths: list[Path], bands: list[int], out: Path, cols: int) -> Path:
     tiles = []
-    for path in masks:
+    for path in paths:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                tiles.append(src.read([1]))
+                tiles.append(src.read(bands))
     rows = [np.concatenate(tiles[r : r + cols], axis=2) for r in range(0, len(tiles), cols)]
     data = np.concatenate(rows, axis=1)
     return write(out, data, crs=TWIN_CRS, transform=from_origin(*TWIN_ORIGIN, TWIN_RES, TWIN_RES))

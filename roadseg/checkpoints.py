@@ -51,10 +51,12 @@ def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
 
 def trained_root(ckpt: dict) -> str | None:
     """The dataset root a checkpoint (its contents, :func:`read_checkpoint`) was trained on:
-    the resolved path its split records when that folder is here (a relative root was
-    relative to where training ran), else the root as the config gave it."""
+    the root as the config gave it when it is found from here, else the resolved path its
+    split records (a relative root was relative to where training ran), else as given."""
     given = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
     recorded = (ckpt.get(SPLIT_KEY) or {}).get("resolved_root")
+    if given and Path(given).is_dir():
+        return given
     return recorded if recorded and Path(recorded).is_dir() else given
 
 

@@ -57,6 +57,12 @@ def _checkpoint(tmp: Path, *, foreign: bool) -> None:
     )
 
 
+def _model_and_scene(tmp: Path, *scene: str) -> None:
+    """A small checkpoint and a black 32x32 RGB scene at ``scene`` under ``tmp``."""
+    _checkpoint(tmp, foreign=False)
+    write_raster(tmp.joinpath(*scene), np.zeros((3, 32, 32), np.uint8))
+
+
 def _stale_readme(tmp: Path) -> None:
     (tmp / "table.md").write_text("| a |\n|---|\n| 0.9 |\n")
     (tmp / "README.md").write_text(
@@ -247,10 +253,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "roadseg validate-submission sub.csv --images test",
     ),
     "prediction written over its own input": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scene.tif"),
         "roadseg predict scene.tif --out scene.tif --ckpt model.ckpt",
     ),
     "output path that is an existing folder": (
@@ -366,17 +369,11 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "roadseg fit --config bad.yaml --model.loss bcee --trainer.fast_dev_run true",
     ),
     "--png without --vector": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scene.tif"),
         "roadseg predict scene.tif --out roads.tif --ckpt model.ckpt --png roads.png",
     ),
     "--threads without --processes": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scene.tif"),
         "roadseg predict scene.tif --out roads.tif --ckpt model.ckpt --threads 2",
     ),
     "--merge with one checkpoint": (
@@ -392,24 +389,15 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "roadseg vectorize mask.tif --out roads.gpkg --image scene.tif",
     ),
     "predictions written into the folder of scenes they read": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scenes" / "a.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scenes", "a.tif"),
         "roadseg predict scenes --out scenes --ckpt model.ckpt",
     ),
     "a folder of scenes predicted into a file name": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scenes" / "a.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scenes", "a.tif"),
         "roadseg predict scenes --out roads.tif --ckpt model.ckpt",
     ),
     "a prediction named as a picture": (
-        lambda t: (
-            _checkpoint(t, foreign=False)
-            or write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8))
-        ),
+        lambda t: _model_and_scene(t, "scene.tif"),
         "roadseg predict scene.tif --out roads.png --ckpt model.ckpt",
     ),
     "tile size not a multiple of 16 (handled)": (

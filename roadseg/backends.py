@@ -13,10 +13,14 @@ of ONNX Runtime). ONNX Runtime runs fp32, its own threads set to PyTorch's.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from roadseg.errors import RoadsegError
+
+if TYPE_CHECKING:  # torch is imported by the torch backend only: exported files run without
+    import torch
 
 BACKENDS = ("auto", "torch", "onnx")
 # A synthetic image both backends predict when an ONNX graph is built in memory: the
@@ -32,6 +36,8 @@ def d4_forward(x, k: int):
     if isinstance(x, np.ndarray):
         x = x[..., ::-1] if k >= 4 else x
         return np.ascontiguousarray(np.rot90(x, k % 4, axes=(-2, -1)))
+    import torch
+
     x = torch.flip(x, dims=(-1,)) if k >= 4 else x
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
@@ -43,12 +49,14 @@ def d4_inverse(x, k: int):
     if isinstance(x, np.ndarray):
         x = np.rot90(x, -(k % 4), axes=(-2, -1))
         return x[..., ::-1] if k >= 4 else x
+    import torch
+
     x = torch.rot90(x, -(k % 4), dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
-def choose_backend(backend: str, device: torch.device) -> tuple[str, str]:
-    """(backend, why) for ``auto``, ``torch`` or ``onnx`` on ``device``."""
+def choose_backend(backend: str, device) -> tuple[str, str]:
+    """(backend, why) for ``auto``, ``torch`` or ``onnx`` on ``device`` (its ``type``)."""
     from roadseg.export import onnx_available
 
     if backend not in BACKENDS:
@@ -77,8 +85,15 @@ class TorchBackend:
         self.models = [m.to(device).eval() for m in models]
         self.device, self.precision = device, precision
 
-    @torch.inference_mode()
     def __call__(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._views(images, views, per_member)
+
+    def _views(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
         maps = len(self.models) if per_member else 1
         total = torch.zeros(x.shape[0], maps, *x.shape[-2:], device=self.device)
@@ -103,16 +118,32 @@ class OnnxBackend:
         from roadseg.export import require_onnx, session
 
         require_onnx()
+        import torch
+
         self.session = session(model, threads or torch.get_num_threads())
         self.members = members
         # (side, backend): images narrower than side go to PyTorch, which pads them by
         # replication where ONNX's reflect padding cannot (a scene's thin last chunk)
         self.small = small
+        self.min_side = 0  # from_file's: narrower images are padded by replication to it
+
+    @classmethod
+    def from_file(cls, exported) -> OnnxBackend:
+        """The graph of an exported file (:class:`~roadseg.exported.ExportedModel`); images
+        narrower than its smallest side are padded by replication to it, and cropped back."""
+        from roadseg.exported import session, threads
+
+        backend = cls.__new__(cls)
+        backend.session = session(exported.path, threads())
+        backend.members, backend.small, backend.min_side = exported.members, None, exported.min_side
+        return backend
 
     @classmethod
     def from_models(cls, models: list[torch.nn.Module], threads: int | None = None) -> OnnxBackend:
         """The graph of these models (tasks or :class:`SegmentationModel`), built in memory
         and checked against PyTorch on a probe image."""
+        import torch
+
         from roadseg.export import TOLERANCE, build_graph, compare, min_side
 
         nets = [getattr(m, "model", m) for m in models]  # a RoadSegTask's network
@@ -130,8 +161,14 @@ class OnnxBackend:
         return backend
 
     def __call__(self, images: np.ndarray, views: int, per_member: bool) -> np.ndarray:
-        if self.small and min(images.shape[-2:]) < self.small[0]:
+        h, w = images.shape[-2:]
+        if self.small and min(h, w) < self.small[0]:
             return self.small[1](images, views, per_member)
+        if min(h, w) < self.min_side:
+            side = self.min_side
+            pads = ((0, 0), (0, 0), (0, max(0, side - h)), (0, max(0, side - w)))
+            padded = np.pad(images, pads, mode="edge")
+            return self(padded, views, per_member)[..., :h, :w]
         name = "members" if per_member else "probability"
         total = None
         for k in range(views):

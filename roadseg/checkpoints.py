@@ -159,9 +159,13 @@ def check_checkpoint_path(path: str | Path) -> None:
     from roadseg.paths import check_input
 
     p = Path(path)
+    if not p.exists() and p.suffix.lower() == ".onnx":
+        raise RoadsegError(
+            "exported model not found (roadseg export --ckpt CHECKPOINT --out FILE writes one)", p
+        )
     if not p.exists():
         raise RoadsegError(f"checkpoint not found ({_missing_checkpoint_hint(p)})", p)
-    check_input(p, what="checkpoint")
+    check_input(p, what="exported model" if p.suffix.lower() == ".onnx" else "checkpoint")
 
 
 def _missing_checkpoint_hint(path: Path) -> str:

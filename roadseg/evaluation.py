@@ -51,10 +51,8 @@ def validation_split(ckpt: dict) -> tuple[pd.DataFrame, str]:
         )
     root = trained_root(ckpt) or record.get("root")
     tiles = _recorded_tiles(record["val"], root)
-    return (
-        tiles,
-        f"split: the {len(tiles)} validation tiles the checkpoint recorded, found in {root}",
-    )
+    line = f"split: the {len(tiles)} validation tiles the checkpoint recorded, found in {root}"
+    return tiles, line + (f" ({record['note']})" if record.get("note") else "")
 
 
 def _recorded_tiles(recorded: list[dict], root: str) -> pd.DataFrame:

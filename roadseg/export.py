@@ -18,7 +18,9 @@ post-processing are written here as ONNX nodes instead of traced).
 The model's metadata (``metadata_props``, JSON values) holds what a user needs to decide
 as roadseg does: ``roadseg_decision`` (thresholds and clean-up, without and with TTA),
 ``roadseg_imagery`` (training radiometry and metres per pixel), ``roadseg_sources`` (the
-checkpoints, their sizes and SHA-256), ``roadseg_check`` (the self-check's figures).
+checkpoints, their sizes and SHA-256), ``roadseg_training`` (each member's data root and
+recorded split: the file predicts and evaluates as its checkpoints, :mod:`roadseg.exported`),
+``roadseg_check`` (the self-check's figures).
 :func:`export_checkpoints` refuses to write a file whose outputs differ from PyTorch's by
 more than :data:`TOLERANCE` on real tiles.
 """
@@ -226,10 +228,11 @@ def session(model, threads: int | None = None):
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The roadseg metadata of an exported file, JSON values decoded."""
-    sess = session(Path(path))
-    props = sess.get_modelmeta().custom_metadata_map
-    return {k: json.loads(v) for k, v in props.items() if k.startswith("roadseg_")}
+    """The roadseg metadata of an exported file, JSON values decoded (checked:
+    :func:`roadseg.exported.read_exported`)."""
+    from roadseg.exported import read_exported
+
+    return read_exported(path).metadata
 
 
 def _sha256(path: str | Path) -> str:
@@ -248,11 +251,15 @@ def export_metadata(options, contents: list[dict]) -> dict:
     def decisions(tta: bool) -> dict:
         opts = dataclasses.replace(options, tta=tta)
         first, origin = opts.mean_decision()  # a mean ensemble's own, when tuned
+        tuned = opts.stored()[2]
+        given = options.pixel_threshold is not None or options.patch_threshold is not None
         members = [opts.decision(c)[0] for c in options.ckpt]
         return {
             **dataclasses.asdict(first), "origin": origin,
+            "tuned": tuned is not None and not given, "metric": tuned.metric if tuned else None,
             "members": [dataclasses.asdict(d) for d in members],
         }  # fmt: skip
+
 
     sources = [
         {"path": str(Path(c).resolve()), "bytes": Path(c).stat().st_size, "sha256": _sha256(c)}
@@ -266,12 +273,31 @@ def export_metadata(options, contents: list[dict]) -> dict:
         "roadseg_decision_tta": decisions(True),
         "roadseg_imagery": ensemble_imagery(list(options.ckpt), contents).to_dict(),
         "roadseg_sources": sources,
+        "roadseg_training": [_training(c) for c in contents],
         "roadseg_input": "image: float32 (batch, 3, height, width), RGB in [0, 1] "
         "(8-bit / 255), height and width at least roadseg_min_side",
         "roadseg_outputs": "probability: (batch, 1, height, width) mean road probability; "
         "members: (batch, M, height, width) each member's",
     }
     return {k: json.dumps(v) for k, v in values.items()}
+
+
+def _training(ckpt: dict) -> dict:
+    """What an exported file records of a member's data (what submit and evaluate find the
+    tiles by): its root as the config gave it and its split by content; for a checkpoint
+    saved before roadseg recorded its split, the split made again from the files present,
+    said so (``None`` when its data is not here)."""
+    from roadseg.checkpoints import datamodule_arguments, recorded_split, trained_root
+
+    root, split, note = datamodule_arguments(ckpt).get("root"), recorded_split(ckpt), None
+    found = trained_root(ckpt)
+    if split is None and found and Path(found).is_dir():
+        from roadseg.datamodule import RoadDataModule
+
+        split = RoadDataModule.from_checkpoint(ckpt).split_record()
+        note = ("the checkpoint records no split: made again at export from the files "
+                "present, as it was trained")  # fmt: skip
+    return {"root": root, "split": split, "note": note}
 
 
 def check_images(folder: str | Path | None, count: int = 3) -> tuple[list[np.ndarray], str]:

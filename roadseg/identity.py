@@ -98,7 +98,7 @@ def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict
     """Everything but the scene that determines an output of ``options``
     (:class:`~roadseg.options.PredictOptions`): models by content, per-member decisions,
     every reading and prediction option, the output kind and format."""
-    decisions = [options.decision(c)[0].describe() for c in options.ckpt]
+    decisions = [d.describe() for d, _ in options.member_decisions()]
     mask_like = output == "mask" or options.merge == "vote"
     device, precision, backend = options.engine()
     return {
@@ -108,7 +108,7 @@ def run_identity(options, *, output: str, chunk: int, cog: bool = False) -> dict
         # count; a mask is made by the output decision
         "decisions": decisions if options.merge == "vote" else None,
         "decision": options.output_decision().describe() if mask_like else None,
-        "tta": bool(options.tta), "merge": options.merge if len(options.ckpt) > 1 else None,
+        "tta": bool(options.tta), "merge": options.merge if options.networks > 1 else None,
         "window": options.window, "overlap": options.overlap,
         "device": device, "precision": precision, "backend": backend,
         "read": dataclasses.asdict(options.read_options()),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from roadseg.checkpoints import check_checkpoint_path, checkpoint_of
 from roadseg.errors import RoadsegError
+from roadseg.exported import is_exported
 from roadseg.patches import CONTEXT_MARGIN
 
 if TYPE_CHECKING:  # scipy's start-up is paid by the commands that decide, not by every one
@@ -67,7 +68,23 @@ class PredictOptions:
         ckpts = [checkpoint_of(str(c)) for c in given.get("ckpt") or _file_ckpts(values, config)]
         for ckpt in ckpts:
             check_checkpoint_path(ckpt)
+        if any(is_exported(c) for c in ckpts):
+            _exported_options(ckpts, chosen, given.get("merge") or values.get("merge"))
         return cls(ckpt=tuple(ckpts), **chosen, quiet=quiet, config=config)
+
+    @property
+    def exported(self):
+        """The exported file these options predict with (:mod:`roadseg.exported`), else
+        ``None`` (checkpoints)."""
+        from roadseg.exported import read_exported
+
+        return read_exported(self.ckpt[0]) if is_exported(self.ckpt[0]) else None
+
+    @property
+    def networks(self) -> int:
+        """How many networks predict: the checkpoints, or the exported file's members."""
+        exported = self.exported
+        return exported.members if exported else len(self.ckpt)
 
     @property
     def margin(self) -> int:
@@ -90,6 +107,8 @@ class PredictOptions:
         from roadseg.checkpoints import read_checkpoint
         from roadseg.imagery import imagery_of
 
+        if self.exported:
+            return self.exported.imagery()
         return imagery_of(read_checkpoint(self.ckpt[0], mapped=True))
 
     def engine(self) -> tuple[str, str, str]:
@@ -98,6 +117,8 @@ class PredictOptions:
         from roadseg.backends import choose_backend
         from roadseg.predict import pick_device
 
+        if self.exported:  # ONNX Runtime, fp32, on the CPU (the Predictor refuses others)
+            return pick_device(self.device, exported=True).type, "fp32", "onnx"
         device = pick_device(self.device)
         precision = self.precision
         if precision == "auto":
@@ -109,16 +130,30 @@ class PredictOptions:
         """The contents of every checkpoint (weights not yet in a model)."""
         from roadseg.checkpoints import read_checkpoint
 
+        if self.exported:  # what its metadata says of the data and split
+            return [self.exported.contents()]
         return [read_checkpoint(p) for p in self.ckpt]
 
     def decision(self, ckpt: str) -> tuple[Decision, str]:
         """(Decision, where from) of one checkpoint: the options given, else what ``roadseg
         tune`` stored beside the checkpoint for maps made as these options make them (with
         or without TTA), else the defaults."""
+        from roadseg.exported import read_exported
         from roadseg.thresholds import stored_decision
 
+        if is_exported(ckpt):
+            return self._given(*read_exported(ckpt).decision(bool(self.tta)))
         base, origin, _ = stored_decision(ckpt, tta=bool(self.tta), metric=self.metric)
         return self._given(base, origin)
+
+    def member_decisions(self) -> list[tuple[Decision, str]]:
+        """(Decision, where from) of each network of a vote: each checkpoint's, or each
+        member's recorded in the exported file; the options given over them."""
+        exported = self.exported
+        if exported is None:
+            return [self.decision(p) for p in self.ckpt]
+        origin = f"{exported.path}'s metadata"
+        return [self._given(d, origin) for d in exported.member_decisions(bool(self.tta))]
 
     def _given(self, base: Decision, origin: str) -> tuple[Decision, str]:
         """``base`` with the thresholds and clean-up given in the options."""
@@ -138,6 +173,8 @@ class PredictOptions:
         from roadseg.thresholds import stored_decision, stored_ensemble_decision
 
         tta = bool(self.tta)
+        if self.exported:
+            return (*self.exported.decision(tta), self.exported.thresholds(tta))
         if len(self.ckpt) > 1:
             found = stored_ensemble_decision(self.ckpt, tta=tta, metric=self.metric)
             if found is not None:
@@ -169,22 +206,28 @@ class PredictOptions:
         """
         from roadseg.predict import Predictor
 
-        contents = self.read_checkpoints() if contents is None else contents
-        decisions = [self.decision(p) for p in self.ckpt]
-        predictor = Predictor.from_checkpoints(
-            list(self.ckpt), contents=contents, window=self.window, overlap=self.overlap, batch_size=self.batch_size,
-            tta=self.tta, device=self.device, precision=self.precision,
-            progress=not self.quiet, merge=self.merge, decisions=[d for d, _ in decisions],
-            backend=self.backend,
+        decisions = self.member_decisions()
+        settings = dict(
+            window=self.window, overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
+            device=self.device, precision=self.precision, progress=not self.quiet,
+            merge=self.merge, decisions=[d for d, _ in decisions], backend=self.backend,
         )  # fmt: skip
+        if self.exported:
+            predictor = Predictor.from_exported(self.ckpt[0], **settings)
+        else:
+            contents = self.read_checkpoints() if contents is None else contents
+            predictor = Predictor.from_checkpoints(list(self.ckpt), contents=contents, **settings)
         print(f"backend: {predictor.backend_name} ({predictor.backend_why})")
         decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
         if decision is None:
             decision, origin = self.mean_decision()
         print(f"decision: {decision.describe()} ({origin})")
         if self.merge == "vote":
-            for path, (d, where) in zip(self.ckpt, decisions, strict=True):
-                print(f"  member {path}: {d.describe()} ({where})")
+            names = self.ckpt if not self.exported else [
+                f"{self.ckpt[0]} #{k + 1}" for k in range(self.networks)
+            ]  # fmt: skip
+            for name, (d, where) in zip(names, decisions, strict=True):
+                print(f"  member {name}: {d.describe()} ({where})")
         return predictor, decision
 
 
@@ -224,6 +267,28 @@ def _options_file(config: str) -> dict:
             names = " or ".join(k.__name__ for k in kinds)
             raise RoadsegError(f"option {key}: {value!r} is not {names}", config)
     return values
+
+
+def _exported_options(ckpts: list[str], chosen: dict, merge: str | None) -> None:
+    """Options of an exported file: one file, no ``metric`` (it holds the decision it was
+    exported with), and the merge it records unless one is given (in ``chosen``)."""
+    from roadseg.exported import read_exported
+
+    if len(ckpts) > 1:
+        raise RoadsegError(
+            "an exported file is already its ensemble: export the members together "
+            "(roadseg export --ckpt A --ckpt B) and predict with that one file",
+            next(c for c in ckpts if is_exported(c)),
+        )
+    exported = read_exported(ckpts[0])
+    if chosen["metric"] is not None:
+        raise RoadsegError(
+            "--metric chooses among a checkpoint's tuned thresholds; an exported file holds "
+            "the decision it was exported with: leave out --metric, or export with it",
+            ckpts[0],
+        )
+    if merge is None:
+        chosen["merge"] = exported.merge
 
 
 def _file_ckpts(values: dict, config: str | None) -> list[str]:

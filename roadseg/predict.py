@@ -16,18 +16,20 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import rasterio
-import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from roadseg.backends import OnnxBackend, TorchBackend, choose_backend
 from roadseg.errors import RoadsegError
+from roadseg.exported import ExportedModel
 from roadseg.identity import prediction_identity
 from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
 from roadseg.io import open_scene, read_image
@@ -46,13 +48,41 @@ from roadseg.parts import (
 from roadseg.patches import PATCH_SIZE, labels_to_mask
 from roadseg.postprocess import Decision
 from roadseg.reading import ReadOptions, SceneReader, scene_reader
-from roadseg.task import RoadSegTask
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: exported files run without
+    import torch
 
 WINDOW_MULTIPLE = 64
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
+@dataclass(frozen=True)
+class Cpu:
+    """The CPU where PyTorch is not installed (an exported file predicts without it)."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def pick_device(device: str = "auto", *, exported: bool = False):
+    """``auto`` -> CUDA when present, else CPU (a ``torch.device``, or :class:`Cpu` when
+    torch is not installed). ``exported``: an exported file runs on the CPU only."""
+    if exported:
+        if device not in ("auto", "cpu"):
+            raise RoadsegError(
+                f"an exported file runs in ONNX Runtime on the CPU, not on {device}: leave out "
+                "--device, or predict with its checkpoint"
+            )
+        return Cpu()
+    try:
+        import torch
+    except ImportError:
+        if device in ("auto", "cpu"):
+            return Cpu()
+        raise RoadsegError(
+            f"--device {device} needs PyTorch: pip install 'roadseg[train]'"
+        ) from None
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -123,37 +153,66 @@ class Predictor:
         backend: str = "torch",
         threads: int | None = None,
     ):
+        exported = models if isinstance(models, ExportedModel) else None
         if not models:
             raise RoadsegError("Predictor needs at least one model")
         if merge not in ("mean", "vote"):
             raise RoadsegError(f"unknown merge {merge!r}; use mean or vote")
-        decisions = list(decisions) if decisions is not None else [Decision()] * len(models)
-        if len(decisions) != len(models):
-            raise RoadsegError(f"{len(models)} models but {len(decisions)} decisions for the vote")
+        self.members = exported.members if exported else len(models)
+        decisions = list(decisions) if decisions is not None else [Decision()] * self.members
+        if len(decisions) != self.members:
+            raise RoadsegError(f"{self.members} models but {len(decisions)} decisions for the vote")
         self.merge, self.decisions = merge, decisions
         if not 0 <= overlap < window:
             raise RoadsegError(
                 f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
             )
-        self.device = pick_device(device)
+        self.device = pick_device(device, exported=exported is not None)
         self.window, self.overlap, self.batch_size, self.tta = window, overlap, batch_size, tta
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("bf16", "fp32"):
             raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         self.precision = precision
-        self.members = len(models)
-        if backend == "auto" and precision == "bf16":  # ONNX Runtime runs fp32 only
+        if exported:
+            self._exported(exported, backend)
+        else:
+            self._networks(models, backend, threads)
+        self.progress = progress
+        self.imagery = imagery
+
+    def _networks(self, models: list, backend: str, threads: int | None) -> None:
+        """The backend that runs these networks (PyTorch modules)."""
+        if backend == "auto" and self.precision == "bf16":  # ONNX Runtime runs fp32 only
             backend = "torch"
         self.backend_name, self.backend_why = choose_backend(backend, self.device)
         if self.backend_name == "onnx":
-            if precision == "bf16":
+            if self.precision == "bf16":
                 raise RoadsegError("the onnx backend runs fp32: leave out --precision bf16")
             self.network = OnnxBackend.from_models(models, threads)
         else:
-            self.network = TorchBackend(models, self.device, precision)
-        self.progress = progress
-        self.imagery = imagery
+            self.network = TorchBackend(models, self.device, self.precision)
+
+    def _exported(self, exported: ExportedModel, backend: str) -> None:
+        """ONNX Runtime over an exported file, fp32, on the CPU."""
+        if backend == "torch" or self.precision != "fp32":
+            raise RoadsegError(
+                "an exported file runs in ONNX Runtime, fp32: leave out --backend torch and "
+                "--precision bf16, or predict with its checkpoint",
+                exported.path,
+            )
+        self.backend_name, self.backend_why = "onnx", f"the exported file {exported.path}"
+        self.network = OnnxBackend.from_file(exported)
+
+    @classmethod
+    def from_exported(cls, path: str | Path, **kwargs) -> Predictor:
+        """A predictor over an exported file (:mod:`roadseg.exported`): its imagery from
+        its metadata unless given."""
+        from roadseg.exported import read_exported
+
+        exported = read_exported(path)
+        kwargs.setdefault("imagery", exported.imagery())
+        return cls(exported, **kwargs)
 
     @classmethod
     def from_checkpoints(
@@ -161,6 +220,8 @@ class Predictor:
     ) -> Predictor:
         """A predictor over the ensemble of these checkpoints (``contents``: theirs, when
         already read by :func:`roadseg.checkpoints.read_checkpoint`)."""
+        from roadseg.task import RoadSegTask
+
         if contents is None:  # read here, so that the imagery they recorded is used
             from roadseg.checkpoints import read_checkpoint
 
@@ -189,15 +250,15 @@ class Predictor:
         their mean alone for ``mean``."""
         return self.members if self.merge == "vote" else 1
 
-    def member_probs(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def member_probs(self, images: np.ndarray) -> np.ndarray:
         """Road probabilities ``(B, K, H, W)`` of images ``(B, 3, H, W)``: for ``vote`` each
         model's (K = M), for ``mean`` their mean, taken by the backend (K = 1), so a mean
         ensemble moves and blends one map per image, not one per model."""
-        if isinstance(images, torch.Tensor):
+        if not isinstance(images, np.ndarray):  # a CPU tensor
             images = images.numpy()
         images = np.ascontiguousarray(images, dtype=np.float32)
         views = 8 if self.tta else 1
-        return torch.from_numpy(self.network(images, views, self.merge == "vote"))
+        return self.network(images, views, self.merge == "vote")
 
     def merge_members(self, probs: np.ndarray) -> np.ndarray:
         """One image's maps ``(K, H, W)`` of :meth:`member_probs` -> the ensemble's map
@@ -215,10 +276,10 @@ class Predictor:
         ]
         return np.mean(votes, axis=0, dtype=np.float32)
 
-    def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """The ensemble's maps ``(B, H, W)`` of whole images ``(B, 3, H, W)`` in [0, 1]."""
-        members = self.member_probs(images).numpy()
-        return torch.from_numpy(np.stack([self.merge_members(m) for m in members]))
+        members = self.member_probs(images)
+        return np.stack([self.merge_members(m) for m in members])
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """The ensemble's map ``(H, W)`` float32 of one image ``(3, H, W)`` in [0, 1]:
@@ -229,7 +290,7 @@ class Predictor:
         """The maps ``(K, H, W)`` of :meth:`member_probs` for one image, windowed and blended."""
         _, h, w = image.shape
         if h <= self.window and w <= self.window:
-            return self.member_probs(torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
+            return self.member_probs(image[None])[0]
         win_h, rows = fitted_windows(h, self.window, self.overlap)
         win_w, cols = fitted_windows(w, self.window, self.overlap)
         boxes = [(r, c) for r in rows for c in cols]
@@ -239,7 +300,7 @@ class Predictor:
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start : start + self.batch_size]
             batch = np.stack([image[:, r : r + win_h, c : c + win_w] for r, c in chunk])
-            probs = self.member_probs(torch.from_numpy(batch)).numpy()
+            probs = self.member_probs(batch)
             for (r, c), prob in zip(chunk, probs, strict=True):
                 total[:, r : r + win_h, c : c + win_w] += prob * weight
                 norm[r : r + win_h, c : c + win_w] += weight
@@ -268,7 +329,7 @@ class Predictor:
                 images = [read_image(r["image"]) for r in chunk]
             fits = all(im.shape[1] <= self.window and im.shape[2] <= self.window for im in images)
             if fits and len({im.shape for im in images}) == 1:
-                probs = list(self.predict_batch(torch.from_numpy(np.stack(images))).numpy())
+                probs = list(self.predict_batch(np.stack(images)))
             else:
                 probs = [self.predict_image(im) for im in images]
             if margin:

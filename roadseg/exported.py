@@ -1,0 +1,206 @@
+"""An exported file (``roadseg export``, ``model.onnx``) used as the model of a command.
+
+Every predicting command takes ``--ckpt model.onnx`` as it takes a checkpoint: the network
+runs in ONNX Runtime (no torch, Lightning or smp: ``pip install 'roadseg[predict]'``), and
+what a checkpoint and its tuned thresholds would say comes from the file's metadata
+(:mod:`roadseg.export`): the decision with and without TTA (``roadseg_decision``,
+``roadseg_decision_tta``, each member's for a vote), the training imagery and resolution
+(``roadseg_imagery``), the smallest side the graph takes (``roadseg_min_side``), and, for
+files exported since it was recorded, the data each member trained on and its split
+(``roadseg_training``), so that ``submit`` finds its test tiles and ``evaluate`` its
+validation tiles as they would from the checkpoint. The run identity holds the file's
+SHA-256 (:func:`roadseg.identity.run_identity`), as it holds a checkpoint's.
+
+An exported file is already its ensemble (``members``): one file per command. Options a
+checkpoint takes and the file cannot honour (``--metric``: it holds the decision it was
+exported with; ``--backend torch``, a GPU, bf16) are refused in one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from roadseg.errors import RoadsegError
+
+SUFFIX = ".onnx"
+# what a file must hold to be predicted with as roadseg predicts (export's FORMAT 1)
+REQUIRED = (
+    "roadseg_format", "roadseg_decision", "roadseg_decision_tta", "roadseg_imagery",
+    "roadseg_min_side", "roadseg_merge",
+)  # fmt: skip
+TRAINING_KEY = "roadseg_training"  # each member's data root and split (checkpoints' own keys)
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` names an exported file (``.onnx``) rather than a checkpoint."""
+    return Path(path).suffix.lower() == SUFFIX
+
+
+def require_onnxruntime(path: str | Path | None = None) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise RoadsegError(
+            "predicting with an exported file needs onnxruntime: pip install 'roadseg[predict]'",
+            path,
+        ) from err
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An exported file: its path, its roadseg metadata (JSON decoded) and the number of
+    members its graph holds."""
+
+    path: str
+    metadata: dict
+    members: int
+
+    @property
+    def merge(self) -> str:
+        return self.metadata["roadseg_merge"]
+
+    @property
+    def min_side(self) -> int:
+        return int(self.metadata["roadseg_min_side"])
+
+    def imagery(self):
+        from roadseg.imagery import Imagery
+
+        return Imagery.from_dict(self.metadata["roadseg_imagery"])
+
+    def _decision_entry(self, tta: bool) -> dict:
+        return self.metadata["roadseg_decision_tta" if tta else "roadseg_decision"]
+
+    def decision(self, tta: bool):
+        """(Decision of the mean, where from) recorded for maps made with or without TTA."""
+        from roadseg.postprocess import Decision
+
+        entry = self._decision_entry(tta)
+        decision = Decision(*(entry[k] for k in ("pixel", "patch", "close_gaps", "min_area")))
+        return decision, f"{Path(self.path).name}'s metadata: {entry.get('origin', 'recorded')}"
+
+    def member_decisions(self, tta: bool) -> list:
+        """Each member's Decision (for a vote), as recorded."""
+        from roadseg.postprocess import Decision
+
+        entries = self._decision_entry(tta).get("members") or []
+        if len(entries) != self.members:
+            raise RoadsegError(
+                f"records {len(entries)} member decisions for {self.members} members: "
+                "export it again",
+                self.path,
+            )
+        keys = ("pixel", "patch", "close_gaps", "min_area")
+        return [Decision(*(e[k] for k in keys)) for e in entries]
+
+    def thresholds(self, tta: bool):
+        """The :class:`~roadseg.thresholds.Thresholds` the decision was tuned as, when the
+        metadata says it was tuned (``None``: defaults or options at export)."""
+        from roadseg.thresholds import Thresholds
+
+        entry = self._decision_entry(tta)
+        if not entry.get("tuned", "tuned for" in entry.get("origin", "")):
+            return None
+        return Thresholds(
+            pixel=entry["pixel"], patch=entry["patch"], close_gaps=entry["close_gaps"],
+            min_area=entry["min_area"], tta=tta, metric=entry.get("metric", "f1"),
+        )  # fmt: skip
+
+    def contents(self) -> dict:
+        """What a checkpoint's contents would say of the data and the split (for
+        :func:`roadseg.checkpoints.trained_root`, :func:`roadseg.imagery.imagery_of` and
+        :mod:`roadseg.evaluation`): the first member's root and validation tiles, and the
+        tiles any member trained on."""
+        from roadseg.checkpoints import SPLIT_KEY
+
+        members = self.metadata.get(TRAINING_KEY) or []
+        contents = {"roadseg_imagery": self.metadata["roadseg_imagery"], "exported": self}
+        if members:
+            first = members[0]
+            contents["datamodule_hyper_parameters"] = {"root": first.get("root")}
+            split = first.get("split")
+            if split:
+                split = {**split, "note": first.get("note")}  # a split made again, said so
+                for m in members[1:]:  # the file is one model: what any member saw
+                    other = m.get("split") or {}
+                    split["train"] = [*split["train"], *other.get("train", [])]
+                    split["pseudo"] = [*split.get("pseudo", []), *other.get("pseudo", [])]
+                contents[SPLIT_KEY] = split
+        return contents
+
+
+def read_exported(path: str | Path) -> ExportedModel:
+    """The exported file at ``path``, its metadata checked (one line naming what is
+    missing); read once per process while the file is unchanged."""
+    p = Path(path)
+    try:
+        stat = p.stat()
+    except FileNotFoundError:
+        raise RoadsegError("exported model not found (roadseg export writes one)", p) from None
+    return _read(str(p), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, size: int, mtime: int) -> ExportedModel:
+    sess = _session(path, size, mtime, None)
+    props = sess.get_modelmeta().custom_metadata_map
+    missing = [k for k in REQUIRED if k not in props]
+    if missing:
+        what = "no roadseg metadata" if len(missing) == len(REQUIRED) else "metadata"
+        raise RoadsegError(
+            f"an ONNX file with {what} (missing {', '.join(missing)}): predict with a file "
+            "written by roadseg export, or its checkpoint",
+            path,
+        )
+    try:
+        metadata = {k: json.loads(v) for k, v in props.items() if k.startswith("roadseg_")}
+    except json.JSONDecodeError as err:
+        raise RoadsegError(f"roadseg metadata that is not JSON ({err})", path) from err
+    names = {o.name: o.shape for o in sess.get_outputs()}
+    inputs = [i.name for i in sess.get_inputs()]
+    if inputs != ["image"] or "probability" not in names or "members" not in names:
+        raise RoadsegError(
+            f"inputs {inputs} and outputs {sorted(names)}, not roadseg's image -> probability, "
+            "members (a Deepness export is for QGIS: predict with the plain export)",
+            path,
+        )
+    members = names["members"][1]
+    if not isinstance(members, int):
+        members = len(metadata["roadseg_decision"].get("members") or [None])
+    return ExportedModel(path, metadata, members)
+
+
+def session(path: str | Path, threads: int | None = None):
+    """One ONNX Runtime CPU session per file (its content as its size and time say, and
+    thread count) and process; a file ONNX Runtime cannot read is refused in one line."""
+    stat = Path(path).stat()
+    return _session(str(path), stat.st_size, stat.st_mtime_ns, threads)
+
+
+@functools.lru_cache(maxsize=8)
+def _session(path: str, size: int, mtime: int, threads: int | None):
+    require_onnxruntime(path)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: stderr stays the command's
+    try:
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for a bad file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
+
+
+def threads() -> int | None:
+    """ONNX Runtime's threads: PyTorch's when it is loaded (what the torch backend uses),
+    else ONNX Runtime's own default (the physical cores)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None

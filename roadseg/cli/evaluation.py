@@ -31,9 +31,17 @@ def _validation(options, ckpts: list[dict], instead: str):
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
+    from roadseg.exported import is_exported
     from roadseg.paths import check_io
     from roadseg.thresholds import thresholds_path
 
+    exported = [c for c in args.ckpt or [] if is_exported(c)]
+    if exported:
+        raise RoadsegError(
+            "an exported file holds the decision it was exported with: tune its checkpoint, "
+            "then export again (evaluate scores the file)",
+            exported[0],
+        )
     options = predict_options(args)
     writes = not args.dry_run and options.merge != "vote"
     if writes:

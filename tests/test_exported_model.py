@@ -1,0 +1,182 @@
+"""The exported file as a model (``--ckpt model.onnx``): it predicts, submits and evaluates
+as its checkpoint does, from its metadata, without importing torch; what it cannot be is
+refused in one line."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from roadseg.checkpoints import SPLIT_KEY, split_record
+from roadseg.cli import main
+from roadseg.index import scan
+from tests.conftest import smooth_map, write_raster, write_small_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+# Runs the command line with the training stack unimportable: what roadseg[predict] has.
+NO_TORCH = """
+import sys
+for name in ("torch", "torchvision", "pytorch_lightning", "lightning", "torchmetrics", "timm",
+             "segmentation_models_pytorch", "albumentations", "sklearn", "jsonargparse", "onnx"):
+    sys.modules[name] = None  # import raises ImportError
+from roadseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def sharp_checkpoint(path: Path, root: Path | None = None) -> Path:
+    """A small U-Net whose road logits are scaled by 40 around their median, so few pixels
+    sit near a threshold (an untrained net's probabilities crowd around 0.45); with
+    ``root``, it records that dataset and a split of it (two validation tiles)."""
+    path = write_small_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    state = ckpt["state_dict"]
+    state["model.net.segmentation_head.0.weight"] *= 40
+    state["model.net.segmentation_head.0.bias"] = (
+        state["model.net.segmentation_head.0.bias"] * 40 + 8
+    )
+    if root is not None:
+        index = scan(root)
+        index = index[index["mask"].notna()].reset_index(drop=True)
+        index["stage"] = ["val" if k < 2 else "train" for k in range(len(index))]
+        ckpt["datamodule_hyper_parameters"] = {"root": str(root)}
+        ckpt[SPLIT_KEY] = split_record(index, root)
+    torch.save(ckpt, path)
+    return path
+
+
+def export(ckpt: Path, out: Path, check: Path, *extra: str) -> Path:
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--check-data", str(check),
+                 *extra]) == 0  # fmt: skip
+    return out
+
+
+def scene(path: Path, h: int = 300, w: int = 420) -> Path:
+    image = smooth_map(h, w, seed=5)
+    return write_raster(path, image, crs="EPSG:32632", transform=from_origin(5e5, 5.2e6, 0.5, 0.5))
+
+
+def no_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO),
+                          "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_exported_file_predicts_a_scene_as_its_checkpoint_without_torch(cil_root, tmp_path):
+    ckpt = sharp_checkpoint(tmp_path / "a.ckpt")
+    model = export(ckpt, tmp_path / "model.onnx", cil_root, "--pixel-threshold", "0.6")
+    src = scene(tmp_path / "scene.tif")
+    for output in ("prob", "mask"):
+        by_file = no_torch("predict", src, "--ckpt", model, "--out", f"f_{output}.tif",
+                           "--output", output, "--quiet", cwd=tmp_path)  # fmt: skip
+        assert by_file.returncode == 0, by_file.stderr
+        assert "model.onnx's metadata" in by_file.stdout  # the decision, from the file
+        assert "backend: onnx (the exported file" in by_file.stdout
+        assert main(["predict", str(src), "--ckpt", str(ckpt), "--out", str(tmp_path / f"c_{output}.tif"),
+                     "--output", output, "--pixel-threshold", "0.6", "--backend", "torch", "--quiet"]) == 0  # fmt: skip
+    prob_file, prob_ckpt = read(tmp_path / "f_prob.tif"), read(tmp_path / "c_prob.tif")
+    assert np.abs(prob_file - prob_ckpt).max() < 1e-4
+    assert (read(tmp_path / "f_mask.tif") == read(tmp_path / "c_mask.tif")).all()
+    # the run's identity holds the file's content, as it holds a checkpoint's
+    with rasterio.open(tmp_path / "f_mask.tif") as out:
+        models = out.tags()["roadseg_models"]
+    assert models == f"sha256:{hashlib.sha256(model.read_bytes()).hexdigest()}"
+
+
+def test_exported_file_runs_a_folder_of_scenes_without_torch(cil_root, tmp_path):
+    model = export(sharp_checkpoint(tmp_path / "a.ckpt"), tmp_path / "model.onnx", cil_root)
+    for name in ("one", "two"):
+        scene(tmp_path / "scenes" / f"{name}.tif", 200 + 40 * len(name), 260)
+    run = no_torch("predict", "scenes", "--ckpt", model, "--out", "out", "--output", "mask",
+                   "--quiet", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert sorted(manifest["status"]) == ["done", "done"]
+    again = no_torch("predict", "scenes", "--ckpt", model, "--out", "out", "--output", "mask",
+                     "--quiet", cwd=tmp_path)  # fmt: skip
+    assert "2 done before (skipped)" in again.stdout  # the same file: its runs are reused
+
+
+def test_exported_file_submits_and_evaluates_as_its_checkpoint_without_torch(cil_root, tmp_path):
+    ckpt = sharp_checkpoint(tmp_path / "a.ckpt", root=cil_root)
+    model = export(ckpt, tmp_path / "model.onnx", cil_root)
+    by_file = no_torch("submit", "--ckpt", model, "--out", "file.csv", "--quiet", cwd=tmp_path)
+    assert by_file.returncode == 0, by_file.stderr
+    assert main(["submit", "--ckpt", str(ckpt), "--out", str(tmp_path / "ckpt.csv"), "--quiet",
+                 "--backend", "torch"]) == 0  # fmt: skip
+    rows_file, rows_ckpt = pd.read_csv(tmp_path / "file.csv"), pd.read_csv(tmp_path / "ckpt.csv")
+    assert (rows_file["id"] == rows_ckpt["id"]).all()
+    assert (rows_file["prediction"] == rows_ckpt["prediction"]).mean() >= 0.9999
+
+    evaluated = no_torch("evaluate", "--ckpt", model, "--out", "val.csv", "--quiet", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "split: the 2 validation tiles the checkpoint recorded" in evaluated.stdout
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "val_ckpt.csv"), "--quiet",
+          "--backend", "torch"])  # fmt: skip
+    assert pd.read_csv(tmp_path / "val.csv").equals(pd.read_csv(tmp_path / "val_ckpt.csv"))
+
+
+def write_foreign_onnx(path: Path) -> Path:
+    """A valid ONNX model (image -> probability) with no roadseg metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probability"])], "foreign",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 10
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture
+def exported(cil_root, tmp_path) -> Path:
+    return export(sharp_checkpoint(tmp_path / "a.ckpt"), tmp_path / "model.onnx", cil_root)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ckpt", "{foreign}"], "no roadseg metadata (missing roadseg_format"),
+        (["--ckpt", "{garbage}"], "not a readable ONNX model"),
+        (["--ckpt", "{missing}"], "exported model not found (roadseg export"),
+        (["--ckpt", "{model}", "--ckpt", "{model}"], "an exported file is already its ensemble"),
+        (["--ckpt", "{model}", "--metric", "accuracy"], "leave out --metric"),
+        (["--ckpt", "{model}", "--backend", "torch"], "leave out --backend torch"),
+        (["--ckpt", "{model}", "--device", "cuda"], "runs in ONNX Runtime on the CPU"),
+    ],
+)
+def test_what_an_exported_file_cannot_be_is_refused_in_one_line(
+    exported, tmp_path, capsys, args, says
+):
+    files = {
+        "model": exported, "foreign": write_foreign_onnx(tmp_path / "foreign.onnx"),
+        "missing": tmp_path / "nope.onnx", "garbage": tmp_path / "garbage.onnx",
+    }  # fmt: skip
+    files["garbage"].write_bytes(b"not a model at all")
+    src = scene(tmp_path / "scene.tif", 100, 100)
+    args = [a.format(**files) for a in args]
+    assert main(["predict", str(src), *args, "--out", str(tmp_path / "o.tif"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_tune_refuses_to_store_thresholds_for_an_exported_file(exported, capsys):
+    assert main(["tune", "--ckpt", str(exported)]) == 2
+    assert "tune its checkpoint, then export again" in capsys.readouterr().err

@@ -19,6 +19,12 @@ from roadseg.errors import RoadsegError
 from roadseg.runs import LIGHTNING_COMMANDS
 
 FAMILIES = (prediction, evaluation, data, research)
+# what roadseg[train] adds to the base install (pyproject.toml)
+TRAINING_STACK = {
+    "torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics",
+    "segmentation_models_pytorch", "timm", "albumentations", "jsonargparse", "sklearn",
+    "matplotlib", "onnx", "onnxscript",
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         from roadseg.paths import describe_os_error
 
         print(f"roadseg: error: {err.filename}: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        # The light install (roadseg[predict]) has no training stack: say what to install.
+        if debug or (err.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        command = next((a for a in argv if not a.startswith("-")), "roadseg")
+        print(f"roadseg: error: {command} needs {err.name}, of the training install: pip install "
+              "'roadseg[train]' (an exported file, --ckpt model.onnx, predicts without it)",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt as err:
         said = f": {err}" if str(err) else ""  # an Interrupted says what was kept

@@ -286,10 +286,31 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from roadseg.paths import check_io
 
     require_onnx()
+    if not args.deepness and (args.tile_size is not None or args.tile_overlap is not None):
+        raise RoadsegError("--tile-size and --tile-overlap are for --deepness")
     options = predict_options(args)
     check_io(outputs=[args.out], protected=options.inputs)
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])
+    if args.deepness:
+        from roadseg import deepness
+
+        tile = args.tile_size if args.tile_size is not None else deepness.TILE_SIZE
+        overlap = args.tile_overlap if args.tile_overlap is not None else deepness.TILE_OVERLAP
+        report = deepness.export_deepness(
+            options, args.out, tile=tile, overlap=overlap, check_data=args.check_data
+        )
+        print(
+            f"wrote {report.path} for QGIS Deepness: {report.members} member"
+            f"{'s' if report.members > 1 else ''} (mean), {tile}x{tile} tiles, "
+            f"{report.path.stat().st_size / 1e6:.1f} MB; agrees with PyTorch to "
+            f"{report.max_diff:.1e} in probability on {report.checked}. Metadata:"
+        )
+        for key, value in report.metadata.items():
+            print(f"  {key}: {value}")
+        for note in report.notes:
+            print(f"note: {note}")
+        return
     report = export_checkpoints(options, args.out, check_data=args.check_data)
     decision = json.loads(report.metadata["roadseg_decision"])
     print(
@@ -340,6 +361,26 @@ def _add_export(sub) -> None:
         "--metric",
         choices=["f1", "accuracy"],
         help="record the thresholds roadseg tune found for this metric (default: tuned last)",
+    )
+    p.add_argument(
+        "--deepness",
+        action="store_true",
+        help="write the file for QGIS's Deepness plugin: square tiles of --tile-size in, one "
+        "road probability map out, Deepness's metadata (model_type, class_names, resolution "
+        "in cm/px, tile size and overlap, seg_thresh, standardisation) filled in",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PX",
+        help="with --deepness: side of the square tiles Deepness cuts (default 512)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PERCENT",
+        help="with --deepness: overlap of Deepness's tiles, percent of the tile (default 25: "
+        "512 px tiles every 384 px, a multiple of the network's grid, 64 px for cpu.yaml)",
     )
     p.set_defaults(func=_cmd_export)
 

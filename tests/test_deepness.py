@@ -1,0 +1,223 @@
+"""roadseg export --deepness: an ONNX file for QGIS's Deepness plugin.
+
+Deepness is checked against as PUTvision/qgis-plugin-deepness documents and reads it:
+docs/source/creators/creators_add_metadata_to_model.rst (the table of metadata keys, their
+types and units), docs/source/creators/creators_description_classes.rst (square input
+``[BATCH, CHANNELS, SIZE, SIZE]``, one output ``[BATCH, CLASSES, SIZE, SIZE]``, uint8 input,
+tiles zero-padded at the layer's border) and src/deepness/processing/models/model_base.py
+with preprocessing_utils.py (how each key is parsed; input = uint8 / 255, then
+``(x - standardization_mean) / standardization_std``, NHWC -> NCHW). :func:`deepness_reads`
+and :func:`as_deepness_feeds` below repeat those steps here, independently of
+roadseg.deepness.
+"""
+
+import ast
+import json
+
+import numpy as np
+import rasterio
+import torch
+
+from roadseg import deepness
+from roadseg.cli import main
+from roadseg.deepness import deepness_graph
+from roadseg.export import session
+from roadseg.io import read_image
+from roadseg.models import create_model
+from roadseg.predict import Predictor
+from roadseg.task import RoadSegTask
+from tests.conftest import smooth_map, write_small_checkpoint
+
+SMALL = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 3,
+         "decoder_channels": [16, 8, 8]}  # fmt: skip
+# How far from the zero-padded border the padding still reaches the probability, measured
+# on these untrained small U-Nets: exact (< 2e-6) from 64 px at full scale, from 128 px
+# with a member at half scale (the receptive field doubles); 2e-4 at 112 px
+FULL_SCALE_REACH = 64
+HALF_SCALE_REACH = 128
+
+
+def write_half_scale_checkpoint(path):
+    """An untrained small U-Net that sees its input at half scale, as a roadseg checkpoint."""
+    torch.manual_seed(1)
+    args = {**SMALL, "input_scale": 0.5}
+    weights = create_model("unet", **args).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()},
+                "hyper_parameters": {"model": "unet", "model_args": args}}, path)  # fmt: skip
+    return path
+
+
+def deepness_reads(path) -> dict:
+    """The metadata as Deepness's ModelBase parses it (get_metadata_model_type,
+    get_outputs_channel_names, get_metadata_resolution, get_metadata_tile_size,
+    get_metadata_tiles_overlap, get_metadata_segmentation_threshold,
+    get_metadata_segmentation_small_segment, get_metadata_standarization_parameters)."""
+    meta = session(path).get_modelmeta().custom_metadata_map
+    try:
+        names = json.loads(meta["class_names"])
+    except json.JSONDecodeError:
+        names = ast.literal_eval(meta["class_names"])
+    names = [names] if isinstance(names, dict) else names
+    heads = []
+    for head in names:
+        ordered = sorted(head.items(), key=lambda kv: int(kv[0]))
+        assert [int(k) for k, _ in ordered] == list(range(len(ordered)))  # consecutive ids
+        heads.append([v for _, v in ordered])
+    return {
+        "model_type": str(json.loads(meta["model_type"])).capitalize(),
+        "class_names": heads,
+        "resolution": float(json.loads(meta["resolution"])),
+        "tile_size": int(json.loads(meta["tile_size"])),
+        "tiles_overlap": int(json.loads(meta["tiles_overlap"])),
+        "seg_thresh": float(json.loads(meta["seg_thresh"])),
+        "seg_small_segment": int(json.loads(meta["seg_small_segment"])),
+        "mean": [float(v) for v in json.loads(meta["standardization_mean"])],
+        "std": [float(v) for v in json.loads(meta["standardization_std"])],
+    }
+
+
+def as_deepness_feeds(rgb8: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """One tile ``(1, 3, size, size)`` from the top-left of an 8-bit image ``(H, W, C)``, as
+    Deepness builds it: zeros where the layer ends, channels cut to the model's 3, / 255,
+    standardised, NHWC -> NCHW."""
+    tile = np.zeros((1, size, size, rgb8.shape[2]), np.uint8)
+    h, w = min(size, rgb8.shape[0]), min(size, rgb8.shape[1])
+    tile[0, :h, :w] = rgb8[:h, :w]
+    tile = tile[:, :, :, :3]
+    x = np.float32(tile * 1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.transpose(x, (0, 3, 1, 2))
+
+
+def from_border(h: int, w: int) -> np.ndarray:
+    """Each pixel's distance to the image's bottom or right edge (where the padding is)."""
+    yy, xx = np.mgrid[:h, :w]
+    return np.minimum(h - 1 - yy, w - 1 - xx)
+
+
+def test_graph_takes_square_tiles_and_gives_one_probability_map():
+    torch.manual_seed(0)
+    models = [create_model("unet", **SMALL).eval(), create_model("unet", **SMALL).eval()]
+    sess = session(deepness_graph(models, 128))
+    (inp,), outs = sess.get_inputs(), sess.get_outputs()
+    assert inp.shape == ["batch", 3, 128, 128]
+    assert [(o.name, o.shape) for o in outs] == [("probability", ["batch", 1, 128, 128])]
+    x = smooth_map(128, 256, seed=1).astype(np.float32) / 255
+    x = np.stack([x[:, :, :128], x[:, :, 128:]])  # a batch of two tiles
+    (prob,) = sess.run(None, {"image": x})
+    with torch.inference_mode():
+        ref = torch.stack([torch.sigmoid(m(torch.from_numpy(x))) for m in models]).mean(0)
+    assert prob.shape == (2, 1, 128, 128)
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert np.abs(prob - ref.numpy()).max() < 1e-4
+
+
+def test_export_fills_deepness_metadata_and_a_fed_tile_is_roadsegs_prediction(
+    cil_root, tmp_path, capsys
+):
+    a = write_small_checkpoint(tmp_path / "a.ckpt")
+    b = write_half_scale_checkpoint(tmp_path / "b.ckpt")
+    out = tmp_path / "roads.onnx"
+    args = ["export", "--deepness", "--tile-size", "256", "--ckpt", str(a), "--ckpt", str(b),
+            "--out", str(out), "--check-data", str(cil_root), "--pixel-threshold", "0.4"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "for QGIS Deepness: 2 members (mean), 256x256 tiles" in printed
+    for line in ('  model_type: "Segmentor"', '  class_names: {"0": "road"}', "  resolution: 50.0",
+                 "  tiles_size: 256", "  tiles_overlap: 25", "  seg_thresh: 0.4"):  # fmt: skip
+        assert line in printed.splitlines()
+
+    raw = session(out).get_modelmeta().custom_metadata_map
+    assert json.loads(raw["model_type"]) == "Segmentor"  # documented: str
+    assert json.loads(raw["class_names"]) == {"0": "road"}  # dict id -> name, one channel
+    assert json.loads(raw["resolution"]) == 50.0  # float, cm/px: the checkpoints' 0.5 m/px
+    assert json.loads(raw["tiles_size"]) == 256  # documented spelling, int px
+    assert json.loads(raw["tile_size"]) == 256  # the spelling model_base.py reads
+    assert json.loads(raw["tiles_overlap"]) == 25  # int, percent
+    assert json.loads(raw["seg_thresh"]) == 0.4  # float: the decision's pixel threshold
+    assert json.loads(raw["seg_small_segment"]) == 0  # int: Deepness's median filter off
+    assert json.loads(raw["roadseg_decision"])["pixel"] == 0.4  # roadseg's own kept
+    assert json.loads(raw["roadseg_check"])["max_abs_diff"] <= 1e-4
+    assert len(json.loads(raw["roadseg_sources"])) == 2
+    assert deepness_reads(out) == {
+        "model_type": "Segmentor", "class_names": [["road"]], "resolution": 50.0,
+        "tile_size": 256, "tiles_overlap": 25, "seg_thresh": 0.4, "seg_small_segment": 0,
+        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+    }  # fmt: skip
+    sess = session(out)
+    assert sess.get_inputs()[0].shape == ["batch", 3, 256, 256]
+    assert [(o.name, o.shape) for o in sess.get_outputs()] == [
+        ("probability", ["batch", 1, 256, 256])
+    ]
+
+    # a 200 x 230 layer: one tile, zero-padded below and to the right, as Deepness feeds it
+    rgb8 = smooth_map(200, 230, seed=4).transpose(1, 2, 0)
+    read = deepness_reads(out)
+    (prob,) = sess.run(None, {"image": as_deepness_feeds(rgb8, 256, read["mean"], read["std"])})
+    models = [RoadSegTask.from_checkpoint(str(p)).model.eval() for p in (a, b)]
+    ours = Predictor(models, backend="torch", progress=False).predict_image(
+        rgb8.transpose(2, 0, 1).astype(np.float32) / 255
+    )
+    diff = np.abs(prob[0, 0, :200, :230] - ours)
+    assert diff[from_border(200, 230) >= HALF_SCALE_REACH].max() < 1e-4
+    assert diff.max() > 1e-3  # the zeros do reach the prediction near the border
+
+
+def test_deepness_options_are_checked(cil_root, tmp_path, capsys, monkeypatch):
+    a = write_small_checkpoint(tmp_path / "a.ckpt")
+    b = write_small_checkpoint(tmp_path / "b.ckpt")
+    base = ["export", "--ckpt", str(a), "--check-data", str(cil_root)]
+    assert main([*base, "--out", str(tmp_path / "x.onnx"), "--tile-size", "256"]) == 2
+    assert "--tile-size and --tile-overlap are for --deepness" in capsys.readouterr().err
+    vote = [
+        *base,
+        "--ckpt",
+        str(b),
+        "--merge",
+        "vote",
+        "--deepness",
+        "--out",
+        str(tmp_path / "v.onnx"),
+    ]
+    assert main(vote) == 2
+    assert "not a vote" in capsys.readouterr().err
+    small = [*base, "--deepness", "--tile-size", "16", "--out", str(tmp_path / "s.onnx")]
+    assert main(small) == 2
+    assert "below what the network takes" in capsys.readouterr().err
+    monkeypatch.setattr(deepness, "TOLERANCE", 0.0)
+    refused = [*base, "--deepness", "--tile-size", "64", "--out", str(tmp_path / "r.onnx")]
+    assert main(refused) == 2
+    assert "disagrees with PyTorch" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.tmp*"))
+    # 100 px tiles every 90 px: off the network's 32 px grid, said
+    odd = [*base, "--deepness", "--tile-size", "100", "--tile-overlap", "10",
+           "--out", str(tmp_path / "odd.onnx")]  # fmt: skip
+    assert main(odd) == 0
+    assert "not a multiple of the network's 32 px grid" in capsys.readouterr().out
+
+
+def test_a_real_tile_fed_as_deepness_feeds_it_is_roadsegs_prediction(shared_data, tmp_path, capsys):
+    """A cil-2022 tile (400 x 400 RGBA) in a 512 px Deepness tile, zero-padded below and
+    to the right: roadseg's probability from 64 px off that border."""
+    training = shared_data / "cil-2022" / "training"
+    ckpt = write_small_checkpoint(tmp_path / "a.ckpt")
+    out = tmp_path / "roads.onnx"
+    args = ["export", "--deepness", "--ckpt", str(ckpt), "--out", str(out),
+            "--check-data", str(training)]  # fmt: skip
+    assert main(args) == 0
+    assert "512x512 Deepness tiles (zero-padded) of 3 images" in capsys.readouterr().out
+    read = deepness_reads(out)
+    assert (read["tile_size"], read["seg_thresh"], read["resolution"]) == (512, 0.5, 50.0)
+
+    path = sorted((training / "images").glob("*.png"))[0]
+    with rasterio.open(path) as src:
+        rgba8 = src.read().transpose(1, 2, 0)  # (400, 400, 4) uint8, as QGIS holds the layer
+    assert rgba8.shape == (400, 400, 4) and rgba8.dtype == np.uint8
+    (prob,) = session(out).run(
+        None, {"image": as_deepness_feeds(rgba8, 512, read["mean"], read["std"])}
+    )
+    model = RoadSegTask.from_checkpoint(str(ckpt)).model.eval()
+    ours = Predictor([model], backend="torch", progress=False).predict_image(read_image(path))
+    diff = np.abs(prob[0, 0, :400, :400] - ours)
+    assert diff[from_border(400, 400) >= FULL_SCALE_REACH].max() < 1e-4

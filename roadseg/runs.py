@@ -1,9 +1,10 @@
 """Run folders and training configs, without importing Lightning.
 
 A run folder (``runs/<config name>/`` or ``trainer.default_root_dir``) holds the
-checkpoints, ``metrics.csv``, ``config.yaml`` and ``provenance.json`` of one training;
-``validate`` and ``test`` write into ``<run>/<stage>/version_N/`` and never touch what
-training wrote. :mod:`roadseg.training` runs the Lightning commands.
+checkpoints, ``metrics.csv`` (and TensorBoard event files), ``config.yaml`` and
+``provenance.json`` of one training; ``validate`` and ``test`` write into
+``<run>/<stage>/version_N/`` and never touch what training wrote. :mod:`roadseg.training`
+runs the Lightning commands.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ LIGHTNING_COMMANDS = {
 }
 
 RUN_LOGGER = "roadseg.logger.RunCSVLogger"
+TENSORBOARD_LOGGER = "roadseg.logger.RunTensorBoardLogger"
 LOG_PROGRESS_BAR = "roadseg.progress.LogProgressBar"
 
 
@@ -62,8 +64,8 @@ def check_config_file(config: str) -> None:
 
 
 def is_run_logger(logger) -> bool:
-    """Whether a logger value of a config is the RunCSVLogger roadseg fills in itself."""
-    return getattr(logger, "class_path", None) == RUN_LOGGER
+    """Whether a logger of a config is one roadseg fills in itself (metrics.csv, TensorBoard)."""
+    return getattr(logger, "class_path", None) in (RUN_LOGGER, TENSORBOARD_LOGGER)
 
 
 def next_version(folder: Path) -> Path:

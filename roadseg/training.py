@@ -7,6 +7,7 @@ in :mod:`roadseg.runs`.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 import warnings
@@ -23,6 +24,7 @@ from roadseg.runs import (
     LIGHTNING_COMMANDS,
     LOG_PROGRESS_BAR,
     RUN_LOGGER,
+    TENSORBOARD_LOGGER,
     check_config_file,
     config_argument,
     is_run_logger,
@@ -33,7 +35,8 @@ from roadseg.task import RoadSegTask
 
 
 class RoadSegCLI(LightningCLI):
-    """LightningCLI with roadseg's run folder: checkpoints and metrics.csv under one root.
+    """LightningCLI with roadseg's run folder: checkpoints, metrics.csv and TensorBoard event
+    files under one root.
 
     ``argv``: the command line (``fit --config ...``), also recorded in the run's
     provenance.
@@ -54,6 +57,13 @@ class RoadSegCLI(LightningCLI):
                 "checkpoint.filename": "best",
                 "checkpoint.enable_version_counter": False,
             }
+        )
+        parser.add_argument(
+            "--tensorboard",
+            type=bool,
+            default=True,
+            help="write TensorBoard event files beside metrics.csv "
+            "(tensorboard --logdir runs/); false: metrics.csv alone",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -118,21 +128,42 @@ class RoadSegCLI(LightningCLI):
             )
 
     def _run_logger(self, cfg, root: Path) -> None:
-        """metrics.csv in the run folder, continued from the step a resumed run stopped at.
-        A RunCSVLogger already in the config comes from a run's config.yaml saved before
-        roadseg 0.1.1: its save_dir is that old run's, so it is replaced too."""
-        if cfg.trainer.logger not in (None, True) and not is_run_logger(cfg.trainer.logger):
+        """metrics.csv and (unless ``tensorboard: false``) TensorBoard event files in the run
+        folder, continued from the step a resumed run stopped at. A logger the config names
+        (MLflow, W&B, ...) logs beside them, after them: the first logger is the one that
+        places checkpoints and config.yaml, which stay in the run folder. ``trainer.logger:
+        false`` logs nothing. roadseg's own loggers found in the config come from a run's
+        config.yaml saved before roadseg 0.1.1: their save_dir is that old run's, so they
+        are replaced too."""
+        logger = cfg.trainer.logger
+        if logger is False:
             return
+        named = [
+            x for x in (logger if isinstance(logger, list) else [logger])
+            if x not in (None, True) and not is_run_logger(x)
+        ]  # fmt: skip
         ckpt_path = cfg.get("ckpt_path")
         last = root / "checkpoints" / "last.ckpt"
         resume_from = last if ckpt_path == "last" else Path(ckpt_path or last)
         resuming = self.subcommand == "fit" and ckpt_path and resume_from.is_file()
-        cfg.trainer.logger = Namespace(
-            class_path=RUN_LOGGER,
-            init_args=Namespace(
-                save_dir=str(root), resume_step=global_step(resume_from) if resuming else None
-            ),
-        )
+        resume_step = global_step(resume_from) if resuming else None
+        ours = [RUN_LOGGER]
+        if cfg.get("tensorboard", True):
+            if importlib.util.find_spec("tensorboard") is None:
+                print(
+                    f"roadseg {self.subcommand}: tensorboard is not installed, so metrics.csv "
+                    "is the only log (pip install tensorboard, or set tensorboard: false)"
+                )
+            else:
+                ours.append(TENSORBOARD_LOGGER)
+        loggers = [
+            Namespace(
+                class_path=path,
+                init_args=Namespace(save_dir=str(root), resume_step=resume_step),
+            )
+            for path in ours
+        ] + named
+        cfg.trainer.logger = loggers if len(loggers) > 1 else loggers[0]
 
     @staticmethod
     def _log_file_progress(cfg) -> None:
@@ -182,13 +213,18 @@ class RunStart:
 
 
 class RunConfigCallback(SaveConfigCallback):
-    """Saves the run's config as the user would write it: without the logger roadseg
-    fills in and without ``ckpt_path``, so ``roadseg fit --config runs/<run>/config.yaml``
-    with a new ``trainer.default_root_dir`` trains the same model again, elsewhere."""
+    """Saves the run's config as the user would write it: without the loggers roadseg
+    fills in (a logger the config named stays) and without ``ckpt_path``, so ``roadseg fit
+    --config runs/<run>/config.yaml`` with a new ``trainer.default_root_dir`` trains the
+    same model again, elsewhere."""
 
     def __init__(self, parser, config, **kwargs):
         config = config.clone()
-        if is_run_logger(config.trainer.get("logger")):
+        logger = config.trainer.get("logger")
+        if isinstance(logger, list):  # roadseg's loggers and those the config named
+            named = [x for x in logger if not is_run_logger(x)]
+            config.trainer.logger = named if len(named) > 1 else (named or [None])[0]
+        elif is_run_logger(logger):
             config.trainer.logger = None
         if "ckpt_path" in config:
             config.ckpt_path = None
@@ -240,6 +276,16 @@ def _one_line_errors(argv: list[str], config: str | None, run) -> None:
             f"{squash(err)} ({hint or f'roadseg {argv[0]} --help lists the options'})",
             _culprit(argv, str(err)) or config,
         ) from err
+    except ValueError as err:  # e.g. an MLflow or W&B logger in a config, its package missing
+        import re
+
+        missing = re.search(r"class_path '([^']+)':\s*Requirement '([^']+)' not met", str(err))
+        if not missing:
+            raise
+        raise RoadsegError(
+            f"{missing[1]} needs {missing[2]}, which is not installed (pip install '{missing[2]}')",
+            _naming(argv, missing[1]) or config,
+        ) from err
     except RuntimeError as err:
         if "Error(s) in loading state_dict" in str(err):
             ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
@@ -283,6 +329,19 @@ def _culprit(argv: list[str], message: str) -> str | None:
     return None
 
 
+def _naming(argv: list[str], text: str) -> str | None:
+    """The ``--config`` file, or else the option, of the command line that names ``text``."""
+    options = [a.split("=", 1) for a in argv if a.startswith("--") and "=" in a]
+    options += [[a, b] for a, b in zip(argv, argv[1:], strict=False) if a.startswith("--")]
+    for key, value in options:
+        if key == "--config" and Path(value).is_file():
+            if text in Path(value).read_text(errors="replace"):
+                return value
+        elif text in value:
+            return f"{key}={value}"
+    return None
+
+
 def _suggest_key(message: str, classes: list) -> str | None:
     """'did you mean data.crop_size?' for an option the parser refused, when one is near."""
     import difflib
@@ -295,7 +354,7 @@ def _suggest_key(message: str, classes: list) -> str | None:
     if not found:
         return None
     key = found.group(1) or found.group(2)
-    known = ["seed_everything", "ckpt_path", "optimizer", "lr_scheduler"]
+    known = ["seed_everything", "ckpt_path", "optimizer", "lr_scheduler", "tensorboard"]
     for prefix, cls in zip(("model", "data"), classes, strict=True):
         known += [
             f"{prefix}.{n}" for n in inspect.signature(cls.__init__).parameters if n != "self"

@@ -75,11 +75,21 @@ def onnx_available() -> bool:
 
 
 def require_onnx() -> None:
-    if not onnx_available():
+    """onnx and onnxruntime are there, else one line: export needs the training install
+    too (torch traces the networks), the onnx backend only roadseg[onnx]."""
+    if onnx_available():
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError:
         raise RoadsegError(
-            "ONNX export and the onnx backend need onnx and onnxruntime: "
-            "pip install 'roadseg[onnx]' (or pip install onnx onnxruntime)"
-        )
+            "export traces the networks with torch and writes them with onnx: pip install "
+            "'roadseg[train,onnx]'"
+        ) from None
+    raise RoadsegError(
+        "ONNX export and the onnx backend need onnx and onnxruntime: pip install "
+        "'roadseg[onnx]' (or pip install onnx onnxruntime)"
+    )
 
 
 def _net_proto(net, prefix: str):

@@ -15,6 +15,7 @@ a road across a chunk border is one line and memory holds one chunk of pixels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections import defaultdict
@@ -280,9 +281,20 @@ def vectorize_raster(
     ``clean``: a decision's clean-up of the road mask (gap closing, small components),
     applied to each chunk with its margin.
     """
-    if chunk <= 0 or margin < 1:  # links across a chunk border need the pixel beyond it
-        raise RoadsegError(f"chunk ({chunk}) and margin ({margin}) must be at least 1")
     pieces: list[Piece] = []
+    with road_raster(path) as src:
+        windows = road_windows(src, threshold=threshold, chunk=chunk, margin=margin,
+                               clean=clean, progress=progress, desc="vectorizing")  # fmt: skip
+        for road, prob, owned, origin in windows:
+            pieces += chunk_pieces(road, prob, owned, origin)
+        crs, transform = src.crs, src.transform
+    return finish(pieces, min_length=min_length, simplify=simplify), crs, transform
+
+
+@contextlib.contextmanager
+def road_raster(path: str | Path):
+    """A one-band road probability or mask raster opened for reading; anything else is
+    refused in one line naming it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -296,20 +308,28 @@ def vectorize_raster(
                     "mask (as roadseg predict writes)",
                     path,
                 )
-            height, width = src.height, src.width
-            starts = [(r, c) for r in range(0, height, chunk) for c in range(0, width, chunk)]
-            for r, c in tqdm(starts, desc="vectorizing", unit="chunk", disable=not progress):
-                r0, c0 = max(0, r - margin), max(0, c - margin)
-                r1, c1 = min(height, r + chunk + margin), min(width, c + chunk + margin)
-                road, prob = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
-                if clean is not None:
-                    road = clean(road).astype(bool)
-                if road.any():
-                    owned = (slice(r - r0, min(r + chunk, height) - r0),
-                             slice(c - c0, min(c + chunk, width) - c0))  # fmt: skip
-                    pieces += chunk_pieces(road, prob, owned, (r0, c0))
-            crs, transform = src.crs, src.transform
-    return finish(pieces, min_length=min_length, simplify=simplify), crs, transform
+            yield src
+
+
+def road_windows(src, *, threshold: float, chunk: int, margin: int, clean=None,
+                 progress: bool = False, desc: str = "reading"):  # fmt: skip
+    """``(road, prob, owned, origin)`` of each chunk of an open road raster that has road:
+    the window read with ``margin`` pixels around the chunk (cleaned by ``clean`` with
+    them), the chunk's slices in it, and the window's first (row, column)."""
+    if chunk <= 0 or margin < 1:  # links across a chunk border need the pixel beyond it
+        raise RoadsegError(f"chunk ({chunk}) and margin ({margin}) must be at least 1")
+    height, width = src.height, src.width
+    starts = [(r, c) for r in range(0, height, chunk) for c in range(0, width, chunk)]
+    for r, c in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
+        r0, c0 = max(0, r - margin), max(0, c - margin)
+        r1, c1 = min(height, r + chunk + margin), min(width, c + chunk + margin)
+        road, prob = read_road_raster(src, Window(c0, r0, c1 - c0, r1 - r0), threshold)
+        if clean is not None:
+            road = clean(road).astype(bool)
+        if road.any():
+            owned = (slice(r - r0, min(r + chunk, height) - r0),
+                     slice(c - c0, min(c + chunk, width) - c0))  # fmt: skip
+            yield road, prob, owned, (r0, c0)
 
 
 def to_frame(pieces: list[Piece], crs, transform):
@@ -324,7 +344,7 @@ def to_frame(pieces: list[Piece], crs, transform):
     lines, probs, widths, points = [], [], [], []
     for p in pieces:
         rows, cols = p.pixels[:, 0] + 0.5, p.pixels[:, 1] + 0.5
-        xs, ys = transform * (cols, rows)
+        xs, ys = transform @ (cols, rows)
         lines.append(LineString(np.stack([xs, ys], axis=1)))
         points.append((xs[len(xs) // 2], ys[len(ys) // 2]))
         probs.append(p.prob_sum / p.count if p.count else float("nan"))
@@ -361,24 +381,20 @@ def vector_transform(crs, transform):
     return transform
 
 
-def write_vectors(frame, out: str | Path) -> None:
-    """Write lines to GeoPackage (``.gpkg``) or GeoJSON (``.geojson``/``.json``), atomically."""
-    out = Path(out)
-    driver = vector_driver(out)
-    with atomic_path(out, suffix=f".tmp{out.suffix}") as tmp:
-        tmp.unlink()  # the writer creates the file
-        with warnings.catch_warnings():  # no CRS (pixel units) is said by describe()
-            warnings.filterwarnings("ignore", message="'crs' was not provided")
-            frame.to_file(tmp, driver=driver, layer="roads", engine="pyogrio")
+def write_vectors(frame, out: str | Path, *, crs=None, identity: str | None = None):
+    """Write lines to GeoPackage (``.gpkg``) or GeoJSON (``.geojson``/``.json``), atomically:
+    a GeoPackage in the lines' CRS, GeoJSON in WGS84 (RFC 7946), unless ``crs``
+    (:func:`roadseg.vectorfiles.write_frame`); returns the frame as written."""
+    from roadseg.vectorfiles import write_frame
+
+    return write_frame(frame, out, crs=crs, identity=identity, geometry_type="LineString")
 
 
 def vector_driver(out: str | Path) -> str:
     """The OGR driver of a lines file, by its suffix (refused before any work)."""
-    drivers = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-    suffix = Path(out).suffix.lower()
-    if suffix not in drivers:
-        raise RoadsegError("unknown vector format: name it .gpkg or .geojson", out)
-    return drivers[suffix]
+    from roadseg.vectorfiles import vector_driver as driver
+
+    return driver(out)
 
 
 def junctions(frame):

@@ -29,8 +29,10 @@ and a killed driver is resumed from the manifest (:func:`run_ray`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import sys
 import time
@@ -260,9 +262,7 @@ class Progress:
 def run_local(options, jobs: list[SceneJob], manifest: Path, progress: Progress) -> None:
     """Every job in this process, one model loaded once; any error of one scene is
     recorded as its failure and the next one runs."""
-    import dataclasses as dc
-
-    predictor, decision = dc.replace(options, quiet=True).predictor()
+    predictor, decision = dataclasses.replace(options, quiet=True).predictor()
     progress.start = time.perf_counter()  # the time left counts scenes, not the model's start
     for job in jobs:
         try:
@@ -380,15 +380,10 @@ class SceneWorker:
     """A Ray actor: the model loaded once, scenes predicted one after another."""
 
     def __init__(self, options, threads: int):
-        import dataclasses as dc
-
         import torch
 
         torch.set_num_threads(threads)
-        self.options = dc.replace(options, quiet=True)
-        import contextlib
-        import io
-
+        self.options = dataclasses.replace(options, quiet=True)
         with contextlib.redirect_stdout(io.StringIO()):
             self.predictor, self.decision = self.options.predictor()
 
@@ -400,9 +395,6 @@ class SceneWorker:
     def predict(self, job: SceneJob, rank: int = 0, world: int = 1) -> tuple:
         """(job, seconds, error, digest) of a scene, or with ``world`` > 1 of its ``rank``-th
         share of chunks (not merged); any error is returned as the scene's one-line failure."""
-        import contextlib
-        import io
-
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 seconds, digest = predict_one(
@@ -452,19 +444,22 @@ def predict_many(
     options, specs: list[str], out: str | Path, *, output: str = "prob", chunk: int = 2048,
     cog: bool = False, asset: str | None = None, shard_spec: str | None = None,
     shard_base: int = 1, ray: str | None = None, workers: int = 2, merge: bool = False,
-    overwrite: bool = False,
+    overwrite: bool = False, vectors=None,
 ) -> Progress:  # fmt: skip
     """Predict the scenes of ``specs`` (:func:`scene_list`) into the folder ``out`` (module
     doc): this shard's share, locally or on Ray (``ray``: ``local`` or an address), the
-    manifest kept; ``merge``: collect every shard's manifest into ``manifest.csv`` after
-    (a run that is not a shard always does). Returns the progress (counts)."""
+    manifest kept; ``merge``: collect every shard's manifest into ``manifest.csv`` and the
+    GIS outputs after (:mod:`roadseg.products`; a run that is not a shard always does);
+    ``vectors``: a :class:`~roadseg.products.VectorSpec`. Returns the progress (counts)."""
     from roadseg.errors import Interrupted
     from roadseg.identity import run_identity
+    from roadseg.products import check_names, gis_outputs
 
     i, n = parse_shard(shard_spec, shard_base)
     scenes = scene_list(specs, asset)
     out = Path(out)
     check_outputs(specs, scenes, out)
+    check_names([scene.id for scene in scenes], vectors)
     run = run_identity(options, output=output, chunk=chunk, cog=cog)
     out.mkdir(parents=True, exist_ok=True)
     start_run(out, run, overwrite=overwrite)
@@ -490,8 +485,11 @@ def predict_many(
             f"{out}: {progress.done} scenes finished in this run are in the manifest, the "
             "scene being predicted keeps its finished chunks; run the same command again to go on"
         ) from err
-    if merge or n == 1:
+    final = merge or n == 1
+    if final:
         path, counts = merge_manifest(out, scenes)
         print(f"wrote {path}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    gis_outputs(options, out, read_manifests(out), scenes, mine, output=output, vectors=vectors,
+                final=final, failed=progress.failed)  # fmt: skip
     print(progress.summary())
     return progress

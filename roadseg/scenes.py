@@ -95,15 +95,19 @@ def rasterio_warning():
     return rasterio.errors.NotGeoreferencedWarning
 
 
-def scene_decision(options: PredictOptions, scene: str, decision: Decision) -> Decision:
-    """``decision`` for ``scene``'s own pixels (gaps and areas tuned in the model's)."""
+def scene_decision(options: PredictOptions, scene: str, decision: Decision,
+                   imagery=None) -> Decision:  # fmt: skip
+    """``decision`` for ``scene``'s own pixels (gaps and areas tuned in the model's); the
+    scene may be its prediction, which is on its grid (``imagery``: the models', when
+    already read)."""
     from roadseg.io import open_scene
     from roadseg.reading import scene_factor
 
+    imagery = imagery or options.imagery()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio_warning())
         with open_scene(scene) as src:
-            scales, _ = scene_factor(src, options.imagery(), options.read_options().resolution)
+            scales, _ = scene_factor(src, imagery, options.read_options().resolution)
     return decision.scaled(max(scales))
 
 

@@ -124,7 +124,7 @@ def test_cog_output_is_valid_and_has_overviews(tmp_path):
         assert cog.overviews(1) and cog.block_shapes[0] == (512, 512)
         assert cog.crs.to_epsg() == 32632 and cog.nodata == 255
         assert cog.scales[0] == pytest.approx(1 / 254)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.ckpt", "p.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.ckpt", "p.qml", "p.tif"]
 
 
 def test_ray_workers_give_the_one_process_outputs(tmp_path):

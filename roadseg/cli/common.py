@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from roadseg.options import PredictOptions
 from roadseg.patches import CONTEXT_MARGIN
@@ -172,6 +173,20 @@ def add_quiet_arg(p: argparse.ArgumentParser) -> None:
 
 def add_vector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--vector-kind",
+        choices=["lines", "surfaces", "both"],
+        help="lines: the roads' centre lines; surfaces: the road mask's polygons (outlines "
+        "simplified by half a pixel, area in square metres); both: surfaces in a second file "
+        "named <stem>-surfaces (default lines)",
+    )
+    p.add_argument(
+        "--vector-crs",
+        metavar="CRS",
+        help="write the vectors in this CRS (any CRS pyproj reads: EPSG:3857, a WKT or PROJ "
+        "string) (default: the raster's for GeoPackage; WGS84 longitude/latitude for GeoJSON, "
+        "as RFC 7946 asks)",
+    )
+    p.add_argument(
         "--min-length",
         type=float,
         default=10.0,
@@ -187,23 +202,128 @@ def add_vector_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def write_lines(raster, out, args: argparse.Namespace, *, threshold: float, image=None,
-                clean=None) -> None:  # fmt: skip
-    """Centre lines of ``raster`` to ``out``; with ``--png``, drawn over ``image``;
-    ``clean``: the decision's clean-up of a probability raster's road mask."""
-    from roadseg.vectors import describe, to_frame, vectorize_raster, write_vectors
+def vector_spec(args: argparse.Namespace, suffix: str = ".gpkg"):
+    """The :class:`~roadseg.products.VectorSpec` of a command line (``--vector-crs`` is
+    refused here, before any work, when pyproj cannot read it)."""
+    from roadseg.products import VectorSpec
+    from roadseg.vectorfiles import parse_crs
 
-    pieces, crs, transform = vectorize_raster(
-        raster, threshold=threshold, chunk=args.chunk, min_length=args.min_length,
-        simplify=args.simplify, progress=not args.quiet, clean=clean,
+    parse_crs(args.vector_crs)
+    return VectorSpec(
+        kind=args.vector_kind or "lines", suffix=suffix, crs=args.vector_crs,
+        min_length=args.min_length, simplify=args.simplify, chunk=args.chunk, quiet=args.quiet,
     )  # fmt: skip
-    frame = to_frame(pieces, crs, transform)
-    write_vectors(frame, out)
-    print(f"wrote {out}: {describe(frame)}")
+
+
+def check_scene_io(args: argparse.Namespace, options: PredictOptions):
+    """One scene's output, its style and its vectors checked before any work; returns
+    the vectors' plan (:func:`plan_vectors`), or None without ``--vector``."""
+    from roadseg.errors import RoadsegError
+    from roadseg.io import raster_shape
+    from roadseg.paths import check_io
+    from roadseg.styles import style_path
+
+    if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
+        raise RoadsegError(
+            "predictions are GeoTIFFs: name the output .tif (roadseg vectorize --png draws "
+            "pictures)",
+            args.out,
+        )
+    remote = "://" in args.scene or args.scene.startswith("/vsi")
+    outputs = [args.out, style_path(args.out)]
+    check_io(inputs=[] if remote else [args.scene], outputs=outputs, protected=options.inputs)
+    if not remote:
+        raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
+        inputs = [*scene_files(args.scene), style_path(args.scene)]  # a VRT's sources
+        check_io(outputs=outputs, protected=inputs)
+    if args.vector is None:
+        return None
+    protected = [args.scene, args.out, *options.inputs, style_path(args.scene)]
+    return plan_vectors(args.vector, args.out, args, raster_style=style_path(args.out),
+                        protected=protected)  # fmt: skip
+
+
+def scene_files(scene: str) -> list[str]:
+    """Every file GDAL reads for a scene: a VRT's sources, sidecars."""
+    from roadseg.io import open_scene
+
+    with open_scene(scene) as src:
+        return list(src.files)
+
+
+def refuse_vector_options(args: argparse.Namespace) -> None:
+    """``predict``'s vector options without ``--vector``, refused."""
+    refuse_idle(
+        (args.vector_kind is not None and args.vector is None, "--vector-kind", "--vector"),
+        (args.vector_crs is not None and args.vector is None, "--vector-crs", "--vector"),
+    )  # fmt: skip
+    refuse_vector_png(args)
+
+
+def list_vectors(args: argparse.Namespace):
+    """The vectors of a list's scenes (``--vector [gpkg|geojson]``), or None."""
+    from roadseg.errors import RoadsegError
+    from roadseg.products import vector_suffix
+
+    if args.vector is None:
+        return None
+    suffix = vector_suffix(args.vector)
+    if suffix is None:
+        raise RoadsegError(
+            f"--vector {args.vector}: a list of scenes writes each scene's vectors beside its "
+            "raster (<id>-lines.gpkg) and all of them in one layer: give no file name, or the "
+            "format (--vector geojson)"
+        )
+    return vector_spec(args, suffix)
+
+
+def plan_vectors(value: str, out, args: argparse.Namespace, *, raster_style, inputs=(),
+                 protected=()) -> tuple:  # fmt: skip
+    """(spec, kind -> file) of one raster's vectors: ``value`` a file or a format
+    (:func:`roadseg.products.single_vector_paths`, beside ``out``); the files, their
+    styles (but one that would be ``raster_style``) and ``--png`` checked before work."""
+    from roadseg.paths import check_io
+    from roadseg.products import single_vector_paths, vector_suffix
+    from roadseg.styles import style_path
+    from roadseg.vectors import vector_driver
+
+    spec = vector_spec(args, vector_suffix(value) or Path(value).suffix)
+    paths = single_vector_paths(value, Path(out), spec)
+    styles = [style_path(p) for p in paths.values() if style_path(p) != Path(raster_style)]
+    pictures = [args.png] if args.png else []
+    check_io(inputs=inputs, outputs=[*paths.values(), *styles, *pictures], protected=protected)
+    for path in paths.values():
+        vector_driver(path)
+    return spec, paths
+
+
+def refuse_vector_png(args: argparse.Namespace) -> None:
+    refuse_idle(
+        (args.png is not None and args.vector_kind == "surfaces", "--png",
+         "--vector-kind lines or both (it draws the centre lines)"),
+    )  # fmt: skip
+
+
+def write_scene_vectors(raster, paths: dict, args: argparse.Namespace, spec, *,
+                        threshold: float, image=None, clean=None, raster_style=None) -> None:  # fmt: skip
+    """The vectors of ``raster`` to ``paths`` (kind -> file) with their QGIS styles (but
+    a style that would be ``raster_style``, the raster's own); with ``--png`` the lines
+    drawn over ``image``; ``clean``: the decision's clean-up of a probability raster."""
+    from roadseg.products import write_raster_vectors
+    from roadseg.styles import style_path
+
+    skip = {p for p in paths.values() if raster_style and style_path(p) == Path(raster_style)}
+    said, lines = write_raster_vectors(raster, paths, spec, threshold=threshold, clean=clean,
+                                       unstyled=skip)  # fmt: skip
+    for line in said:
+        print(line)
+    for path in skip:
+        print(f"note: {path}'s QGIS style would be {raster_style}, the raster's: not written "
+              "(name the vectors apart to have both)")  # fmt: skip
     if args.png:
         from roadseg.vectors import draw_lines
 
-        print(f"wrote {draw_lines(image or raster, frame, args.png)}")
+        print(f"wrote {draw_lines(image or raster, lines, args.png)}")
 
 
 def add_many_args(p: argparse.ArgumentParser) -> None:

@@ -14,9 +14,14 @@ from roadseg.cli.common import (
     add_quiet_arg,
     add_scene_args,
     add_vector_args,
+    check_scene_io,
+    list_vectors,
+    plan_vectors,
     predict_options,
     refuse_idle,
-    write_lines,
+    refuse_vector_options,
+    refuse_vector_png,
+    write_scene_vectors,
 )
 from roadseg.errors import RoadsegError
 from roadseg.options import PredictOptions
@@ -178,27 +183,22 @@ def _many_scenes(args: argparse.Namespace) -> bool:
     return (one.is_dir() or one.suffix.lower() in (".txt", ".json")) and "://" not in args.scene[0]
 
 
-def scene_files(scene: str) -> list[str]:
-    """Every file GDAL reads for a scene: a VRT's sources, sidecars."""
-    from roadseg.io import open_scene
-
-    with open_scene(scene) as src:
-        return list(src.files)
-
-
 def _cmd_predict_many(args: argparse.Namespace) -> int:
     from roadseg.jobs import predict_many
 
     refuse_idle(
-        (args.vector is not None, "--vector", "one scene (vectorize each output with roadseg vectorize)"),
+        (args.png is not None, "--png", "one scene (it draws that scene's centre lines)"),
         (args.processes != 1, "--processes", "one scene (for many: --shard I/N per process, or --ray)"),
         (args.threads is not None, "--threads", "--processes N on one scene"),
     )  # fmt: skip
+    refuse_vector_options(args)
+    vectors = list_vectors(args)
     options = predict_options(args)
     progress = predict_many(
         options, args.scene, args.out, output=args.output, chunk=args.chunk, cog=args.cog,
         asset=args.asset, shard_spec=args.shard, shard_base=args.shard_base, ray=args.ray,
         workers=args.workers, merge=args.merge_manifest, overwrite=args.overwrite,
+        vectors=vectors,
     )  # fmt: skip
     if progress.failed:
         names = ", ".join(progress.failed[:5]) + (" ..." if len(progress.failed) > 5 else "")
@@ -213,9 +213,8 @@ def _cmd_predict_many(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int | None:
-    from roadseg.io import raster_shape
-    from roadseg.paths import check_io
     from roadseg.scenes import predict_scene_run, scene_decision
+    from roadseg.styles import style_path, write_raster_style
 
     if _many_scenes(args):
         return _cmd_predict_many(args)
@@ -226,57 +225,42 @@ def _cmd_predict(args: argparse.Namespace) -> int | None:
     args.scene = args.scene[0]
 
     refuse_idle(
-        (args.png is not None and not args.vector, "--png",
+        (args.png is not None and args.vector is None, "--png",
          "--vector LINES.gpkg (it draws those centre lines)"),
         (args.threads is not None and args.processes == 1, "--threads",
          "--processes N (the threads of each of them; one process uses every core)"),
     )  # fmt: skip
+    refuse_vector_options(args)
     options = predict_options(args)
-    if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
-        raise RoadsegError(
-            "predictions are GeoTIFFs: name the output .tif (roadseg vectorize --png draws "
-            "pictures)",
-            args.out,
-        )
-    remote = "://" in args.scene or args.scene.startswith("/vsi")
-    check_io(inputs=[] if remote else [args.scene], outputs=[args.out], protected=options.inputs)
-    if not remote:
-        raster_shape(args.scene)  # a file that is no raster fails here, before the model loads
-        check_io(outputs=[args.out], protected=scene_files(args.scene))  # a VRT's sources
-    if args.vector:
-        from roadseg.vectors import vector_driver
-
-        pictures = [args.png] if args.png else []
-        check_io(
-            outputs=[args.vector, *pictures], protected=[args.scene, args.out, *options.inputs]
-        )
-        vector_driver(args.vector)
+    vectors = check_scene_io(args, options)
     run = predict_scene_run(
         options, args.scene, args.out, output=args.output, chunk=args.chunk,
         processes=args.processes, threads=args.threads, cog=args.cog, overwrite=args.overwrite,
     )  # fmt: skip
     if not run.wrote:
         return
-    print(f"wrote {args.out}")
-    if args.vector:  # the centre lines of the roads the decision keeps
+    print(f"wrote {args.out} and its QGIS style {write_raster_style(args.out, args.output)}")
+    if vectors:  # the roads the decision keeps, as lines and/or surfaces
         decision = scene_decision(options, args.scene, run.decision)
         clean = decision.clean if args.output != "mask" and decision.postprocessing else None
-        write_lines(args.out, args.vector, args, threshold=decision.pixel, image=args.scene,
-                    clean=clean)  # fmt: skip
+        spec, paths = vectors
+        write_scene_vectors(args.out, paths, args, spec, threshold=decision.pixel,
+                            image=args.scene, clean=clean, raster_style=style_path(args.out))  # fmt: skip
 
 
 def _cmd_vectorize(args: argparse.Namespace) -> None:
-    from roadseg.paths import check_io
-    from roadseg.vectors import vector_driver
+    from roadseg.styles import style_path
 
     refuse_idle(
         (args.image is not None and not args.png, "--image",
          "--png OUT.png (it is the imagery the lines are drawn over)"),
     )  # fmt: skip
-    check_io(inputs=[args.raster, *([args.image] if args.image else [])],
-             outputs=[args.out, *([args.png] if args.png else [])])  # fmt: skip
-    vector_driver(args.out)
-    write_lines(args.raster, args.out, args, threshold=args.threshold, image=args.image)
+    refuse_vector_png(args)
+    raster_style = style_path(args.raster)
+    spec, paths = plan_vectors(args.out, args.out, args, raster_style=raster_style,
+                               inputs=[args.raster, *([args.image] if args.image else [])])  # fmt: skip
+    write_scene_vectors(args.raster, paths, args, spec, threshold=args.threshold,
+                        image=args.image, raster_style=raster_style)  # fmt: skip
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -487,9 +471,14 @@ def _add_predict(sub) -> None:
     )
     p.add_argument(
         "--vector",
-        metavar="LINES",
-        help="also write the roads' centre lines (.gpkg or .geojson; see roadseg vectorize), "
-        "from the probability above the decision's pixel threshold, or from the mask",
+        nargs="?",
+        const="",
+        metavar="FILE|gpkg|geojson",
+        help="also write the roads as vectors (--vector-kind: centre lines, surfaces or both; "
+        "see roadseg vectorize), from the probability above the decision's pixel threshold, "
+        "or from the mask: to FILE (.gpkg or .geojson), or with no file name (or only the "
+        "format) as <out stem>-lines.gpkg; for a list of scenes each scene's beside its "
+        "raster, <id>-lines.gpkg, and all in one layer, OUT/all-lines.gpkg",
     )
     p.add_argument("--png", help="with --vector: also draw the lines over the scene in this PNG")
     p.add_argument(

@@ -56,7 +56,7 @@ def _min_max(parent: ET.Element) -> None:
 
 def _probability(renderer: ET.Element) -> None:
     shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader",
-                           colorRampType="INTERPOLATED", classificationMode="2", clip="0",
+                           colorRampType="INTERPOLATED", classificationMode="1", clip="0",
                            minimumValue="0", maximumValue="1", labelPrecision="2")  # fmt: skip
     for value, color, alpha in PROB_RAMP:
         ET.SubElement(shader, "item", value=f"{value:g}", color=color, alpha=str(alpha),

@@ -13,6 +13,7 @@ of ONNX Runtime). ONNX Runtime runs fp32, its own threads set to PyTorch's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +54,39 @@ def d4_inverse(x, k: int):
 
     x = torch.rot90(x, -(k % 4), dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """The CPU where PyTorch is not installed (an exported file predicts without it)."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def pick_device(device: str = "auto", *, exported: bool = False):
+    """``auto`` -> CUDA when present, else CPU (a ``torch.device``, or :class:`Cpu` when
+    torch is not installed). ``exported``: an exported file runs on the CPU only."""
+    if exported:
+        if device not in ("auto", "cpu"):
+            raise RoadsegError(
+                f"an exported file runs in ONNX Runtime on the CPU, not on {device}: leave out "
+                "--device, or predict with its checkpoint"
+            )
+        return Cpu()
+    try:
+        import torch
+    except ImportError:
+        if device in ("auto", "cpu"):
+            return Cpu()
+        raise RoadsegError(
+            f"--device {device} needs PyTorch: pip install 'roadseg[train]'"
+        ) from None
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def choose_backend(backend: str, device) -> tuple[str, str]:

@@ -270,7 +270,6 @@ def export_metadata(options, contents: list[dict]) -> dict:
             "members": [dataclasses.asdict(d) for d in members],
         }  # fmt: skip
 
-
     sources = [
         {"path": str(Path(c).resolve()), "bytes": Path(c).stat().st_size, "sha256": _sha256(c)}
         for c in options.ckpt

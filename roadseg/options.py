@@ -114,8 +114,7 @@ class PredictOptions:
     def engine(self) -> tuple[str, str, str]:
         """(device, precision, backend) that actually run for these options (``auto``
         resolved as the Predictor resolves it): what changes pixels, not what was asked."""
-        from roadseg.backends import choose_backend
-        from roadseg.predict import pick_device
+        from roadseg.backends import choose_backend, pick_device
 
         if self.exported:  # ONNX Runtime, fp32, on the CPU (the Predictor refuses others)
             return pick_device(self.device, exported=True).type, "fp32", "onnx"

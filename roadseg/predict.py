@@ -16,7 +16,6 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from roadseg.backends import OnnxBackend, TorchBackend, choose_backend
+from roadseg.backends import OnnxBackend, TorchBackend, choose_backend, pick_device
 from roadseg.errors import RoadsegError
 from roadseg.exported import ExportedModel
 from roadseg.identity import prediction_identity
@@ -53,39 +52,6 @@ if TYPE_CHECKING:  # torch is imported where a checkpoint is read: exported file
     import torch
 
 WINDOW_MULTIPLE = 64
-
-
-@dataclass(frozen=True)
-class Cpu:
-    """The CPU where PyTorch is not installed (an exported file predicts without it)."""
-
-    type: str = "cpu"
-
-    def __str__(self) -> str:
-        return "cpu"
-
-
-def pick_device(device: str = "auto", *, exported: bool = False):
-    """``auto`` -> CUDA when present, else CPU (a ``torch.device``, or :class:`Cpu` when
-    torch is not installed). ``exported``: an exported file runs on the CPU only."""
-    if exported:
-        if device not in ("auto", "cpu"):
-            raise RoadsegError(
-                f"an exported file runs in ONNX Runtime on the CPU, not on {device}: leave out "
-                "--device, or predict with its checkpoint"
-            )
-        return Cpu()
-    try:
-        import torch
-    except ImportError:
-        if device in ("auto", "cpu"):
-            return Cpu()
-        raise RoadsegError(
-            f"--device {device} needs PyTorch: pip install 'roadseg[train]'"
-        ) from None
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def fitted_windows(size: int, window: int, overlap: int) -> tuple[int, list[int]]:

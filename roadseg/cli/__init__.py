@@ -13,12 +13,12 @@ import argparse
 import sys
 
 from roadseg import __version__
-from roadseg.cli import data, evaluation, prediction, research
+from roadseg.cli import data, evaluation, export, prediction, research
 from roadseg.console import one_line, quiet_libraries
 from roadseg.errors import RoadsegError
 from roadseg.runs import LIGHTNING_COMMANDS
 
-FAMILIES = (prediction, evaluation, data, research)
+FAMILIES = (prediction, export, evaluation, data, research)
 # what roadseg[train] adds to the base install (pyproject.toml)
 TRAINING_STACK = {
     "torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics",

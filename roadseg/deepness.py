@@ -1,6 +1,6 @@
 """Trained checkpoints -> one ONNX file for QGIS's Deepness plugin (Deep Neural Remote Sensing).
 
-The graph is :func:`roadseg.export.build_graph`'s, narrowed to what Deepness runs: input
+The graph runs :func:`roadseg.export.build_graph`'s, narrowed to what Deepness runs: input
 ``image`` float32 ``(batch, 3, S, S)``, RGB in [0, 1], ``S`` the tile size (square, fixed),
 and one output ``probability`` ``(batch, 1, S, S)``, the ensemble's mean road probability
 after the sigmoid (one class map: Deepness reads every output as a head
@@ -8,9 +8,29 @@ after the sigmoid (one class map: Deepness reads every output as a head
 normalisation, input scale and padding to the network's stride stay inside the graph.
 
 Deepness feeds each tile as 8-bit RGB divided by 255, then standardised as
-``(x - standardization_mean) / standardization_std`` (per channel), NCHW; tiles that run
-past the layer's edge are padded with zeros. The metadata's standardisation is therefore
-the identity (mean 0, std 1): the graph gets RGB in [0, 1], what it normalises itself.
+``(x - standardization_mean) / standardization_std`` (per channel), NCHW. The metadata's
+standardisation is therefore the identity (mean 0, std 1): the graph gets RGB in [0, 1],
+what it normalises itself. Tiles that run past the layer's edge are padded with zeros:
+Deepness grows the processed extent north and east to whole tiles
+(``processing/extent_utils.py``, ``calculate_extended_processing_extent``: ``yMaximum``
+and ``xMaximum``) and cuts tiles from its north-west corner (``processing/tile_params.py``),
+so the first row of tiles has zero rows on top, the last column zero columns on the
+right, and a layer smaller than a tile both. A network's receptive field would see those
+zeros (8e-2 in probability 64 px from them with cpu.yaml's model), so the graph runs each
+tile of the batch on its own (ONNX ``Scan``: a batch mixes edge and inner tiles) and
+crops it to its valid part first (:func:`valid_box`): the rows and columns from the first
+to the last holding a non-zero value in any channel, widened into the padding to at least
+``roadseg_min_side`` where the layer is narrower. The crop goes through ``build_graph``'s
+graph (free height and width: reflect padding to the stride, as ``roadseg predict`` pads
+an image) and the probability is padded back to the tile with zeros. A tile past the
+edge is thus predicted as roadseg predicts its valid part as an image. Inner tiles cannot
+be helped: the rows of zeros above the layer shift every tile by their number, off the
+network's grid unless a multiple of it, and nothing in an inner tile shows it.
+
+Leading or trailing rows or columns truly black in all three bands are cropped too
+(nodata in practice); an all-zero tile is predicted whole. Nothing is cropped where the
+padding is not zero: a Deepness standardisation changed from the metadata's identity, or
+a layer whose nodata value QGIS fills in is not 0.
 
 Metadata keys (``metadata_props``, JSON values, as Deepness ``json.loads`` each one),
 checked against PUTvision/qgis-plugin-deepness: the table "List of parameters parsed by
@@ -55,7 +75,9 @@ import numpy as np
 
 from roadseg.errors import RoadsegError
 from roadseg.export import (
+    OPSET,
     TOLERANCE,
+    _const,
     build_graph,
     check_images,
     export_metadata,
@@ -88,34 +110,118 @@ class DeepnessReport:
     notes: tuple[str, ...] = ()
 
 
-def deepness_graph(models: list, tile: int):
-    """:func:`~roadseg.export.build_graph` with a square input of ``tile`` px and only the
-    mean probability as output (``members`` dropped)."""
-    import onnx
+def valid_box(tile: np.ndarray, min_px: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the part of one tile ``(C, S, S)`` that the
+    Deepness graph predicts, as the graph finds it: the rows and columns from the first to
+    the last holding a non-zero value in any channel (Deepness's zero padding left out),
+    widened to at least ``min_px`` within the tile (into the padding) where narrower; the
+    whole tile when it is all zeros."""
+    size = tile.shape[-1]
 
-    proto = build_graph(models)
-    graph = proto.graph
-    keep = [o for o in graph.output if o.name == "probability"]
-    del graph.output[:]
-    graph.output.extend(keep)
-    for value in (graph.input[0], graph.output[0]):
-        dims = value.type.tensor_type.shape.dim
-        dims[2].dim_value = tile  # replaces the free "height"/"width" (one of)
-        dims[3].dim_value = tile
-    proto.doc_string = (
-        f"Road probability of {tile}x{tile} RGB tiles in [0, 1], for QGIS Deepness: "
-        "see metadata_props."
-    )
+    def span(nonzero: np.ndarray) -> tuple[int, int]:
+        hits = np.flatnonzero(nonzero)
+        start, end = (int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, size)
+        end = max(end, min(start, size - min_px) + min_px)
+        return min(start, end - min_px), end
+
+    a = np.abs(tile)
+    return (*span(a.max(axis=(0, 2)) > 0), *span(a.max(axis=(0, 1)) > 0))
+
+
+def _tile_body(models: list, tile: int, min_px: int):
+    """The Scan body: one tile ``(3, S, S)`` -> its probability ``(1, S, S)``: cropped to
+    :func:`valid_box`, :func:`~roadseg.export.build_graph`'s graph on the crop, zeros
+    around it."""
+    import onnx.compose
+    from onnx import TensorProto, helper
+
+    inner = onnx.compose.add_prefix(build_graph(models), "tile_").graph  # tile_image -> ...
+    nodes = [
+        helper.make_node("Abs", ["tile_in"], ["v_abs"]),
+        helper.make_node("ReduceMax", ["v_abs", "v_axes_cw"], ["v_rows"], keepdims=0),
+        helper.make_node("ReduceMax", ["v_abs", "v_axes_ch"], ["v_cols"], keepdims=0),
+    ]
+    for axis in ("rows", "cols"):  # first and last non-zero (0 and S when none)
+        nodes += [
+            helper.make_node("Greater", [f"v_{axis}", "v_zero"], [f"v_{axis}_nz"]),
+            helper.make_node("Cast", [f"v_{axis}_nz"], [f"v_{axis}_f"], to=TensorProto.FLOAT),
+            helper.make_node("ArgMax", [f"v_{axis}_f"], [f"v_{axis}_first"], axis=0,
+                             keepdims=1, select_last_index=0),
+            helper.make_node("ArgMax", [f"v_{axis}_f"], [f"v_{axis}_last"], axis=0,
+                             keepdims=1, select_last_index=1),
+            helper.make_node("Add", [f"v_{axis}_last", "v_one"], [f"v_{axis}_end"]),
+        ]  # fmt: skip
+    # at least min_px: end = max(end, min(start, S - m) + m), start = min(start, end - m)
+    nodes += [
+        helper.make_node("Concat", ["v_rows_first", "v_cols_first"], ["v_first"], axis=0),
+        helper.make_node("Concat", ["v_rows_end", "v_cols_end"], ["v_end"], axis=0),
+        helper.make_node("Min", ["v_first", "v_room"], ["v_lo"]),
+        helper.make_node("Add", ["v_lo", "v_min"], ["v_lo_end"]),
+        helper.make_node("Max", ["v_end", "v_lo_end"], ["v_stop"]),
+        helper.make_node("Sub", ["v_stop", "v_min"], ["v_stop_less"]),
+        helper.make_node("Min", ["v_first", "v_stop_less"], ["v_start"]),
+        helper.make_node("Slice", ["tile_in", "v_start", "v_stop", "v_axes_hw"], ["v_crop"]),
+        helper.make_node("Unsqueeze", ["v_crop", "v_axis0"], ["tile_image"]),
+        *inner.node,
+        helper.make_node("Sub", ["v_size", "v_stop"], ["v_after"]),
+        helper.make_node("Concat", ["v_zeros2", "v_start", "v_zeros2", "v_after"], ["v_pads"],
+                         axis=0),
+        helper.make_node("Pad", ["tile_probability", "v_pads"], ["v_full"], mode="constant"),
+        helper.make_node("Squeeze", ["v_full", "v_axis0"], ["tile_out"]),
+    ]  # fmt: skip
+    inits = [
+        _const("v_axes_cw", [0, 2], np.int64), _const("v_axes_ch", [0, 1], np.int64),
+        _const("v_zero", 0.0), _const("v_one", [1], np.int64),
+        _const("v_room", [tile - min_px] * 2, np.int64), _const("v_min", [min_px] * 2, np.int64),
+        _const("v_size", [tile] * 2, np.int64), _const("v_axes_hw", [1, 2], np.int64),
+        _const("v_axis0", [0], np.int64), _const("v_zeros2", [0, 0], np.int64),
+    ]  # fmt: skip
+    return helper.make_graph(
+        nodes, "roadseg_tile",
+        [helper.make_tensor_value_info("tile_in", TensorProto.FLOAT, [3, tile, tile])],
+        [helper.make_tensor_value_info("tile_out", TensorProto.FLOAT, [1, tile, tile])],
+        [*inits, *inner.initializer],
+    )  # fmt: skip
+
+
+def deepness_graph(models: list, tile: int):
+    """The Deepness graph: input ``image`` ``(batch, 3, tile, tile)``, output
+    ``probability`` ``(batch, 1, tile, tile)``; each tile of the batch on its own (ONNX
+    ``Scan``) cropped to its :func:`valid_box`, :func:`~roadseg.export.build_graph`'s
+    graph on the crop (free height and width), the mean probability padded back with
+    zeros."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    min_px = max(int(min_side(m)) for m in models)
+    scan = helper.make_node(
+        "Scan", ["image"], ["probability"], num_scan_inputs=1,
+        body=_tile_body(models, tile, min_px),
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [scan], "roadseg_deepness",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, tile, tile])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, tile, tile])],
+    )  # fmt: skip
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="roadseg",
+        doc_string=f"Road probability of {tile}x{tile} RGB tiles in [0, 1], for QGIS "
+        "Deepness: see metadata_props.",
+    )  # fmt: skip
+    proto.ir_version = min(proto.ir_version, 10)  # what onnxruntime 1.17+ reads
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def deepness_tiles(images: np.ndarray, tile: int) -> np.ndarray:
+def deepness_tiles(images: np.ndarray, tile: int, *, zeros_below: bool = False) -> np.ndarray:
     """Tiles ``(N, tile, tile, 3)`` uint8 as Deepness cuts them from 8-bit RGB images
-    ``(N, H, W, 3)`` at their top-left corner: zero-padded where the image ends."""
+    ``(N, H, W, 3)`` at their top-left corner, zero-padded where the image ends: above
+    and to the right as Deepness pads (its extent grows north and east), or below and to
+    the right with ``zeros_below``."""
     out = np.zeros((images.shape[0], tile, tile, 3), np.uint8)
     h, w = min(tile, images.shape[1]), min(tile, images.shape[2])
-    out[:, :h, :w] = images[:, :h, :w, :3]
+    rows = slice(0, h) if zeros_below else slice(tile - h, tile)
+    out[:, rows, :w] = images[:, :h, :w, :3]
     return out
 
 
@@ -159,11 +265,13 @@ def deepness_metadata(
     metadata.update(roadseg)
     metadata["roadseg_input"] = json.dumps(
         f"image: float32 (batch, 3, {tile}, {tile}), RGB in [0, 1] (8-bit / 255; Deepness's "
-        "standardisation is the identity); tiles past the layer's edge zero-padded"
+        "standardisation is the identity); tiles past the layer's edge zero-padded: each "
+        "tile is cropped to its rows and columns from the first to the last non-zero one "
+        "(at least roadseg_min_side) and predicted as an image"
     )
     metadata["roadseg_outputs"] = json.dumps(
-        f"probability: (batch, 1, {tile}, {tile}) mean road probability (sigmoid); a pixel "
-        "is road at or above seg_thresh"
+        f"probability: (batch, 1, {tile}, {tile}) mean road probability (sigmoid), 0 in "
+        "a tile's cropped-off padding; a pixel is road at or above seg_thresh"
     )
     metadata["roadseg_min_side"] = json.dumps(min_px)
     metadata["roadseg_deepness"] = json.dumps(
@@ -174,17 +282,24 @@ def deepness_metadata(
 
 def compare_tiles(models: list, sess, images: list[np.ndarray], tile: int) -> float:
     """Largest |ONNX Runtime - PyTorch| of the mean probability over the Deepness tiles of
-    ``images`` (``(3, H, W)`` in [0, 1]), each fed as Deepness feeds it."""
+    ``images`` (``(3, H, W)`` in [0, 1]), each fed as Deepness feeds it (zeros above and
+    to the right, and below and to the right): PyTorch's on the :func:`valid_box` of the
+    tile, zeros around it."""
     import torch
 
+    min_px = max(int(min_side(m)) for m in models)
     worst = 0.0
     for image in images:
-        x = deepness_input(deepness_tiles(to_uint8(image)[None], tile))
-        with torch.inference_mode():
-            t = torch.from_numpy(x)
-            ref = torch.stack([torch.sigmoid(m(t)) for m in models]).mean(0).numpy()
-        (out,) = sess.run(["probability"], {"image": x})
-        worst = max(worst, float(np.abs(out - ref).max()))
+        for below in (False, True):
+            x = deepness_input(deepness_tiles(to_uint8(image)[None], tile, zeros_below=below))
+            r0, r1, c0, c1 = valid_box(x[0], min_px)
+            ref = np.zeros((1, 1, tile, tile), np.float32)
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(x[:, :, r0:r1, c0:c1]))
+                probs = torch.stack([torch.sigmoid(m(t)) for m in models]).mean(0)
+            ref[:, :, r0:r1, c0:c1] = probs.numpy()
+            (out,) = sess.run(["probability"], {"image": x})
+            worst = max(worst, float(np.abs(out - ref).max()))
     return worst
 
 
@@ -225,7 +340,7 @@ def export_deepness(
     metadata = deepness_metadata(options, contents, tile=tile, overlap=overlap, min_px=min_px)
     proto = deepness_graph(models, tile)
     images, checked = check_images(check_data or trained_root(contents[0]))
-    checked = f"{tile}x{tile} Deepness tiles (zero-padded) of {checked}"
+    checked = f"{tile}x{tile} Deepness tiles (zero-padded, cropped to the valid part) of {checked}"
     worst = compare_tiles(models, session(proto), images, tile)
     metadata["roadseg_check"] = json.dumps(
         {"max_abs_diff": worst, "tolerance": TOLERANCE, "on": checked}

@@ -13,6 +13,7 @@ of ONNX Runtime). ONNX Runtime runs fp32, its own threads set to PyTorch's.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,34 @@ def pick_device(device: str = "auto", *, exported: bool = False):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+_THREADS: list[int] = []  # set_threads's, for ONNX Runtime sessions made after it
+
+
+def set_threads(threads: int) -> None:
+    """Threads each network may use in this process: PyTorch's (when installed) and ONNX
+    Runtime's for the sessions made from now on."""
+    _THREADS[:] = [threads]
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def get_threads() -> int:
+    """Threads a network uses in this process: :func:`set_threads`'s, else PyTorch's
+    default, else the CPUs this process may run on."""
+    if _THREADS:
+        return _THREADS[0]
+    try:
+        import torch
+    except ImportError:
+        import os
+
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return torch.get_num_threads()
 
 
 def choose_backend(backend: str, device) -> tuple[str, str]:
@@ -199,6 +228,12 @@ class OnnxBackend:
         if self.small and min(h, w) < self.small[0]:
             return self.small[1](images, views, per_member)
         if min(h, w) < self.min_side:
+            if not getattr(self, "warned", False):  # once per model and process
+                self.warned = True
+                print(f"roadseg: warning: an image of {w} x {h} px, under the exported file's "
+                      f"{self.min_side} px: padded by replication at full resolution, where its "
+                      "checkpoint pads at the network's scale (road probability may differ by "
+                      "up to about 0.3 on such thin images)", file=sys.stderr, flush=True)  # fmt: skip
             side = self.min_side
             pads = ((0, 0), (0, 0), (0, max(0, side - h)), (0, max(0, side - w)))
             padded = np.pad(images, pads, mode="edge")

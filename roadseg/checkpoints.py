@@ -33,6 +33,12 @@ def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
     import torch
 
     path = Path(path)
+    if path.suffix.lower() == ".onnx":  # figures, export, validate, ...: not the file
+        raise RoadsegError(
+            "an exported file: this command needs the checkpoint it was exported from "
+            "(predict, submit and evaluate take the exported file)",
+            path,
+        )
     if not path.is_file():
         raise RoadsegError("checkpoint not found (train first: make train, or pass CKPT=...)", path)
     try:

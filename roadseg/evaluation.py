@@ -41,6 +41,13 @@ def validation_split(ckpt: dict) -> tuple[pd.DataFrame, str]:
     a recorded tile that is not there is refused, naming it. A checkpoint saved before
     roadseg recorded its split: the split made again from the files present, said so."""
     record = recorded_split(ckpt)
+    if record is None and ckpt.get("exported") is not None:
+        raise RoadsegError(
+            "the exported file records no validation split (exported before roadseg recorded "
+            "its data, or from a checkpoint whose data was not there): export it again from "
+            "its checkpoint, or evaluate --data on labelled rasters",
+            ckpt["exported"].path,
+        )
     if record is None:
         from roadseg.datamodule import RoadDataModule
 
@@ -51,8 +58,12 @@ def validation_split(ckpt: dict) -> tuple[pd.DataFrame, str]:
         )
     root = trained_root(ckpt) or record.get("root")
     tiles = _recorded_tiles(record["val"], root)
-    line = f"split: the {len(tiles)} validation tiles the checkpoint recorded, found in {root}"
-    return tiles, line + (f" ({record['note']})" if record.get("note") else "")
+    if record.get("note"):  # an exported file's split, made again at export
+        return tiles, f"split: the {len(tiles)} validation tiles found in {root}: {record['note']}"
+    return (
+        tiles,
+        f"split: the {len(tiles)} validation tiles the checkpoint recorded, found in {root}",
+    )
 
 
 def _recorded_tiles(recorded: list[dict], root: str) -> pd.DataFrame:
@@ -80,6 +91,9 @@ def trained_tiles(ckpt: dict) -> set[str] | None:
     checkpoint trained on: the ones it recorded, else those of its split made again from
     the files present; ``None`` when it records none and its dataset is not here."""
     record = recorded_split(ckpt)
+    if ckpt.get("exported") is not None:  # what its metadata says, or not known
+        unknown = record is None or ckpt.get("unknown_members")
+        return None if unknown else {entry["sha256"] for entry in record["train"]}
     if record is not None:
         return {entry["sha256"] for entry in record["train"]}
     root = trained_root(ckpt)
@@ -89,6 +103,18 @@ def trained_tiles(ckpt: dict) -> set[str] | None:
     from roadseg.index import content_hash
 
     return {content_hash(p) for p in RoadDataModule.from_checkpoint(ckpt).frame("train")["image"]}
+
+
+def _unknown_note(name: str, ckpt: dict) -> str:
+    """The note on a member whose training tiles are not known."""
+    members = ckpt.get("unknown_members")
+    if members:
+        which = ", ".join(f"#{k + 1}" for k in members)
+        return (f"note: {name}: member {which} of the exported file recorded no split "
+                "(its data was not there at export): whether it trained on these tiles is "
+                "not known")  # fmt: skip
+    return (f"note: {name} records no split and its data ({trained_root(ckpt)}) is not here: "
+            "whether it trained on these tiles is not known")  # fmt: skip
 
 
 def refuse_trained_members(
@@ -107,8 +133,7 @@ def refuse_trained_members(
     for k, (name, ckpt) in enumerate(members):
         trained = trained_tiles(ckpt)
         if trained is None:
-            notes.append(f"note: {name} records no split and its data ({trained_root(ckpt)}) "
-                         "is not here: whether it trained on these tiles is not known")  # fmt: skip
+            notes.append(_unknown_note(name, ckpt))
             continue
         seen = len(keys & trained)
         if seen:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ REQUIRED = (
     "roadseg_format", "roadseg_decision", "roadseg_decision_tta", "roadseg_imagery",
     "roadseg_min_side", "roadseg_merge",
 )  # fmt: skip
+FORMAT = 1  # roadseg.export.FORMAT: the newest this reads
 TRAINING_KEY = "roadseg_training"  # each member's data root and split (checkpoints' own keys)
 
 
@@ -103,11 +105,15 @@ class ExportedModel:
         from roadseg.thresholds import Thresholds
 
         entry = self._decision_entry(tta)
-        if not entry.get("tuned", "tuned for" in entry.get("origin", "")):
+        origin = entry.get("origin", "")
+        found = re.match(r"tuned for (f1|accuracy)", origin)  # files that record no "tuned"
+        tuned = entry.get("tuned", bool(found) and "overridden" not in origin)
+        if not tuned:
             return None
+        metric = entry.get("metric") or (found.group(1) if found else "f1")
         return Thresholds(
             pixel=entry["pixel"], patch=entry["patch"], close_gaps=entry["close_gaps"],
-            min_area=entry["min_area"], tta=tta, metric=entry.get("metric", "f1"),
+            min_area=entry["min_area"], tta=tta, metric=metric,
         )  # fmt: skip
 
     def contents(self) -> dict:
@@ -119,6 +125,8 @@ class ExportedModel:
 
         members = self.metadata.get(TRAINING_KEY) or []
         contents = {"roadseg_imagery": self.metadata["roadseg_imagery"], "exported": self}
+        # members whose training tiles are not known: checks say so instead of passing
+        contents["unknown_members"] = [k for k, m in enumerate(members) if not m.get("split")]
         if members:
             first = members[0]
             contents["datamodule_hyper_parameters"] = {"root": first.get("root")}
@@ -149,17 +157,28 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
     sess = _session(path, size, mtime, None)
     props = sess.get_modelmeta().custom_metadata_map
     missing = [k for k in REQUIRED if k not in props]
-    if missing:
-        what = "no roadseg metadata" if len(missing) == len(REQUIRED) else "metadata"
+    if len(missing) == len(REQUIRED):
         raise RoadsegError(
-            f"an ONNX file with {what} (missing {', '.join(missing)}): predict with a file "
-            "written by roadseg export, or its checkpoint",
+            f"an ONNX file with no roadseg metadata (missing {', '.join(missing)}): predict "
+            "with a file written by roadseg export, or its checkpoint",
+            path,
+        )
+    if missing:
+        raise RoadsegError(
+            f"exported by an older roadseg (its metadata has no {', '.join(missing)}): export "
+            "it again from its checkpoint",
             path,
         )
     try:
         metadata = {k: json.loads(v) for k, v in props.items() if k.startswith("roadseg_")}
     except json.JSONDecodeError as err:
         raise RoadsegError(f"roadseg metadata that is not JSON ({err})", path) from err
+    if not isinstance(metadata["roadseg_format"], int) or metadata["roadseg_format"] > FORMAT:
+        raise RoadsegError(
+            f"exported in format {metadata['roadseg_format']}, newer than this roadseg reads "
+            f"({FORMAT}): upgrade roadseg",
+            path,
+        )
     names = {o.name: o.shape for o in sess.get_outputs()}
     inputs = [i.name for i in sess.get_inputs()]
     if inputs != ["image"] or "probability" not in names or "members" not in names:
@@ -200,7 +219,12 @@ def _session(path: str, size: int, mtime: int, threads: int | None):
 
 
 def threads() -> int | None:
-    """ONNX Runtime's threads: PyTorch's when it is loaded (what the torch backend uses),
-    else ONNX Runtime's own default (the physical cores)."""
+    """ONNX Runtime's threads: those set for this process (:func:`roadseg.backends.set_threads`:
+    processes and Ray workers share the cores), else PyTorch's when it is loaded (what the
+    torch backend uses), else ONNX Runtime's own default (the physical cores)."""
+    from roadseg.backends import _THREADS
+
+    if _THREADS:
+        return _THREADS[0]
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None

@@ -380,9 +380,9 @@ class SceneWorker:
     """A Ray actor: the model loaded once, scenes predicted one after another."""
 
     def __init__(self, options, threads: int):
-        import torch
+        from roadseg.backends import set_threads
 
-        torch.set_num_threads(threads)
+        set_threads(threads)
         self.options = dataclasses.replace(options, quiet=True)
         with contextlib.redirect_stdout(io.StringIO()):
             self.predictor, self.decision = self.options.predictor()

@@ -177,12 +177,12 @@ def merge_scene(scene: str, out: str, *, output: str, cog: bool = False) -> None
 
 def _process_main(job: _Job, rank: int, world: int, threads: int) -> None:
     """One of the processes that ``processes`` starts (spawned: a fresh interpreter)."""
-    import torch
+    from roadseg.backends import set_threads
 
     # stopped by the parent (Ctrl-C there): exit normally, so that a half-written part's
     # temporary file and this process's semaphores are cleaned up
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    torch.set_num_threads(threads)
+    set_threads(threads)
     quiet_libraries()
     job = dataclasses.replace(
         job, options=dataclasses.replace(job.options, quiet=job.options.quiet or rank > 0)
@@ -200,9 +200,9 @@ def _predict_processes(job: _Job, n: int, threads: int | None) -> Decision:
     their parts; a process that dies leaves its finished chunks for a rerun."""
     import multiprocessing as mp
 
-    import torch
+    from roadseg.backends import get_threads
 
-    threads = threads or max(1, torch.get_num_threads() // n)
+    threads = threads or max(1, get_threads() // n)
     _start_parts(job)
     print(f"predicting with {n} processes, {threads} threads each")
     context = mp.get_context("spawn")

@@ -180,3 +180,72 @@ def test_what_an_exported_file_cannot_be_is_refused_in_one_line(
 def test_tune_refuses_to_store_thresholds_for_an_exported_file(exported, capsys):
     assert main(["tune", "--ckpt", str(exported)]) == 2
     assert "tune its checkpoint, then export again" in capsys.readouterr().err
+
+
+def without_keys(model: Path, out: Path, *keys: str) -> Path:
+    """``model`` as an older roadseg exported it: without ``keys`` in its metadata."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in keys]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_an_older_export_is_refused_where_it_cannot_say_what_it_needs(exported, tmp_path, capsys):
+    old = without_keys(exported, tmp_path / "old.onnx", "roadseg_training")
+    assert main(["evaluate", "--ckpt", str(old), "--out", str(tmp_path / "v.csv")]) == 2
+    assert "records no validation split" in capsys.readouterr().err  # no split guessed
+    older = without_keys(exported, tmp_path / "older.onnx", "roadseg_min_side")
+    src = scene(tmp_path / "scene.tif", 100, 100)
+    assert main(["predict", str(src), "--ckpt", str(older), "--out", str(tmp_path / "o.tif")]) == 2
+    assert "exported by an older roadseg" in capsys.readouterr().err
+
+
+def test_an_exported_ensemble_takes_another_merge_and_processes_without_torch(cil_root, tmp_path):
+    a = sharp_checkpoint(tmp_path / "a.ckpt")
+    b = write_small_checkpoint(tmp_path / "b.ckpt")
+    model = tmp_path / "vote.onnx"
+    assert main(["export", "--ckpt", str(a), "--ckpt", str(b), "--merge", "vote", "--out",
+                 str(model), "--check-data", str(cil_root)]) == 0  # fmt: skip
+    src = scene(tmp_path / "scene.tif", 200, 260)
+    voted = no_torch("predict", src, "--ckpt", model, "--out", "vote.tif", "--output", "mask",
+                     "--processes", "2", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert voted.returncode == 0, voted.stderr
+    assert "majority vote" in voted.stdout  # the merge the file records
+    mean = no_torch("predict", src, "--ckpt", model, "--out", "mean.tif", "--output", "mask",
+                    "--merge", "mean", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert mean.returncode == 0, mean.stderr
+    assert main(["predict", str(src), "--ckpt", str(a), "--ckpt", str(b), "--merge", "mean",
+                 "--out", str(tmp_path / "ckpt.tif"), "--output", "mask", "--quiet"]) == 0  # fmt: skip
+    assert (read(tmp_path / "mean.tif") == read(tmp_path / "ckpt.tif")).all()
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "{out}"], ["figures", "--out", "{out}"]])
+def test_commands_that_need_the_checkpoint_say_so_for_an_exported_file(
+    exported, tmp_path, capsys, command
+):
+    args = [a.format(out=tmp_path / "x.onnx") for a in command]
+    assert main([args[0], "--ckpt", str(exported), *args[1:]]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "needs the checkpoint it was exported from" in errors[0]
+
+
+def test_the_decision_of_an_older_export_is_read_from_its_origin():
+    from roadseg.exported import ExportedModel
+
+    def entry(origin: str) -> dict:
+        decision = {"pixel": 0.4, "patch": 0.2, "close_gaps": 0, "min_area": 0, "origin": origin}
+        return {"roadseg_decision": decision}
+
+    overridden = ExportedModel(
+        "x.onnx", entry("tuned for f1 on val, overridden by the options given"), 1
+    )
+    assert overridden.thresholds(False) is None
+    tuned = ExportedModel("x.onnx", entry("tuned for accuracy without TTA on validation"), 1)
+    assert tuned.thresholds(False).metric == "accuracy"
+    assert ExportedModel("x.onnx", entry("defaults"), 1).thresholds(False) is None

@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug or (err.name or "").split(".")[0] not in TRAINING_STACK:
             raise
         command = next((a for a in argv if not a.startswith("-")), "roadseg")
+        if err.name.split(".")[0] == "matplotlib":  # drawings (--png, figures) only
+            print(f"roadseg: error: {command} draws with matplotlib: pip install matplotlib "
+                  "(or leave out --png)", file=sys.stderr)  # fmt: skip
+            return 2
         print(f"roadseg: error: {command} needs {err.name}, of the training install: pip install "
               "'roadseg[train]' (an exported file, --ckpt model.onnx, predicts without it)",
               file=sys.stderr)  # fmt: skip

@@ -22,7 +22,8 @@ def refuse_idle(*rules: tuple[bool, str, str]) -> None:
 def predict_options(args: argparse.Namespace) -> PredictOptions:
     """The prediction options of a command line (see :func:`add_predictor_args`)."""
     refuse_idle(
-        (args.merge is not None and len(args.ckpt or []) == 1, "--merge",
+        (args.merge is not None and len(args.ckpt or []) == 1
+         and not str(args.ckpt[0]).lower().endswith(".onnx"), "--merge",
          "an ensemble: give --ckpt two or more times"),
     )  # fmt: skip
     given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}
@@ -75,8 +76,9 @@ def add_predictor_args(p: argparse.ArgumentParser, *, metric: bool = True) -> No
     p.add_argument(
         "--ckpt",
         action="append",
-        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt), or a training config "
-        "(its run's best.ckpt); repeat for an ensemble",
+        help="trained checkpoint (runs/<run>/checkpoints/best.ckpt), a training config "
+        "(its run's best.ckpt), or an exported file (model.onnx: roadseg export; no torch "
+        "needed); repeat for an ensemble of checkpoints",
     )
     p.add_argument(
         "--config",

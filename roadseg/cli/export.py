@@ -19,6 +19,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if not args.deepness and (args.tile_size is not None or args.tile_overlap is not None):
         raise RoadsegError("--tile-size and --tile-overlap are for --deepness")
     options = predict_options(args)
+    if options.exported:
+        raise RoadsegError(
+            "an exported file: export needs the checkpoint it was exported from", options.ckpt[0]
+        )
     check_io(outputs=[args.out], protected=options.inputs)
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])

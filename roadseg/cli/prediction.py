@@ -36,7 +36,9 @@ def _test_tiles(options: PredictOptions, data: str | None, ckpts: list[dict]):
     data = data if data is not None else trained_on
     if data is None:
         raise RoadsegError(
-            "checkpoint does not say which data it was trained on; pass --data", options.ckpt[0]
+            "the model does not say which data it was trained on (an exported file: export it "
+            "again from its checkpoint); pass --data",
+            options.ckpt[0],
         )
     return trained_on, data, unlabelled_tiles(data)
 

@@ -21,7 +21,10 @@ from roadseg.errors import RoadsegError
 from roadseg.io import atomic_path
 from roadseg.patches import PATCH_SIZE
 
-GDAL_CACHE_MB = 64
+# GDAL's block cache, in BYTES: rasterio hands GDAL_CACHEMAX to GDALSetCacheMax, which
+# takes bytes (64 alone was a 64-byte cache: every read decompressed its blocks again,
+# 5.7 s instead of 0.02 s for a decimated read of a 1,200 px scene)
+GDAL_CACHE_BYTES = 64 * 1024 * 1024
 PART_BLOCK = 256
 PROB8_SCALE = 254  # prob8: probability x 254, rounded; 255 is nodata
 
@@ -259,7 +262,7 @@ def merge_parts(out_path: str | Path, profile: dict, *, cog: bool = False) -> No
             f"{missing[0]}); run the same command again to predict them",
             parts,
         )
-    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with atomic_path(out_path) as tmp:
             merged = tmp.with_name(tmp.name + ".merged.tif") if cog else tmp

@@ -34,7 +34,7 @@ from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
 from roadseg.io import open_scene, read_image
 from roadseg.maps import MapIndex, context_image
 from roadseg.parts import (
-    GDAL_CACHE_MB,
+    GDAL_CACHE_BYTES,
     OUTPUTS,
     PROB8_SCALE,
     ScenePlan,
@@ -355,7 +355,7 @@ class Predictor:
         decision = self.output_decision or decision or Decision()
         run = run or self._run_identity(output, chunk, decision)
         # GDAL's block cache grows to 5% of RAM by default; capped, memory stays flat.
-        with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with open_scene(src_path) as src:
                 reader = self._say_reading(src, read)

@@ -137,3 +137,15 @@ def test_a_full_disk_names_the_output_and_keeps_the_old_file(tmp_path, monkeypat
     )
     assert out.read_text() == "an earlier submission\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks", "sub.csv"]
+
+
+def test_the_block_cache_of_scene_reads_holds_megabytes_not_bytes():
+    """rasterio gives GDAL_CACHEMAX to GDALSetCacheMax, in bytes: a cache of 64 (meant as
+    MB) made every decimated read of a scene decompress its blocks again (300x slower)."""
+    import rasterio
+    from rasterio._env import get_gdal_config
+
+    from roadseg.parts import GDAL_CACHE_BYTES
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        assert int(get_gdal_config("GDAL_CACHEMAX")) >= 32 * 1024 * 1024

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
@@ -32,7 +31,6 @@ from roadseg.exported import ExportedModel
 from roadseg.identity import prediction_identity
 from roadseg.imagery import COMPETITION, Imagery, ensemble_imagery
 from roadseg.io import open_scene, read_image
-from roadseg.maps import MapIndex, context_image
 from roadseg.parts import (
     GDAL_CACHE_BYTES,
     OUTPUTS,
@@ -49,7 +47,10 @@ from roadseg.postprocess import Decision
 from roadseg.reading import ReadOptions, SceneReader, scene_reader
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read: exported files run without
+    import pandas as pd  # tiles: pandas and the maps are imported by the commands of tiles
     import torch
+
+    from roadseg.maps import MapIndex
 
 WINDOW_MULTIPLE = 64
 
@@ -290,6 +291,8 @@ class Predictor:
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             if margin:
+                from roadseg.maps import context_image
+
                 images = [context_image(r["image"], context, margin) for r in chunk]
             else:
                 images = [read_image(r["image"]) for r in chunk]

@@ -244,6 +244,9 @@ def off_model(low: float, high: float, model: Imagery) -> str:
             f"{model.pooled[0]:.2f}..{model.pooled[1]:.2f}")  # fmt: skip
 
 
+CHECK_PIXELS = 1 << 18  # pixels check_mapped looks at: its shares and median, to 0.2%
+
+
 def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None) -> str | None:
     """One line warning when a scene's mapped pixels ``(3, n)`` look like nothing the model
     saw (mostly black or saturated, or a median outside its training range); else None.
@@ -251,6 +254,7 @@ def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None
     warned about when its 2-98% is off the model's (:func:`off_model`)."""
     if unit.shape[1] == 0:
         return None
+    unit = unit[:, :: max(1, unit.shape[1] // CHECK_PIXELS)]  # a share is as telling
     dark = float(np.mean(np.all(unit <= 0.02, axis=0)))
     bright = float(np.mean(np.all(unit >= 0.98, axis=0)))
     median = np.median(unit, axis=1)
@@ -293,11 +297,15 @@ def through_palette(indices: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, n
 
 
 def resized(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(3, h, w)`` resampled to ``shape`` (bicubic, antialiased), rounded to uint8 as
-    GDAL's cubic read of an 8-bit raster is."""
-    import torch
-    import torch.nn.functional as F
+    """uint8 ``(3, h, w)`` resampled to ``shape`` by GDAL's cubic read, as the scene's other
+    bands are read (no torch: the light install predicts palette scenes too)."""
+    from rasterio.enums import Resampling
+    from rasterio.io import MemoryFile
 
-    t = torch.from_numpy(rgb.astype(np.float32))[None]
-    out = F.interpolate(t, size=shape, mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8).numpy()
+    with MemoryFile() as mem:
+        profile = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1],
+                   "count": rgb.shape[0], "dtype": "uint8"}  # fmt: skip
+        with mem.open(**profile) as dst:
+            dst.write(np.ascontiguousarray(rgb, dtype=np.uint8))
+        with mem.open() as src:
+            return src.read(out_shape=(rgb.shape[0], *shape), resampling=Resampling.cubic)

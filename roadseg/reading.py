@@ -257,16 +257,49 @@ class SceneReader:
         return self.radiometry.apply(raw), valid
 
     def to_scene(self, prob: np.ndarray, h: int, w: int) -> np.ndarray:
-        """Maps ``(K, H, W)`` at the model's resolution -> ``(K, h, w)`` on the scene's grid."""
+        """Maps ``(K, H, W)`` at the model's resolution -> ``(K, h, w)`` on the scene's grid
+        (bilinear, antialiased: :func:`resize_maps`)."""
         if prob.shape[-2:] == (h, w):
             return prob
-        import torch
-        import torch.nn.functional as F
+        return resize_maps(prob, h, w)
 
-        t = torch.from_numpy(np.ascontiguousarray(prob))[None]
-        return F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[
-            0
-        ].numpy()
+
+def aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input indices, weights), each ``(n_out, taps)``, of a bilinear, antialiased resize
+    along one axis: a triangle filter widened by the scale when shrinking, pixel centres at
+    half pixels, weights renormalised at the edges. What PyTorch's ``interpolate(mode=
+    "bilinear", antialias=True, align_corners=False)`` and PIL compute (to about 1e-4)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # half-width of the filter, in input pixels
+    inv = 1.0 / scale if scale >= 1 else 1.0
+    centre = scale * (np.arange(n_out) + 0.5)
+    lo = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    index = lo[:, None] + np.arange(int((hi - lo).max()))[None]
+    weight = np.clip(1.0 - np.abs((index - centre[:, None] + 0.5) * inv), 0.0, None)
+    weight[index >= hi[:, None]] = 0.0
+    weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-12)
+    return np.minimum(index, n_in - 1), weight.astype(np.float32)
+
+
+def resize_maps(prob: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``(K, H, W)`` float32 maps resized to ``(K, h, w)`` by :func:`aa_taps`, columns then
+    rows, as sparse products (no torch: the light install resamples scenes too)."""
+    rows, cols = _taps_matrix(prob.shape[-2], h), _taps_matrix(prob.shape[-1], w)
+    out = np.empty((prob.shape[0], h, w), np.float32)
+    for k, plane in enumerate(prob):
+        out[k] = rows @ np.asarray(cols @ plane.T).T
+    return out
+
+
+def _taps_matrix(n_in: int, n_out: int):
+    """:func:`aa_taps` as a sparse ``(n_out, n_in)`` matrix."""
+    from scipy.sparse import csr_matrix
+
+    index, weight = aa_taps(n_in, n_out)
+    taps = index.shape[1]
+    starts = np.arange(0, n_out * taps + 1, taps)
+    return csr_matrix((weight.ravel(), index.ravel(), starts), shape=(n_out, n_in))
 
 
 def scene_reader(src, imagery: Imagery, read: ReadOptions | None) -> SceneReader:

@@ -249,3 +249,24 @@ def test_the_decision_of_an_older_export_is_read_from_its_origin():
     tuned = ExportedModel("x.onnx", entry("tuned for accuracy without TTA on validation"), 1)
     assert tuned.thresholds(False).metric == "accuracy"
     assert ExportedModel("x.onnx", entry("defaults"), 1).thresholds(False) is None
+
+
+def test_scenes_at_another_resolution_and_palette_scenes_predict_without_torch(exported, tmp_path):
+    """Resampling to the model's 0.5 m and back (a 1 m scene), and a colour table read as
+    RGB and resampled: no torch in either."""
+    write_raster(tmp_path / "metre.tif", smooth_map(150, 170, seed=7), crs="EPSG:32632",
+                 transform=from_origin(5e5, 5.2e6, 1.0, 1.0))  # fmt: skip
+    indices = (smooth_map(150, 170, seed=8)[0] // 64).astype(np.uint8)
+    path = write_raster(tmp_path / "palette.tif", indices, crs="EPSG:32632",
+                        transform=from_origin(5e5, 5.2e6, 1.0, 1.0))  # fmt: skip
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(
+            1, {0: (20, 20, 20), 1: (90, 90, 90), 2: (160, 150, 140), 3: (250, 250, 250)}
+        )
+    for name in ("metre", "palette"):
+        done = no_torch("predict", f"{name}.tif", "--ckpt", exported, "--out", f"{name}_out.tif",
+                        "--output", "prob", "--quiet", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "resampled x2 to the model's 0.5 m/px" in done.stdout
+        prob = read(tmp_path / f"{name}_out.tif")
+        assert prob.shape == (150, 170) and prob.min() >= 0 and prob.max() <= 1

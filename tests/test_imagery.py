@@ -230,3 +230,22 @@ def test_a_palette_png_is_read_through_its_colour_table_without_its_transparent_
     np.testing.assert_array_equal(valid, np.isin(indices[0], (1, 2)))
     lut = np.array([table[i][:3] for i in range(4)], np.float32).T / 255
     np.testing.assert_array_equal(image[:, valid], lut[:, indices[0][valid]])
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"), [((90, 70), (150, 40)), ((257, 333), (100, 701)), ((64, 64), (64, 90))]
+)
+def test_maps_are_resized_as_pytorch_resizes_them_without_torch(shape, size):
+    """Scenes at another resolution go back to their grid by numpy and scipy (the light
+    install has no torch), as PyTorch's antialiased bilinear would: within 1e-4."""
+    import torch
+    import torch.nn.functional as F
+
+    from roadseg.reading import resize_maps
+
+    maps = np.random.default_rng(1).random((2, *shape), dtype=np.float32)
+    ours = resize_maps(maps, *size)
+    ref = F.interpolate(torch.from_numpy(maps)[None], size=size, mode="bilinear",
+                        antialias=True, align_corners=False)[0].numpy()  # fmt: skip
+    assert ours.shape == (2, *size) and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() < 1e-4

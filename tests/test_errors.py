@@ -63,6 +63,20 @@ def _model_and_scene(tmp: Path, *scene: str) -> None:
     write_raster(tmp.joinpath(*scene), np.zeros((3, 32, 32), np.uint8))
 
 
+def _foreign_onnx(path: Path) -> None:
+    """A valid ONNX model (an identity) that roadseg did not export."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probability"])], "g",
+                              [info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [info("probability", TensorProto.FLOAT, [1, 3, 8, 8])])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 10
+    onnx.save(proto, str(path))
+
+
 def _stale_readme(tmp: Path) -> None:
     (tmp / "table.md").write_text("| a |\n|---|\n| 0.9 |\n")
     (tmp / "README.md").write_text(
@@ -399,6 +413,17 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "a prediction named as a picture": (
         lambda t: _model_and_scene(t, "scene.tif"),
         "roadseg predict scene.tif --out roads.png --ckpt model.ckpt",
+    ),
+    "an ONNX file without roadseg's metadata given as the model": (
+        lambda t: (
+            _foreign_onnx(t / "model.onnx"),
+            write_raster(t / "scene.tif", np.zeros((3, 32, 32), np.uint8)),
+        ),
+        "roadseg predict scene.tif --out roads.tif --ckpt model.onnx",
+    ),
+    "two exported files given as an ensemble": (
+        lambda t: (t / "a.onnx").write_bytes(b"") or (t / "b.onnx").write_bytes(b""),
+        "roadseg predict scene.tif --out roads.tif --ckpt a.onnx --ckpt b.onnx",
     ),
     "tile size not a multiple of 16 (handled)": (
         lambda t: write_raster(t / "masks" / "pred_7.png", np.full((40, 40), 255, np.uint8)),

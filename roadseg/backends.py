@@ -118,6 +118,16 @@ def get_threads() -> int:
     return torch.get_num_threads()
 
 
+def onnx_threads() -> int | None:
+    """ONNX Runtime's threads for an exported file: :func:`set_threads`'s (processes and Ray
+    workers share the cores), else PyTorch's when it is loaded (what the torch backend
+    uses), else ONNX Runtime's own default (the physical cores)."""
+    if _THREADS:
+        return _THREADS[0]
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def choose_backend(backend: str, device) -> tuple[str, str]:
     """(backend, why) for ``auto``, ``torch`` or ``onnx`` on ``device`` (its ``type``)."""
     from roadseg.export import onnx_available
@@ -194,10 +204,10 @@ class OnnxBackend:
     def from_file(cls, exported) -> OnnxBackend:
         """The graph of an exported file (:class:`~roadseg.exported.ExportedModel`); images
         narrower than its smallest side are padded by replication to it, and cropped back."""
-        from roadseg.exported import session, threads
+        from roadseg.exported import session
 
         backend = cls.__new__(cls)
-        backend.session = session(exported.path, threads())
+        backend.session = session(exported.path, onnx_threads())
         backend.members, backend.small, backend.min_side = exported.members, None, exported.min_side
         return backend
 

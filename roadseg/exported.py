@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,15 +215,3 @@ def _session(path: str, size: int, mtime: int, threads: int | None):
     except Exception as err:  # onnxruntime raises its own types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
-
-
-def threads() -> int | None:
-    """ONNX Runtime's threads: those set for this process (:func:`roadseg.backends.set_threads`:
-    processes and Ray workers share the cores), else PyTorch's when it is loaded (what the
-    torch backend uses), else ONNX Runtime's own default (the physical cores)."""
-    from roadseg.backends import _THREADS
-
-    if _THREADS:
-        return _THREADS[0]
-    torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else None

@@ -23,7 +23,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
-from tqdm.auto import tqdm
 
 from roadseg.backends import OnnxBackend, TorchBackend, choose_backend, pick_device
 from roadseg.errors import RoadsegError
@@ -53,6 +52,13 @@ if TYPE_CHECKING:  # torch is imported where a checkpoint is read: exported file
     from roadseg.maps import MapIndex
 
 WINDOW_MULTIPLE = 64
+
+
+def progress_bar(**kwargs):
+    """tqdm's bar (imported here: 0.06 s a quiet run need not pay)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
 
 
 def fitted_windows(size: int, window: int, overlap: int) -> tuple[int, list[int]]:
@@ -284,7 +290,9 @@ class Predictor:
         that fit in one window are batched together.
         """
         rows = [row for _, row in frame.iterrows()]
-        bar = tqdm(total=len(rows), desc="predicting", unit="tile", disable=not self.progress)
+        bar = progress_bar(
+            total=len(rows), desc="predicting", unit="tile", disable=not self.progress
+        )
         margin = margin if context is not None else 0
         if self.merge == "vote" and margin % PATCH_SIZE:
             raise RoadsegError(f"a vote needs a context margin of whole patches, got {margin}")
@@ -410,7 +418,9 @@ class Predictor:
         """Predict chunks ``mine`` (``(k, window)``) into their parts, the network kept busy:
         the next chunks are read by one thread while this one is predicted, and finished
         parts are written by another."""
-        bar = tqdm(total=len(mine), desc="predicting", unit="chunk", disable=not self.progress)
+        bar = progress_bar(
+            total=len(mine), desc="predicting", unit="chunk", disable=not self.progress
+        )
         with ThreadPoolExecutor(1) as reading, ThreadPoolExecutor(1) as writing:
             reads = deque(
                 reading.submit(self._read_chunk, reader, w, margin) for _, w in mine[:READ_AHEAD]

@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyproj
-import shapely
 from affine import Affine
 
 from roadseg.errors import RoadsegError
+
+if TYPE_CHECKING:  # pyproj and shapely are imported where a CRS or lines are measured
+    import pyproj
 
 # a projection's map metres within this of ground metres at the scene are taken as they are
 MAP_SCALE_TOLERANCE = 1e-3
@@ -67,6 +69,8 @@ class Geodetic:
 
 def as_pyproj(crs) -> pyproj.CRS:
     """Any CRS (rasterio's, pyproj's, ``"EPSG:3857"``, WKT) as a pyproj CRS."""
+    import pyproj
+
     return crs if isinstance(crs, pyproj.CRS) else pyproj.CRS.from_user_input(crs)
 
 
@@ -78,6 +82,8 @@ def geodetic(crs) -> Geodetic | None:
 
 @lru_cache(maxsize=32)
 def _geodetic(wkt: str) -> Geodetic | None:
+    import pyproj
+
     crs = pyproj.CRS.from_wkt(wkt)
     datum = crs.geodetic_crs
     if datum is None:
@@ -211,6 +217,8 @@ def geodesic_lengths(lines, geo: Geodetic) -> np.ndarray:
     """Geodesic metres of lines (LineStrings or MultiLineStrings) in ``geo``'s CRS: all
     their points taken to longitude and latitude in one call, each segment measured on
     the ellipsoid."""
+    import shapely
+
     geoms = _geometries(lines)
     out = np.zeros(len(geoms))
     parts, owner = shapely.get_parts(geoms, return_index=True)
@@ -249,6 +257,8 @@ class Ruler:
 
     def lengths(self, lines) -> np.ndarray:
         """Lengths of lines in ``unit``."""
+        import shapely
+
         if self.geo is not None:
             return geodesic_lengths(lines, self.geo)
         geoms = _geometries(lines)

@@ -222,19 +222,11 @@ def build_graph(models: list):
 
 def session(model, threads: int | None = None):
     """An onnxruntime CPU session of a model (a path, bytes or a ModelProto)."""
-    import onnxruntime as ort
+    from roadseg.exported import make_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: stderr stays the command's
     if not isinstance(model, str | bytes | Path):
         model = model.SerializeToString()
-    return ort.InferenceSession(
-        str(model) if isinstance(model, Path) else model, opts, providers=["CPUExecutionProvider"]
-    )
+    return make_session(str(model) if isinstance(model, Path) else model, threads)
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -202,6 +202,16 @@ def session(path: str | Path, threads: int | None = None):
 @functools.lru_cache(maxsize=8)
 def _session(path: str, size: int, mtime: int, threads: int | None):
     require_onnxruntime(path)
+    try:
+        return make_session(path, threads)
+    except Exception as err:  # onnxruntime raises its own types for a bad file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
+
+
+def make_session(model: str | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a model (a path or its bytes): all graph
+    optimisations, ``threads`` (default: ONNX Runtime's), errors only on stderr."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -210,8 +220,4 @@ def _session(path: str, size: int, mtime: int, threads: int | None):
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: stderr stays the command's
-    try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own types for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])

@@ -247,6 +247,14 @@ def off_model(low: float, high: float, model: Imagery) -> str:
 CHECK_PIXELS = 1 << 18  # pixels check_mapped looks at: its shares and median, to 0.2%
 
 
+def thinned(pixels: np.ndarray, count: int = CHECK_PIXELS) -> np.ndarray:
+    """At most ``count`` of the pixels ``(bands, n, ...)``, drawn at random (seeded): a
+    share as telling as all, where a stride would keep the same columns of every row."""
+    if pixels.shape[1] <= count:
+        return pixels
+    return pixels[:, np.random.default_rng(0).integers(0, pixels.shape[1], count)]
+
+
 def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None) -> str | None:
     """One line warning when a scene's mapped pixels ``(3, n)`` look like nothing the model
     saw (mostly black or saturated, or a median outside its training range); else None.
@@ -254,7 +262,7 @@ def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None
     warned about when its 2-98% is off the model's (:func:`off_model`)."""
     if unit.shape[1] == 0:
         return None
-    unit = unit[:, :: max(1, unit.shape[1] // CHECK_PIXELS)]  # a share is as telling
+    unit = thinned(unit)
     dark = float(np.mean(np.all(unit <= 0.02, axis=0)))
     bright = float(np.mean(np.all(unit >= 0.98, axis=0)))
     median = np.median(unit, axis=1)

@@ -249,3 +249,27 @@ def test_maps_are_resized_as_pytorch_resizes_them_without_torch(shape, size):
                         antialias=True, align_corners=False)[0].numpy()  # fmt: skip
     assert ours.shape == (2, *size) and ours.dtype == np.float32
     assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_the_check_sees_a_dark_pattern_that_repeats_along_rows():
+    """The check looks at a random share of the sample: columns black every 4 px in a
+    1,024 px sample (75% black) are seen, where a stride of 4 would keep none of them."""
+    from roadseg.imagery import check_mapped
+
+    unit = np.random.default_rng(1).random((3, 1024, 1024), dtype=np.float32) * 0.5 + 0.3
+    unit[:, :, np.arange(1024) % 4 != 0] = 0
+    assert "75% black" in check_mapped(unit.reshape(3, -1), COMPETITION, "stripes.tif")
+
+
+def test_a_nan_spreads_no_further_in_a_resized_map_than_in_pytorchs():
+    import torch
+    import torch.nn.functional as F
+
+    from roadseg.reading import resize_maps
+
+    maps = np.array([[[1.0, 0.5, np.nan]]], np.float32)
+    ours = resize_maps(maps, 1, 7)
+    ref = F.interpolate(torch.from_numpy(maps)[None], size=(1, 7), mode="bilinear",
+                        antialias=True, align_corners=False)[0].numpy()  # fmt: skip
+    assert not (np.isnan(ours) & ~np.isnan(ref)).any()  # NaN only where PyTorch's has it
+    assert np.isnan(ours).any() and np.isfinite(ours[..., :3]).all()

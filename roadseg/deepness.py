@@ -76,14 +76,15 @@ import numpy as np
 from roadseg.errors import RoadsegError
 from roadseg.export import (
     OPSET,
-    TOLERANCE,
     _const,
     build_graph,
     check_images,
     export_metadata,
+    load_models,
     min_side,
     require_onnx,
     session,
+    write_checked,
 )
 
 TILE_SIZE = 512  # Deepness's documented example and its usual tile
@@ -316,11 +317,7 @@ def export_deepness(
     default: the data the first checkpoint trained on); nothing is written when they
     disagree by more than :data:`~roadseg.export.TOLERANCE`."""
     require_onnx()
-    import onnx
-
     from roadseg.checkpoints import trained_root
-    from roadseg.io import atomic_path
-    from roadseg.task import RoadSegTask
 
     if options.merge == "vote":
         raise RoadsegError(
@@ -329,11 +326,7 @@ def export_deepness(
         )
     if not 0 <= overlap < 100:
         raise RoadsegError(f"--tile-overlap is a percentage of the tile: 0 to 99, got {overlap}")
-    contents = options.read_checkpoints()
-    models = [
-        RoadSegTask.from_checkpoint(p, ckpt=c).model.eval()
-        for p, c in zip(options.ckpt, contents, strict=True)
-    ]
+    contents, models = load_models(options)
     min_px = max(int(min_side(m)) for m in models)
     if tile < min_px:
         raise RoadsegError(f"--tile-size {tile} is below what the network takes ({min_px} px)")
@@ -342,15 +335,7 @@ def export_deepness(
     images, checked = check_images(check_data or trained_root(contents[0]))
     checked = f"{tile}x{tile} Deepness tiles (zero-padded, cropped to the valid part) of {checked}"
     worst = compare_tiles(models, session(proto), images, tile)
-    metadata["roadseg_check"] = json.dumps(
-        {"max_abs_diff": worst, "tolerance": TOLERANCE, "on": checked}
-    )
-    if not worst <= TOLERANCE:
-        raise RoadsegError(
-            f"the Deepness graph disagrees with PyTorch by {worst:.2e} in probability on "
-            f"{checked} (tolerance {TOLERANCE:g}); nothing was written",
-            out,
-        )
+    write_checked(proto, metadata, out, worst=worst, checked=checked, graph="Deepness graph")
     notes = []
     grid = math.lcm(*(int(min_side(m)) for m in models))
     step = tile - int(tile * overlap / 100 * 2) // 2  # Deepness's tile stride (ProcessingOverlap)
@@ -369,9 +354,4 @@ def export_deepness(
         )
     if "resolution" not in metadata:
         notes.append("the checkpoint does not know its resolution: set it in Deepness")
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    with atomic_path(out, suffix=".tmp.onnx") as tmp:
-        onnx.save(proto, str(tmp))
     return DeepnessReport(Path(out), len(models), worst, checked, metadata, tuple(notes))

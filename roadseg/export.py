@@ -340,13 +340,8 @@ def compare(models: list, sess, images: list[np.ndarray]) -> float:
     return worst
 
 
-def export_checkpoints(options, out: str | Path, *, check_data: str | None = None) -> ExportReport:
-    """Export ``options``' checkpoints (an ensemble when several) to ``out``, checked against
-    PyTorch on real tiles (``check_data``, default: the data the first checkpoint trained
-    on); nothing is written when they disagree by more than :data:`TOLERANCE`."""
-    require_onnx()
-    from roadseg.checkpoints import trained_root
-    from roadseg.io import atomic_path
+def load_models(options) -> tuple[list[dict], list]:
+    """(contents, networks in eval mode) of ``options``' checkpoints."""
     from roadseg.task import RoadSegTask
 
     contents = options.read_checkpoints()
@@ -354,27 +349,46 @@ def export_checkpoints(options, out: str | Path, *, check_data: str | None = Non
         RoadSegTask.from_checkpoint(p, ckpt=c).model.eval()
         for p, c in zip(options.ckpt, contents, strict=True)
     ]
-    metadata = export_metadata(options, contents)
-    metadata["roadseg_min_side"] = json.dumps(max(int(min_side(m)) for m in models))
-    proto = build_graph(models)
-    folder = check_data or trained_root(contents[0])
-    images, checked = check_images(folder)
-    worst = compare(models, session(proto), images)
+    return contents, models
+
+
+def write_checked(proto, metadata: dict, out: str | Path, *, worst: float, checked: str,
+                  graph: str = "exported graph") -> None:  # fmt: skip
+    """Record the self-check in ``metadata``; refuse, writing nothing, when ``worst`` is
+    above :data:`TOLERANCE`; else write ``proto`` with ``metadata`` to ``out`` atomically."""
+    import onnx
+
+    from roadseg.io import atomic_path
+
     metadata["roadseg_check"] = json.dumps(
         {"max_abs_diff": worst, "tolerance": TOLERANCE, "on": checked}
     )
     if not worst <= TOLERANCE:
         raise RoadsegError(
-            f"the exported graph disagrees with PyTorch by {worst:.2e} in probability on "
+            f"the {graph} disagrees with PyTorch by {worst:.2e} in probability on "
             f"{checked} (tolerance {TOLERANCE:g}); nothing was written. Report it with "
             "the checkpoint's model and model_args",
             out,
         )
-    import onnx
-
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_path(out, suffix=".tmp.onnx") as tmp:
         onnx.save(proto, str(tmp))
+
+
+def export_checkpoints(options, out: str | Path, *, check_data: str | None = None) -> ExportReport:
+    """Export ``options``' checkpoints (an ensemble when several) to ``out``, checked against
+    PyTorch on real tiles (``check_data``, default: the data the first checkpoint trained
+    on); nothing is written when they disagree by more than :data:`TOLERANCE`."""
+    require_onnx()
+    from roadseg.checkpoints import trained_root
+
+    contents, models = load_models(options)
+    metadata = export_metadata(options, contents)
+    metadata["roadseg_min_side"] = json.dumps(max(int(min_side(m)) for m in models))
+    proto = build_graph(models)
+    images, checked = check_images(check_data or trained_root(contents[0]))
+    worst = compare(models, session(proto), images)
+    write_checked(proto, metadata, out, worst=worst, checked=checked)
     return ExportReport(Path(out), len(models), worst, checked, metadata)

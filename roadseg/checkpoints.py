@@ -25,6 +25,14 @@ SPLIT_KEY = "roadseg_split"  # the split's tiles by content (split_record)
 SPLIT_FORMAT = 1
 
 
+EXPORTED_SUFFIX = ".onnx"  # roadseg export's files, which predicting commands take as models
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` names an exported file (``.onnx``) rather than a checkpoint."""
+    return Path(path).suffix.lower() == EXPORTED_SUFFIX
+
+
 def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
     """A checkpoint's contents (on the CPU), with a clear error for a missing or foreign file.
 
@@ -33,7 +41,7 @@ def read_checkpoint(path: str | Path, *, mapped: bool = False) -> dict:
     import torch
 
     path = Path(path)
-    if path.suffix.lower() == ".onnx":  # figures, export, validate, ...: not the file
+    if is_exported(path):  # figures, export, validate, ...: not the file
         raise RoadsegError(
             "an exported file: this command needs the checkpoint it was exported from "
             "(predict, submit and evaluate take the exported file)",
@@ -165,13 +173,13 @@ def check_checkpoint_path(path: str | Path) -> None:
     from roadseg.paths import check_input
 
     p = Path(path)
-    if not p.exists() and p.suffix.lower() == ".onnx":
+    if not p.exists() and is_exported(p):
         raise RoadsegError(
             "exported model not found (roadseg export --ckpt CHECKPOINT --out FILE writes one)", p
         )
     if not p.exists():
         raise RoadsegError(f"checkpoint not found ({_missing_checkpoint_hint(p)})", p)
-    check_input(p, what="exported model" if p.suffix.lower() == ".onnx" else "checkpoint")
+    check_input(p, what="exported model" if is_exported(p) else "checkpoint")
 
 
 def _missing_checkpoint_hint(path: Path) -> str:

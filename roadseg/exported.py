@@ -26,7 +26,6 @@ from pathlib import Path
 
 from roadseg.errors import RoadsegError
 
-SUFFIX = ".onnx"
 # what a file must hold to be predicted with as roadseg predicts (export's FORMAT 1)
 REQUIRED = (
     "roadseg_format", "roadseg_decision", "roadseg_decision_tta", "roadseg_imagery",
@@ -34,11 +33,6 @@ REQUIRED = (
 )  # fmt: skip
 FORMAT = 1  # roadseg.export.FORMAT: the newest this reads
 TRAINING_KEY = "roadseg_training"  # each member's data root and split (checkpoints' own keys)
-
-
-def is_exported(path: str | Path) -> bool:
-    """Whether ``path`` names an exported file (``.onnx``) rather than a checkpoint."""
-    return Path(path).suffix.lower() == SUFFIX
 
 
 def require_onnxruntime(path: str | Path | None = None) -> None:

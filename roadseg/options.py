@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from roadseg.checkpoints import check_checkpoint_path, checkpoint_of
+from roadseg.checkpoints import check_checkpoint_path, checkpoint_of, is_exported
 from roadseg.errors import RoadsegError
-from roadseg.exported import is_exported
 from roadseg.patches import CONTEXT_MARGIN
 
 if TYPE_CHECKING:  # scipy's start-up is paid by the commands that decide, not by every one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from roadseg.checkpoints import is_exported
 from roadseg.options import PredictOptions
 from roadseg.patches import CONTEXT_MARGIN
 
@@ -23,7 +24,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
     """The prediction options of a command line (see :func:`add_predictor_args`)."""
     refuse_idle(
         (args.merge is not None and len(args.ckpt or []) == 1
-         and not str(args.ckpt[0]).lower().endswith(".onnx"), "--merge",
+         and not is_exported(args.ckpt[0]), "--merge",
          "an ensemble: give --ckpt two or more times"),
     )  # fmt: skip
     given = {name: getattr(args, name, None) for name in PredictOptions.__dataclass_fields__}

@@ -31,7 +31,7 @@ def _validation(options, ckpts: list[dict], instead: str):
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from roadseg.exported import is_exported
+    from roadseg.checkpoints import is_exported
     from roadseg.paths import check_io
     from roadseg.thresholds import thresholds_path
 

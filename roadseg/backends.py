@@ -200,14 +200,25 @@ class OnnxBackend:
         self.small = small
         self.min_side = 0  # from_file's: narrower images are padded by replication to it
 
+    @property
+    def session(self):
+        """ONNX Runtime's session; from_file's is made in a thread while the scene is read."""
+        if self._session is None:
+            self._session = self._soon.result()
+        return self._session
+
+    @session.setter
+    def session(self, value) -> None:
+        self._session = value
+
     @classmethod
     def from_file(cls, exported) -> OnnxBackend:
         """The graph of an exported file (:class:`~roadseg.exported.ExportedModel`); images
         narrower than its smallest side are padded by replication to it, and cropped back."""
-        from roadseg.exported import session
+        from roadseg.exported import session_soon
 
         backend = cls.__new__(cls)
-        backend.session = session(exported.path, onnx_threads())
+        backend._session, backend._soon = None, session_soon(exported.path, onnx_threads())
         backend.members, backend.small, backend.min_side = exported.members, None, exported.min_side
         return backend
 

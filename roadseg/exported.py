@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +149,11 @@ def read_exported(path: str | Path) -> ExportedModel:
 
 @functools.lru_cache(maxsize=8)
 def _read(path: str, size: int, mtime: int) -> ExportedModel:
-    sess = _session(path, size, mtime, None)
-    props = sess.get_modelmeta().custom_metadata_map
+    try:
+        props, inputs, names = onnx_header(Path(path).read_bytes())
+    except ValueError:  # not an ONNX protobuf: ONNX Runtime's own words say why
+        _session(path, size, mtime, None).result()
+        raise RoadsegError("not a readable ONNX model", path) from None
     missing = [k for k in REQUIRED if k not in props]
     if len(missing) == len(REQUIRED):
         raise RoadsegError(
@@ -172,35 +177,121 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
             f"({FORMAT}): upgrade roadseg",
             path,
         )
-    names = {o.name: o.shape for o in sess.get_outputs()}
-    inputs = [i.name for i in sess.get_inputs()]
     if inputs != ["image"] or "probability" not in names or "members" not in names:
         raise RoadsegError(
             f"inputs {inputs} and outputs {sorted(names)}, not roadseg's image -> probability, "
             "members (a Deepness export is for QGIS: predict with the plain export)",
             path,
         )
-    members = names["members"][1]
+    members = names["members"][1] if len(names["members"]) > 1 else None
     if not isinstance(members, int):
         members = len(metadata["roadseg_decision"].get("members") or [None])
     return ExportedModel(path, metadata, members)
 
 
+def onnx_header(data: bytes) -> tuple[dict[str, str], list[str], dict[str, list]]:
+    """What an ONNX file says of itself without a session (a session takes 0.1 s to make,
+    which :func:`session` now spends while the scene is read): its metadata ``{key:
+    value}``, its graph's input names (initialisers left out, as ONNX Runtime does) and its
+    outputs' ``{name: shape}`` (a dimension an int, or its name). Read from the protobuf's
+    fields (ModelProto 14 metadata_props, 7 graph; GraphProto 11 input, 12 output, 5
+    initializer); a ValueError when ``data`` is no ModelProto."""
+    model = _fields(memoryview(data))
+    if 7 not in model:
+        raise ValueError("no graph")
+    props = {}
+    for entry in model.get(14, []):
+        kv = _fields(entry)
+        props[_text(kv, 1)] = _text(kv, 2)
+    graph = _fields(model[7][-1])
+    stored = {_text(_fields(t), 8) for t in graph.get(5, [])}
+    inputs = [n for n in (_text(_fields(v), 1) for v in graph.get(11, [])) if n not in stored]
+    outputs = {}
+    for value in graph.get(12, []):
+        info = _fields(value)
+        tensor = _fields(_first(_fields(_first(info, 2)), 1))
+        dims = [_fields(d) for d in _fields(_first(tensor, 2)).get(1, [])]
+        outputs[_text(info, 1)] = [d[1][0] if 1 in d else _text(d, 2) for d in dims]
+    return props, inputs, outputs
+
+
+def _fields(buf: memoryview) -> dict[int, list]:
+    """A protobuf message's fields ``{number: [values]}``: varints as ints, length-delimited
+    fields as memoryviews (nothing copied), fixed-width ones as bytes."""
+    fields: dict[int, list] = {}
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, pos = bytes(buf[pos : pos + width]), pos + width
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > end or number == 0:
+            raise ValueError("truncated")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _first(fields: dict, number: int) -> memoryview:
+    values = fields.get(number)
+    return values[0] if values else memoryview(b"")
+
+
+def _text(fields: dict, number: int) -> str:
+    return bytes(_first(fields, number)).decode("utf-8", "replace")
+
+
 def session(path: str | Path, threads: int | None = None):
     """One ONNX Runtime CPU session per file (its content as its size and time say, and
     thread count) and process; a file ONNX Runtime cannot read is refused in one line."""
+    return session_soon(path, threads).result()
+
+
+def session_soon(path: str | Path, threads: int | None = None) -> Future:
+    """:func:`session`'s, made in a thread from now on: the caller reads its scene
+    meanwhile (ONNX Runtime releases the GIL for most of it); ``.result()`` is the session
+    or the RoadsegError."""
     stat = Path(path).stat()
     return _session(str(path), stat.st_size, stat.st_mtime_ns, threads)
 
 
 @functools.lru_cache(maxsize=8)
-def _session(path: str, size: int, mtime: int, threads: int | None):
+def _session(path: str, size: int, mtime: int, threads: int | None) -> Future:
     require_onnxruntime(path)
+    return _MAKER.submit(_make_checked, path, threads)
+
+
+def _make_checked(path: str, threads: int | None):
     try:
         return make_session(path, threads)
     except Exception as err:  # onnxruntime raises its own types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
+
+
+_MAKER = ThreadPoolExecutor(1, thread_name_prefix="roadseg-session")
+# a forked child has no maker thread: its sessions are made again, not awaited forever
+os.register_at_fork(after_in_child=_session.cache_clear)
 
 
 def make_session(model: str | bytes, threads: int | None = None):

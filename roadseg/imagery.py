@@ -245,6 +245,7 @@ def off_model(low: float, high: float, model: Imagery) -> str:
 
 
 CHECK_PIXELS = 1 << 18  # pixels check_mapped looks at: its shares and median, to 0.2%
+CHECK_SIDE = 512  # a decimated read of this side holds CHECK_PIXELS
 
 
 def thinned(pixels: np.ndarray, count: int = CHECK_PIXELS) -> np.ndarray:
@@ -265,7 +266,8 @@ def check_mapped(unit: np.ndarray, model: Imagery, path, rule: str | None = None
     unit = thinned(unit)
     dark = float(np.mean(np.all(unit <= 0.02, axis=0)))
     bright = float(np.mean(np.all(unit >= 0.98, axis=0)))
-    median = np.median(unit, axis=1)
+    # the middle pixel, by a partition: np.median's first call imports numpy.ma (0.02 s)
+    median = np.partition(unit, unit.shape[1] // 2, axis=1)[:, unit.shape[1] // 2]
     lows, highs = np.asarray(model.low), np.asarray(model.high)
     if dark > 0.5 or bright > 0.5:
         what = f"{dark:.0%} black" if dark > 0.5 else f"{bright:.0%} saturated"

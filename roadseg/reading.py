@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from roadseg.errors import RoadsegError
 from roadseg.imagery import (
+    CHECK_SIDE,
     RESOLUTION_TOLERANCE,
     SAMPLE_SIDE,
     Imagery,
@@ -161,14 +162,14 @@ def pixel_metres(src, hint: str = "--resolution METRES") -> tuple[tuple[float, f
     return raster_pixel_metres(src, hint)
 
 
-def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
+def sample_pixels(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.ndarray:
     """Valid raw pixels ``(bands, n)`` of the raster, sampled without reading it whole: a
-    decimated read (overviews when it has them) of small or pyramided rasters, else a grid
-    of 64 windows of 256 px spread over it. NaN and infinite pixels are no data (with a
-    nodata tag or without) and left out."""
+    decimated read of at most ``side`` px (overviews when it has them) of small or pyramided
+    rasters, else a grid of 64 windows of 256 px spread over it. NaN and infinite pixels are
+    no data (with a nodata tag or without) and left out."""
     h, w = src.height, src.width
     if max(h, w) <= 2 * SAMPLE_SIDE or src.overviews(1):
-        f = max(1.0, max(h, w) / SAMPLE_SIDE)
+        f = max(1.0, max(h, w) / side)
         shape = (max(1, round(h / f)), max(1, round(w / f)))
         raw = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         sample = raw[:, src.dataset_mask(out_shape=shape) > 0]
@@ -186,10 +187,10 @@ def sample_pixels(src, bands: tuple[int, ...]) -> np.ndarray:
     return sample
 
 
-def sample_rgb(src, bands: tuple[int, ...]) -> np.ndarray:
+def sample_rgb(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.ndarray:
     """:func:`sample_pixels` as three bands, as they are read: a grey band repeated, a
     palette band through its colour table (its transparent entries left out)."""
-    sample = sample_pixels(src, bands)
+    sample = sample_pixels(src, bands, side)
     lut = palette_lut(src, bands)
     if lut is not None:
         rgb, opaque = through_palette(sample, lut)
@@ -208,8 +209,10 @@ class SceneReader:
         self.factor = max(self.scales)
         self.palette = palette_lut(src, self.bands)  # a palette band: read as 8-bit R, G, B
         dtype = np.dtype(src.dtypes[self.bands[0] - 1] if self.palette is None else np.uint8)
-        # one sample: the statistics of a stretch, and the check of what the model will see
-        sample = sample_rgb(src, self.bands)
+        # one sample: the statistics of a stretch, and the check of what the model will see;
+        # a mapping that takes no statistics needs only the check's share (4x quicker)
+        stats = options.input_range == "auto" and dtype != np.uint8
+        sample = sample_rgb(src, self.bands, SAMPLE_SIDE if stats else CHECK_SIDE)
         self.radiometry: Radiometry = plan_radiometry(
             dtype, sample, imagery, options.input_range, src.name
         )

@@ -177,6 +177,26 @@ def test_what_an_exported_file_cannot_be_is_refused_in_one_line(
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_the_header_is_read_as_onnx_runtime_reads_it_and_a_cut_file_refused(exported, tmp_path):
+    """The metadata, inputs and outputs are read from the protobuf without a session (the
+    session is made while the scene is read): as ONNX Runtime's session reports them."""
+    import onnxruntime as ort
+
+    from roadseg.errors import RoadsegError
+    from roadseg.exported import onnx_header, read_exported
+
+    for path in (exported, write_foreign_onnx(tmp_path / "foreign.onnx")):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        props, inputs, outputs = onnx_header(path.read_bytes())
+        assert props == sess.get_modelmeta().custom_metadata_map
+        assert inputs == [i.name for i in sess.get_inputs()]
+        assert outputs == {o.name: o.shape for o in sess.get_outputs()}
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(exported.read_bytes()[: exported.stat().st_size // 2])
+    with pytest.raises(RoadsegError, match="not a readable ONNX model"):
+        read_exported(cut)
+
+
 def test_tune_refuses_to_store_thresholds_for_an_exported_file(exported, capsys):
     assert main(["tune", "--ckpt", str(exported)]) == 2
     assert "tune its checkpoint, then export again" in capsys.readouterr().err

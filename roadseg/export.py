@@ -62,6 +62,7 @@ class ExportReport:
     max_diff: float
     checked: str
     metadata: dict
+    int8: dict | None = None  # export --int8's record (roadseg.quantize.int8_record)
 
 
 def onnx_available() -> bool:
@@ -370,17 +371,30 @@ def write_checked(proto, metadata: dict, out: str | Path, *, worst: float, check
             "the checkpoint's model and model_args",
             out,
         )
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    if proto is None:  # only the check
+        return
+    _with_metadata(proto, metadata)
     with atomic_path(out, suffix=".tmp.onnx") as tmp:
         onnx.save(proto, str(tmp))
 
 
-def export_checkpoints(options, out: str | Path, *, check_data: str | None = None) -> ExportReport:
+def _with_metadata(proto, metadata: dict) -> None:
+    """``metadata`` (JSON strings) into ``proto``'s metadata_props."""
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def export_checkpoints(
+    options, out: str | Path, *, check_data: str | None = None, int8: bool = False,
+    int8_tolerance: float | None = None,
+) -> ExportReport:  # fmt: skip
     """Export ``options``' checkpoints (an ensemble when several) to ``out``, checked against
     PyTorch on real tiles (``check_data``, default: the data the first checkpoint trained
-    on); nothing is written when they disagree by more than :data:`TOLERANCE`."""
+    on); nothing is written when they disagree by more than :data:`TOLERANCE`. With
+    ``int8``, the checked graph's convolutions are quantised (:mod:`roadseg.quantize`) and
+    nothing is written when validation road patch F1 drops by more than ``int8_tolerance``
+    (default :data:`roadseg.quantize.TOLERANCE`)."""
     require_onnx()
     from roadseg.checkpoints import trained_root
 
@@ -390,5 +404,35 @@ def export_checkpoints(options, out: str | Path, *, check_data: str | None = Non
     proto = build_graph(models)
     images, checked = check_images(check_data or trained_root(contents[0]))
     worst = compare(models, session(proto), images)
+    record = None
+    if int8:
+        write_checked(None, dict(metadata), out, worst=worst, checked=checked)  # refuses only
+        proto, record = _int8(options, contents, proto, metadata, out, int8_tolerance)
+        metadata["roadseg_int8"] = json.dumps(record)
     write_checked(proto, metadata, out, worst=worst, checked=checked)
-    return ExportReport(Path(out), len(models), worst, checked, metadata)
+    return ExportReport(Path(out), len(models), worst, checked, metadata, record)
+
+
+def _int8(options, contents, proto, metadata: dict, out, tolerance: float | None):
+    """(the int8 graph of ``proto``, its record), scored beside fp32 and refused when it
+    drops F1 by more than ``tolerance`` (:mod:`roadseg.quantize`)."""
+    import tempfile
+
+    import onnx
+
+    from roadseg import quantize
+    from roadseg.io import read_image
+
+    tolerance = quantize.TOLERANCE if tolerance is None else tolerance
+    tiles, calibration = quantize.calibration_tiles(contents[0])
+    int8, kept = quantize.quantize(proto, [read_image(p) for p in tiles])
+    with tempfile.TemporaryDirectory(prefix="roadseg-int8-") as tmp:
+        files = {"fp32": Path(tmp) / "fp32.onnx", "int8": Path(tmp) / "int8.onnx"}
+        for graph, path in ((proto, files["fp32"]), (int8, files["int8"])):
+            copy = onnx.ModelProto.FromString(graph.SerializeToString())
+            _with_metadata(copy, metadata)
+            onnx.save(copy, str(path))
+        scores = quantize.validation_scores(options, contents, files)
+    drop = quantize.check_drop(scores, tolerance, out)
+    record = quantize.int8_record(scores, drop, tolerance, calibration, kept)
+    return int8, record

@@ -198,6 +198,7 @@ class Predictor:
 
         exported = read_exported(path)
         kwargs.setdefault("imagery", exported.imagery())
+        kwargs.setdefault("backend", "onnx")  # the class's default is torch, for networks
         return cls(exported, **kwargs)
 
     @classmethod

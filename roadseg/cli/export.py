@@ -27,16 +27,51 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])
     if args.deepness:
+        if args.int8:
+            raise RoadsegError("--int8 is for the plain export; Deepness runs the fp32 file")
         return _export_deepness(args, options)
-    report = export_checkpoints(options, args.out, check_data=args.check_data)
+    if args.int8_tolerance is not None and not args.int8:
+        raise RoadsegError("--int8-tolerance is for --int8")
+    if args.int8_tolerance is not None and not 0 <= args.int8_tolerance < 1:
+        raise RoadsegError(f"--int8-tolerance {args.int8_tolerance:g}: a drop in F1, 0 to 1")
+    if args.int8:
+        _say_int8_speed()
+    report = export_checkpoints(options, args.out, check_data=args.check_data, int8=args.int8,
+                                int8_tolerance=args.int8_tolerance)  # fmt: skip
     decision = json.loads(report.metadata["roadseg_decision"])
+    if report.int8:
+        _print_int8(report.int8)
     print(
         f"wrote {report.path}: {report.members} member{'s' if report.members > 1 else ''} "
-        f"({options.merge}), {report.path.stat().st_size / 1e6:.1f} MB; agrees with PyTorch "
-        f"to {report.max_diff:.1e} in probability on {report.checked}; decision pixel "
+        f"({options.merge}{', int8' if report.int8 else ''}), "
+        f"{report.path.stat().st_size / 1e6:.1f} MB; {'its fp32 graph ' if report.int8 else ''}"
+        f"agrees with PyTorch to {report.max_diff:.1e} in probability on {report.checked}; "
+        "decision pixel "
         f"{decision['pixel']:g} / patch {decision['patch']:g} in its metadata; predict "
         f"with it: roadseg predict SCENE --ckpt {report.path}"
     )
+
+
+def _say_int8_speed() -> None:
+    """Whether int8 can pay off on this CPU, said before the minutes of calibration."""
+    from roadseg.quantize import vnni
+
+    if vnni() is False:
+        print("note: this CPU has no int8 dot products (AVX-512 VNNI or AVX-VNNI): the int8 "
+              "file runs here at about fp32's speed or slower; it pays off on CPUs that have "
+              "them (Intel since Cascade Lake, AMD since Zen 4)")  # fmt: skip
+
+
+def _print_int8(record: dict) -> None:
+    scores = record["validation"]
+    print(f"int8: calibrated on {record['calibration']}; validation in context, "
+          f"{scores['tiles']} tiles, {scores['decision']}:")  # fmt: skip
+    for name in ("fp32", "int8"):
+        print(f"  {name}: road patch F1 {scores[name]['patch_f1']:.4f}, patch accuracy "
+              f"{scores[name]['patch_accuracy']:.4f}")  # fmt: skip
+    print(f"  drop in F1 {record['drop']:+.4f} (tolerance {record['tolerance']:g}); kept in "
+          f"fp32: {len(record['fp32']['convolutions'])} convolutions "
+          f"({record['fp32']['why']}) and every other operator")  # fmt: skip
 
 
 def _export_deepness(args: argparse.Namespace, options) -> None:
@@ -93,6 +128,20 @@ def _add_export(sub) -> None:
         "--metric",
         choices=["f1", "accuracy"],
         help="record the thresholds roadseg tune found for this metric (default: tuned last)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise the network's convolutions to int8 (ONNX Runtime static QDQ), "
+        "calibrated on 16 of the checkpoint's training tiles; nothing is written when "
+        "validation road patch F1 drops by more than --int8-tolerance against fp32. Faster "
+        "on CPUs with int8 dot products (VNNI); predicts like any exported file",
+    )
+    p.add_argument(
+        "--int8-tolerance",
+        type=float,
+        metavar="F1",
+        help="with --int8: the largest drop in validation road patch F1 accepted (default 0.003)",
     )
     p.add_argument(
         "--deepness",

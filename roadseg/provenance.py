@@ -7,6 +7,7 @@ number in a table can be traced to the code and the environment that produced it
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from roadseg.io import atomic_path
 PACKAGES = (
     "roadseg", "torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch",
     "timm", "albumentations", "rasterio", "numpy", "pandas", "scikit-learn", "scipy",
+    "onnx", "onnxruntime", "opencv-python-headless",
 )  # fmt: skip
 
 
@@ -60,6 +62,44 @@ def provenance(seed: int | None, argv: list[str] | None = None) -> dict:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": package_versions(),
+    }
+
+
+def cpu() -> dict:
+    """The CPU's model and the vector instructions its float kernels pick (the last digits
+    of a float sum depend on them), from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or None, "flags": None}
+    first = info.split("\n\n", 1)[0]  # the first core's
+    fields = {
+        k.strip(): v.strip()
+        for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)
+    }
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+    model = fields.get("model name")
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
+def environment(backend: str) -> dict:
+    """What a table's figures depend on beyond the plan and the seeds: the code, the
+    libraries, the machine and the backend that predicted its evaluation rows."""
+    import torch
+
+    return {
+        "git": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu(),
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "evaluation_backend": backend,
         "packages": package_versions(),
     }
 

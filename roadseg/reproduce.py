@@ -51,6 +51,39 @@ from roadseg.maps import context_for
 from roadseg.patches import CONTEXT_MARGIN
 from roadseg.provenance import file_stamps
 
+# What predicts the evaluation rows and the pseudo-labels: PyTorch, whatever `auto` would
+# pick (ONNX Runtime sums in another order: the 6th decimal of a score moves)
+EVALUATION_BACKEND = "torch"
+
+
+def evaluation_backend() -> str:
+    """The backend, precision and device of the evaluation rows, in words."""
+    import torch
+
+    where = "bf16 on the GPU" if torch.cuda.is_available() else "fp32 on the CPU"
+    return f"{EVALUATION_BACKEND} (PyTorch), {where}"
+
+
+def environment_changes(out: Path, now: dict) -> list[str]:
+    """What differs between the environment that wrote ``out``'s tables (its
+    ``environment.json``) and ``now``: the reasons a rerun's last digits may differ."""
+    path = out / "environment.json"
+    if not path.is_file():
+        return []
+    try:
+        before = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return [f"{path} is not JSON"]
+    changes = []
+    for key in ("git", "cpu", "cpus", "torch_threads", "cuda", "evaluation_backend"):
+        if before.get(key) != now.get(key):
+            changes.append(f"{key} {before.get(key)} -> {now.get(key)}")
+    old, new = before.get("packages") or {}, now.get("packages") or {}
+    changes += [f"{name} {old.get(name)} -> {new.get(name)}" for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)]  # fmt: skip
+    return changes
+
+
 SPLIT_NOTE = (
     "geographic folds of {root}: tiles are placed on their maps by matching edges, and "
     "4x4-tile blocks of a map go to one fold, so neighbouring tiles never sit on both "
@@ -177,9 +210,16 @@ def reproduce(
     figures: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
     """Train every run of the profile (resuming), evaluate, write the tables and figures."""
+    from roadseg.provenance import environment
+
     plan = load_reproduction(plan_path, profile)
     out = Path(out)
     run_root = out / "runs" / profile
+    env = environment(evaluation_backend())
+    changes = environment_changes(out, env)
+    if changes:  # said first: a reader comparing the tables knows why digits may move
+        print(f"note: {out} was written in another environment ({'; '.join(changes)}): "
+              "its last digits may differ from this run's")  # fmt: skip
     for i, run in enumerate(plan["runs"], 1):
         print(f"[{i}/{len(plan['runs'])}] {run['name']}", flush=True)
         args = {"data.root": plan["root"], **run["args"]}
@@ -213,7 +253,7 @@ def reproduce(
         for e in plan["evaluations"] for fold in plan["folds"] for seed in plan["seeds"]
     ]  # fmt: skip
     runs = pd.DataFrame(rows)
-    write_tables(runs, plan, out)
+    write_tables(runs, plan, out, env)
     if figures:
         from roadseg.figures import make_figures
 
@@ -241,7 +281,9 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
 
     tiles = unlabelled_tiles(root)
     maps, margin, _ = context_for([root], tiles, CONTEXT_MARGIN)
-    predictor = Predictor.from_checkpoints([teacher], tta=tta, progress=False)
+    predictor = Predictor.from_checkpoints(
+        [teacher], tta=tta, progress=False, backend=EVALUATION_BACKEND
+    )
     start = time.perf_counter()
     about = write_pseudo_labels(
         predictor, tiles, out, teacher=[teacher], context=maps, margin=margin
@@ -280,8 +322,9 @@ def evaluation(
         contents = [read_checkpoint(p) for p in ckpts]
         validation = Validation(contents[0], CONTEXT_MARGIN if spec["context"] else 0)
         predictor = Predictor.from_checkpoints(
-            ckpts, contents=contents, tta=bool(spec["tta"]), progress=False
-        )
+            ckpts, contents=contents, tta=bool(spec["tta"]), progress=False,
+            backend=EVALUATION_BACKEND,
+        )  # fmt: skip
         predicted[key] = validation.scores(predictor)
     decision = Decision(**(spec.get("postprocess") or {}))
     scores = predicted[key].with_clean(decision.clean)
@@ -332,8 +375,28 @@ def describe_split(plan: dict) -> str:
     )
 
 
-def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
-    """``table.csv``/``table.md`` (metrics), ``runs.csv`` and ``timing.csv``/``timing.md``."""
+def describe_environment(env: dict) -> str:
+    """One sentence of what made a table (the whole of it in ``environment.json``)."""
+    packages = env.get("packages") or {}
+    libs = ", ".join(f"{k} {packages[k]}" for k in ("torch", "segmentation-models-pytorch",
+                     "timm", "albumentations") if packages.get(k))  # fmt: skip
+    commit = (env.get("git") or {}).get("commit")
+    cpu = (env.get("cpu") or {}).get("model")
+    code = commit[:10] if commit else "not a git checkout"
+    return (
+        f"Made by roadseg {packages.get('roadseg')} ({code}) with {libs}, Python "
+        f"{env.get('python')}, on {env.get('cuda') or cpu} "
+        f"({env.get('torch_threads')} threads); evaluation rows predicted by "
+        f"{env.get('evaluation_backend')}. The same environment gives the same table to the "
+        "last digit; another may move the last digits (environment.json lists it all)."
+    )
+
+
+def write_tables(
+    runs: pd.DataFrame, plan: dict, out: Path, env: dict | None = None
+) -> pd.DataFrame:
+    """``table.csv``/``table.md`` (metrics), ``runs.csv``, ``timing.csv``/``timing.md``
+    and, with ``env`` (:func:`roadseg.provenance.environment`), ``environment.json``."""
     reference = plan.get("reference")
     table = summarise(
         runs, [*plan["methods"], *(e["name"] for e in plan["evaluations"])], reference
@@ -367,7 +430,11 @@ def write_tables(runs: pd.DataFrame, plan: dict, out: Path) -> pd.DataFrame:
     shown["parameters"] = table["parameters"].map("{:,}".format)
     with atomic_path(out / "table.md") as tmp:
         note = f"**{plan['note']}**\n\n" if plan.get("note") else ""
-        tmp.write_text(note + describe_split(plan) + "\n\n" + markdown_table(shown))
+        made = f"\n\n{describe_environment(env)}" if env else ""
+        tmp.write_text(note + describe_split(plan) + made + "\n\n" + markdown_table(shown))
+    if env:
+        with atomic_path(out / "environment.json") as tmp:
+            tmp.write_text(json.dumps(env, indent=2) + "\n")
     timing = (
         runs.groupby("method", sort=False)["train_minutes"]
         .agg(["mean", "std", "sum"])

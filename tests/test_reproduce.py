@@ -97,6 +97,29 @@ def test_the_same_seed_gives_the_same_table(cil_root, tmp_path):
     assert tables[0] == tables[1]
 
 
+def test_the_tables_record_the_environment_and_a_rerun_says_what_changed(
+    cil_root, tmp_path, capsys
+):
+    import torch
+
+    plan = write_plan(tmp_path / "plan.yaml", cil_root, ["patch_cnn"], [2])
+    out = tmp_path / "results"
+    reproduce(plan, out, profile="tiny", figures=False)
+    env = json.loads((out / "environment.json").read_text())
+    assert env["evaluation_backend"].startswith("torch (PyTorch), fp32 on the CPU")
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert env["torch_threads"] == torch.get_num_threads() and env["cpu"]["model"]
+    assert "evaluation rows predicted by torch (PyTorch)" in (out / "table.md").read_text()
+    capsys.readouterr()
+    reproduce(plan, out, profile="tiny", figures=False)  # the same environment: no note
+    assert "another environment" not in capsys.readouterr().out
+    env["packages"]["torch"] = "0.1"  # as if made with another PyTorch
+    (out / "environment.json").write_text(json.dumps(env))
+    reproduce(plan, out, profile="tiny", figures=False)
+    said = capsys.readouterr().out
+    assert f"torch 0.1 -> {torch.__version__.split('+')[0]}" in said and "last digits" in said
+
+
 def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):
     """base: and teacher: methods train with the right arguments, evaluation rows score
     the fold's checkpoints, and an evaluation of one run alone repeats its table row."""

@@ -202,10 +202,21 @@ class OnnxBackend:
 
     @property
     def session(self):
-        """ONNX Runtime's session; from_file's is made in a thread while the scene is read."""
+        """ONNX Runtime's session; from_file's is made in a thread while the scene is read
+        (in a forked child, made again: the parent's thread is not there)."""
         if self._session is None:
-            self._session = self._soon.result()
+            import os
+
+            if self._soon[0] != os.getpid():
+                from roadseg.exported import session_soon
+
+                self._soon = (os.getpid(), session_soon(*self._soon[2:]))
+            self._session = self._soon[1].result()
         return self._session
+
+    def ready(self) -> None:
+        """Wait for the session: a file ONNX Runtime cannot read is refused here, in one line."""
+        self.session  # noqa: B018
 
     @session.setter
     def session(self, value) -> None:
@@ -218,7 +229,11 @@ class OnnxBackend:
         from roadseg.exported import session_soon
 
         backend = cls.__new__(cls)
-        backend._session, backend._soon = None, session_soon(exported.path, onnx_threads())
+        import os
+
+        threads = onnx_threads()
+        soon = session_soon(exported.path, threads)
+        backend._session, backend._soon = None, (os.getpid(), soon, exported.path, threads)
         backend.members, backend.small, backend.min_side = exported.members, None, exported.min_side
         return backend
 

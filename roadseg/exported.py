@@ -22,7 +22,8 @@ import functools
 import json
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,9 +152,8 @@ def read_exported(path: str | Path) -> ExportedModel:
 def _read(path: str, size: int, mtime: int) -> ExportedModel:
     try:
         props, inputs, names = onnx_header(Path(path).read_bytes())
-    except ValueError:  # not an ONNX protobuf: ONNX Runtime's own words say why
-        _session(path, size, mtime, None).result()
-        raise RoadsegError("not a readable ONNX model", path) from None
+    except ValueError:  # not what this reader takes: ONNX Runtime reads it, or says why not
+        props, inputs, names = _session_header(_session(path, size, mtime, None).result())
     missing = [k for k in REQUIRED if k not in props]
     if len(missing) == len(REQUIRED):
         raise RoadsegError(
@@ -184,7 +184,7 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
             path,
         )
     members = names["members"][1] if len(names["members"]) > 1 else None
-    if not isinstance(members, int):
+    if not isinstance(members, int) or members < 1:  # a free (named or -1) dimension
         members = len(metadata["roadseg_decision"].get("members") or [None])
     return ExportedModel(path, metadata, members)
 
@@ -196,7 +196,7 @@ def onnx_header(data: bytes) -> tuple[dict[str, str], list[str], dict[str, list]
     outputs' ``{name: shape}`` (a dimension an int, or its name). Read from the protobuf's
     fields (ModelProto 14 metadata_props, 7 graph; GraphProto 11 input, 12 output, 5
     initializer); a ValueError when ``data`` is no ModelProto."""
-    model = _fields(memoryview(data))
+    model = _fields(memoryview(data), limit=10_000)  # a model holds a few dozen
     if 7 not in model:
         raise ValueError("no graph")
     props = {}
@@ -211,16 +211,31 @@ def onnx_header(data: bytes) -> tuple[dict[str, str], list[str], dict[str, list]
         info = _fields(value)
         tensor = _fields(_first(_fields(_first(info, 2)), 1))
         dims = [_fields(d) for d in _fields(_first(tensor, 2)).get(1, [])]
-        outputs[_text(info, 1)] = [d[1][0] if 1 in d else _text(d, 2) for d in dims]
+        outputs[_text(info, 1)] = [_signed(d[1][0]) if 1 in d else _text(d, 2) for d in dims]
     return props, inputs, outputs
 
 
-def _fields(buf: memoryview) -> dict[int, list]:
+def _session_header(sess) -> tuple[dict[str, str], list[str], dict[str, list]]:
+    """:func:`onnx_header`'s figures from an ONNX Runtime session."""
+    return (
+        dict(sess.get_modelmeta().custom_metadata_map),
+        [i.name for i in sess.get_inputs()],
+        {o.name: o.shape for o in sess.get_outputs()},
+    )
+
+
+def _fields(buf, limit: int = 1 << 20) -> dict[int, list]:
     """A protobuf message's fields ``{number: [values]}``: varints as ints, length-delimited
-    fields as memoryviews (nothing copied), fixed-width ones as bytes."""
+    fields as memoryviews (nothing copied), fixed-width ones as bytes. A ValueError for
+    what is not a message, or holds more than ``limit`` fields (a file made to be slow)."""
+    if not isinstance(buf, memoryview):
+        raise ValueError("a scalar where a message belongs")
     fields: dict[int, list] = {}
-    pos, end = 0, len(buf)
+    pos, end, count = 0, len(buf), 0
     while pos < end:
+        count += 1
+        if count > limit:
+            raise ValueError("too many fields")
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -258,7 +273,17 @@ def _first(fields: dict, number: int) -> memoryview:
 
 
 def _text(fields: dict, number: int) -> str:
-    return bytes(_first(fields, number)).decode("utf-8", "replace")
+    value = _first(fields, number)
+    if not isinstance(value, memoryview):
+        raise ValueError("a scalar where a string belongs")
+    return bytes(value).decode("utf-8", "replace")
+
+
+def _signed(value) -> int:
+    """An int64 field read as its varint's unsigned value -> its signed value."""
+    if not isinstance(value, int):
+        raise ValueError("a dimension that is not a number")
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -278,7 +303,16 @@ def session_soon(path: str | Path, threads: int | None = None) -> Future:
 @functools.lru_cache(maxsize=8)
 def _session(path: str, size: int, mtime: int, threads: int | None) -> Future:
     require_onnxruntime(path)
-    return _MAKER.submit(_make_checked, path, threads)
+    future: Future = Future()
+
+    def make() -> None:
+        try:
+            future.set_result(_make_checked(path, threads))
+        except BaseException as err:  # the caller's .result() raises it
+            future.set_exception(err)
+
+    threading.Thread(target=make, name="roadseg-session", daemon=True).start()
+    return future
 
 
 def _make_checked(path: str, threads: int | None):
@@ -289,8 +323,8 @@ def _make_checked(path: str, threads: int | None):
         raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
 
 
-_MAKER = ThreadPoolExecutor(1, thread_name_prefix="roadseg-session")
-# a forked child has no maker thread: its sessions are made again, not awaited forever
+# a forked child has none of its parent's threads: a session the parent was still making
+# would never come; the child makes its own (OnnxBackend.session checks the process too)
 os.register_at_fork(after_in_child=_session.cache_clear)
 
 

@@ -196,11 +196,22 @@ class PredictOptions:
             return Decision(pixel=0.5, patch=0.5)
         return self.mean_decision()[0]
 
-    def predictor(self, contents: list[dict] | None = None):
+    def check_model(self) -> None:
+        """An exported file ONNX Runtime cannot read refused here, in one line, before any
+        output is made (its metadata alone was read so far)."""
+        if self.exported:
+            from roadseg.backends import onnx_threads
+            from roadseg.exported import session
+
+            session(self.exported.path, onnx_threads())
+
+    def predictor(self, contents: list[dict] | None = None, *, lazy: bool = False):
         """(Predictor over the checkpoints, an ensemble when several; the decision that
         turns its maps into masks and labels), the decision printed with where it is from.
 
         ``contents``: the checkpoints' contents when already read (:meth:`read_checkpoints`).
+        ``lazy``: an exported file's session may still be in the making (it is made while
+        the caller reads its scene; :meth:`Predictor.ready` waits for it).
         """
         from roadseg.predict import Predictor
 
@@ -215,6 +226,8 @@ class PredictOptions:
         else:
             contents = self.read_checkpoints() if contents is None else contents
             predictor = Predictor.from_checkpoints(list(self.ckpt), contents=contents, **settings)
+        if not lazy:
+            predictor.ready()
         print(f"backend: {predictor.backend_name} ({predictor.backend_why})")
         decision, origin = predictor.output_decision, "majority vote of the members' patch labels"
         if decision is None:

@@ -190,6 +190,11 @@ class Predictor:
         self.backend_name, self.backend_why = "onnx", f"the exported file {exported.path}"
         self.network = OnnxBackend.from_file(exported)
 
+    def ready(self) -> None:
+        """Wait until the network can run: an exported file's session is made in a thread
+        (:meth:`OnnxBackend.from_file`); one ONNX Runtime cannot read is refused here."""
+        getattr(self.network, "ready", lambda: None)()
+
     @classmethod
     def from_exported(cls, path: str | Path, **kwargs) -> Predictor:
         """A predictor over an exported file (:mod:`roadseg.exported`): its imagery from
@@ -390,6 +395,7 @@ class Predictor:
                 if self.progress:
                     print(f"chunks: {plan.describe()}")
                 identity = prediction_identity(src_path, run, digest)
+                self.ready()  # the model refused before any output is made
                 parts = start_parts(out_path, identity, plan, overwrite=overwrite)
                 mine = [
                     (k, win)

@@ -169,7 +169,7 @@ def sample_pixels(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.nd
     no data (with a nodata tag or without) and left out."""
     h, w = src.height, src.width
     if max(h, w) <= 2 * SAMPLE_SIDE or src.overviews(1):
-        f = max(1.0, max(h, w) / side)
+        f = max(1.0, max(h, w) / unlocked_side(max(h, w), side))
         shape = (max(1, round(h / f)), max(1, round(w / f)))
         raw = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         sample = raw[:, src.dataset_mask(out_shape=shape) > 0]
@@ -185,6 +185,18 @@ def sample_pixels(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.nd
     if sample.dtype.kind == "f":
         sample = sample[:, np.isfinite(sample).all(axis=0)]
     return sample
+
+
+def unlocked_side(size: int, side: int) -> int:
+    """The side, at most ``side``, of a decimated read of ``size`` px whose step is not a
+    whole number of pixels, nor close to one: a nearest read at a whole step (1,024 px read
+    as 512) takes one phase of any pattern of that period (a 2-px checkerboard: all black
+    or none), where a step of 2.02 sweeps every phase across the row."""
+    for s in range(side, side * 7 // 8, -1):
+        f = size / s
+        if f <= 1 or 0.02 <= f - int(f) <= 0.98:
+            return s
+    return side
 
 
 def sample_rgb(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.ndarray:

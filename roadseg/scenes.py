@@ -49,6 +49,8 @@ def predict_scene_run(
         raise RoadsegError("started by torchrun: leave out --processes (torchrun sets them)")
     from roadseg.identity import run_identity
 
+    if processes > 1 or world > 1:  # refused here once, not by each process
+        options.check_model()
     run = run_identity(options, output=output, chunk=chunk, cog=cog)
     job = _Job(options, str(scene), str(out), output, chunk, run, cog, overwrite)
     try:
@@ -145,7 +147,7 @@ def _predict_share(job: _Job, rank: int, world: int, *, merge: bool) -> Decision
     import time
 
     start = time.perf_counter()
-    predictor, decision = job.options.predictor()
+    predictor, decision = job.options.predictor(lazy=True)  # made while the scene is read
     done = predictor.predict_scene(
         job.scene, job.out, output=job.output, decision=decision, chunk=job.chunk,
         rank=rank, world=world, merge=merge, run=job.run,

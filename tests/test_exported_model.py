@@ -197,6 +197,104 @@ def test_the_header_is_read_as_onnx_runtime_reads_it_and_a_cut_file_refused(expo
         read_exported(cut)
 
 
+def with_proto(model: Path, out: Path, change) -> Path:
+    """``model`` changed by ``change(proto)``, saved to ``out``."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    change(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_a_model_onnx_runtime_cannot_load_is_refused_before_any_output(exported, tmp_path):
+    """Its header reads (metadata, inputs, outputs), ONNX Runtime refuses it: one line and
+    nothing written, for one scene, a folder, and several processes (break-test)."""
+
+    def future_opset(proto):
+        proto.opset_import[0].version = 99
+
+    bad = with_proto(exported, tmp_path / "bad.onnx", future_opset)
+    scenes = tmp_path / "scenes"
+    for name in ("a", "b"):
+        scene(scenes / f"{name}.tif", 100, 100)
+    runs = {
+        "one": ["predict", scenes / "a.tif", "--out", tmp_path / "one.tif"],
+        "folder": ["predict", scenes, "--out", tmp_path / "folder"],
+        "processes": ["predict", scenes / "a.tif", "--out", tmp_path / "pp.tif", "--processes",
+                      "2", "--chunk", "64"],
+    }  # fmt: skip
+    for name, args in runs.items():
+        done = no_torch(*args, "--ckpt", bad, "--quiet", cwd=tmp_path)
+        err = done.stderr.strip()
+        assert done.returncode == 2, (name, err)
+        assert err.count("roadseg: error:") == 1 and "not a readable ONNX model" in err, name
+    made = {"one.tif", "one.tif.parts", "folder", "pp.tif", "pp.tif.parts", "one.qml"}
+    assert not made & {p.name for p in tmp_path.iterdir()}
+
+
+def test_odd_but_loadable_files_predict_and_odd_protobufs_are_refused_in_one_line(
+    exported, tmp_path, capsys
+):
+    """A negative dimension is read signed; a field this reader does not take (a group)
+    falls back to ONNX Runtime's own reading; a protobuf that is no model is one line."""
+
+    def free_members(proto):
+        proto.graph.output[1].type.tensor_type.shape.dim[1].dim_value = -1
+
+    src = scene(tmp_path / "scene.tif", 100, 100)
+    grouped = tmp_path / "grouped.onnx"
+    grouped.write_bytes(exported.read_bytes() + bytes([0x7B, 0x7C]))  # field 15 as a group
+    odd = [exported, with_proto(exported, tmp_path / "negdim.onnx", free_members), grouped]
+    for model in odd:
+        out = tmp_path / f"{model.stem}.tif"
+        assert main(["predict", str(src), "--ckpt", str(model), "--out", str(out), "--quiet"]) == 0
+        assert np.array_equal(read(out), read(tmp_path / "model.tif"))
+    for name, data in {"graph_varint": b"\x38\x01", "output_varint": b"\x3a\x04\x62\x02\x10\x05",
+                       "input_varint": b"\x3a\x02\x58\x01", "meta_varint": b"\x3a\x00\x70\x05"}.items():  # fmt: skip
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(data)
+        assert (
+            main(["predict", str(src), "--ckpt", str(path), "--out", str(tmp_path / "o.tif")]) == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "roadseg: error:" in err, name
+
+
+# A parent makes a predictor (its session in a thread), forks, and the child predicts with
+# the parent's predictor and with one of its own; run in a fresh interpreter, so that no
+# earlier test's library threads (GDAL, OpenMP) are forked with it.
+FORK = """
+import os, signal, sys
+import numpy as np
+from roadseg.predict import Predictor
+image = np.random.default_rng(0).random((3, 96, 96), dtype=np.float32)
+codes = []
+for made in (False, True):  # forked while the parent's session is in the making, or after
+    parent = Predictor.from_exported(sys.argv[1], progress=False)
+    if made:
+        parent.ready()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)  # a child waiting for a thread it does not have is killed: fails
+        mine = parent.predict_image(image)
+        fresh = Predictor.from_exported(sys.argv[1], progress=False).predict_image(image)
+        os._exit(0 if np.allclose(mine, fresh, atol=1e-6) else 3)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(codes)
+"""
+
+
+def test_a_forked_child_makes_its_own_session(exported, tmp_path):
+    """A child forked while (or after) the parent made its session does not wait for the
+    parent's thread, which it does not have (break-test: it hung)."""
+    done = subprocess.run([sys.executable, "-c", FORK, str(exported)], capture_output=True,
+                          text=True, timeout=180, cwd=tmp_path,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 0]"
+
+
 def test_tune_refuses_to_store_thresholds_for_an_exported_file(exported, capsys):
     assert main(["tune", "--ckpt", str(exported)]) == 2
     assert "tune its checkpoint, then export again" in capsys.readouterr().err

@@ -169,6 +169,23 @@ def test_a_scene_far_from_the_training_imagery_is_warned_about(tmp_path, capsys)
     assert "warning" in err and "100% black" in err and "dark.tif" in err
 
 
+@pytest.mark.parametrize(("side", "period"), [(1024, 2), (2048, 2), (2048, 4)])
+def test_a_regular_pattern_is_sampled_at_every_phase(tmp_path, side, period):
+    """A scene 75% black in a regular pattern (one pixel of each period x period block
+    lit) is said to be 75% black: a decimated read at a whole step (1,024 px read as 512)
+    would see one phase only, all black or none."""
+    from roadseg.reading import SceneReader
+
+    image = np.zeros((3, side, side), np.uint8)
+    image[:, 1::period, 1::period] = 120
+    if period == 4:  # 1 of 16 lit would be 94% black: light 4 of 16, 75% black
+        image[:, 1::2, 1::2] = 120
+    path = write_raster(tmp_path / "pattern.tif", image, **UTM)
+    with rasterio.open(path) as src:
+        reader = SceneReader(src, COMPETITION, None)
+    assert reader.warning is not None and "75% black" in reader.warning
+
+
 def test_read_options_refuse_what_they_cannot_read():
     assert ReadOptions.parse("3,2,1", "0 4095", "1.0") == ReadOptions((3, 2, 1), (0.0, 4095.0), 1.0)
     assert ReadOptions.parse(None, None, None) == ReadOptions()

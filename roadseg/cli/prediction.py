@@ -195,6 +195,7 @@ def _cmd_predict_many(args: argparse.Namespace) -> int:
     refuse_vector_options(args)
     vectors = list_vectors(args)
     options = predict_options(args)
+    options.check_model()  # a model that cannot run is no scene's failure
     progress = predict_many(
         options, args.scene, args.out, output=args.output, chunk=args.chunk, cog=args.cog,
         asset=args.asset, shard_spec=args.shard, shard_base=args.shard_base, ray=args.ray,

@@ -368,6 +368,8 @@ def bench_inference(data: Path) -> dict:
         ckpt=str(REPO / "runs" / "cpu" / "checkpoints" / "best.ckpt"),
         scenes=str(REPO / "data" / "maps" / "map_0_image.tif") + ",4000",
         baseline=inference.BASELINE, tiles=False, data=data,
+        exported=str(REPO / "benchmarks" / "out" / "cpu.onnx"),
+        int8=str(REPO / "benchmarks" / "out" / "cpu.int8.onnx"),
     )  # fmt: skip
     return inference.run(parser_defaults)
 

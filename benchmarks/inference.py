@@ -53,11 +53,13 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def network_rows(ckpt: str, window: int) -> list[dict]:
-    """Bare network throughput per backend on the pipeline's windows."""
+def network_rows(ckpt: str, window: int, int8: Path | None = None) -> list[dict]:
+    """Bare network throughput per backend on the pipeline's windows (and of the int8
+    export, ``int8``, in ONNX Runtime)."""
     import torch
 
     from roadseg.backends import OnnxBackend, TorchBackend
+    from roadseg.exported import read_exported
     from roadseg.task import RoadSegTask
 
     task = RoadSegTask.from_checkpoint(ckpt)
@@ -67,6 +69,8 @@ def network_rows(ckpt: str, window: int) -> list[dict]:
         "torch channels-last": TorchBackend([task], torch.device("cpu"), "fp32"),
         "onnx": OnnxBackend.from_models([task]),
     }
+    if int8:
+        backends["onnx int8"] = OnnxBackend.from_file(read_exported(int8))
     rows = []
     for side, batch in ((window, 1), (1024, 4)):
         x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
@@ -84,6 +88,71 @@ def network_rows(ckpt: str, window: int) -> list[dict]:
 
 
 def time_scene(root: Path, scene: Path, out: Path, ckpt: str, extra: dict) -> float:
+    seconds = time_scene_kept(root, scene, out, ckpt, extra)
+    out.unlink(missing_ok=True)
+    return seconds
+
+
+def time_plain_loop(scene: Path, model: Path, out: Path) -> dict:
+    """The peers' way (benchmarks/light_predict.py's loop: 512 px tiles, 10% overlap, one
+    at a time through ONNX Runtime): seconds from its first tile to its mask written."""
+    from benchmarks.light_predict import PLAIN_LOOP
+
+    timed = PLAIN_LOOP.replace("first = None\n", "first = None\nloop_start = time.perf_counter()\n")
+    timed = timed.replace('print(json.dumps({"first": first}))',
+                          'print(json.dumps({"first": first, "loop": time.perf_counter() - loop_start}))')  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", timed, str(scene), str(out), str(model)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def mask_iou(a: Path, b: Path) -> float:
+    """IoU of the road pixels of two masks of one scene."""
+    import rasterio
+
+    inter = union = 0
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        for _, win in x.block_windows(1):
+            p, q = x.read(1, window=win) == 1, y.read(1, window=win) == 1
+            inter, union = inter + int((p & q).sum()), union + int((p | q).sum())
+    return inter / union if union else 1.0
+
+
+def exported_rows(scenes: list[Path], files: dict[str, Path], net: dict, tmp: Path) -> list[dict]:
+    """Each scene through the exported files (``{"fp32": path, "int8": path}``) and the plain
+    loop, with their share of the fp32 network, and the int8 mask's IoU with fp32's."""
+    import rasterio
+
+    rows = []
+    for scene in scenes:
+        with rasterio.open(scene) as src:
+            mpx = src.width * src.height / 1e6
+            name = f"{scene.name} {src.width}x{src.height}"
+        masks = {}
+        for kind, model in files.items():
+            masks[kind] = tmp / f"mask-{kind}.tif"
+            extra = {"output": "mask"}
+            s = time_scene_kept(REPO, scene, masks[kind], str(model), extra)
+            rows.append({"scene": name, "pipeline": f"this, exported {kind}", "output": "mask",
+                         "seconds": s, "megapixels_per_s": mpx / s,
+                         "of_network": f"{mpx / s / net['onnx']:.0%}", "x_plain_loop": "",
+                         "iou_with_fp32": ""})  # fmt: skip
+        loop = time_plain_loop(scene, files["fp32"], tmp / "loop.tif")
+        rows.append({"scene": name, "pipeline": "plain 512 px loop, exported fp32", "output": "mask",
+                     "seconds": loop["loop"], "megapixels_per_s": mpx / loop["loop"],
+                     "of_network": f"{mpx / loop['loop'] / net['onnx']:.0%}", "x_plain_loop": "",
+                     "iou_with_fp32": ""})  # fmt: skip
+        for row in rows[-len(files) - 1 :]:
+            row["x_plain_loop"] = f"{loop['loop'] / row['seconds']:.2f}"
+        if "int8" in masks:
+            rows[-2]["iou_with_fp32"] = f"{mask_iou(masks['fp32'], masks['int8']):.4f}"
+        for path in masks.values():
+            path.unlink(missing_ok=True)
+    return rows
+
+
+def time_scene_kept(root: Path, scene: Path, out: Path, ckpt: str, extra: dict) -> float:
+    """:func:`time_scene`, the output kept."""
     out.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(root)}
     run = subprocess.run(
@@ -92,7 +161,6 @@ def time_scene(root: Path, scene: Path, out: Path, ckpt: str, extra: dict) -> fl
     )  # fmt: skip
     if run.returncode:
         raise SystemExit(f"scene run failed in {root}:\n{run.stderr[-2000:]}")
-    out.unlink(missing_ok=True)
     return json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -164,6 +232,26 @@ def tile_rows(data: Path, ckpt: str, base: Path | None, tmp: Path) -> list[dict]
     return rows
 
 
+def exported_files(args, ckpt: str, tmp: Path) -> dict[str, Path]:
+    """``{"fp32": file, "int8": file}``: ``--exported`` and ``--int8`` when given, else
+    exported here from ``ckpt`` (the int8 one only when its checkpoint's tiles are here:
+    it calibrates and validates on them)."""
+    files = {}
+    for kind, given in (("fp32", args.exported), ("int8", args.int8)):
+        if given and Path(given).exists():
+            files[kind] = Path(given)
+            continue
+        out = tmp / f"{kind}.onnx"
+        command = [sys.executable, "-m", "roadseg", "export", "--ckpt", ckpt, "--out", str(out),
+                   *(["--int8"] if kind == "int8" else [])]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(f"no {kind} export: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        files[kind] = out
+    return files
+
+
 def synthetic_checkpoint(tmp: Path) -> str:
     """cpu.yaml's network with random weights (speed does not depend on the weights)."""
     from benchmarks.bench import MODELS, random_checkpoint
@@ -181,7 +269,8 @@ def run(args) -> dict:
         tmp = Path(tmp)
         ckpt = args.ckpt if args.ckpt and Path(args.ckpt).exists() else synthetic_checkpoint(tmp)
         print(f"checkpoint: {ckpt}")
-        result["network"] = network_rows(ckpt, window)
+        files = exported_files(args, ckpt, tmp)
+        result["network"] = network_rows(ckpt, window, files.get("int8"))
         print(table("bare network, per backend", result["network"]), flush=True)
         net = {"torch": max(r["megapixels_per_s"] for r in result["network"] if r["backend"] == "torch channels-last"),
                "onnx": max(r["megapixels_per_s"] for r in result["network"] if r["backend"] == "onnx")}  # fmt: skip
@@ -200,6 +289,11 @@ def run(args) -> dict:
             result["scene"] = scene_rows(scenes, ckpt, net, base, tmp)
             print(table("scene pipeline per backend and output; of_network: its share of the bare "
                         "network's best throughput", result["scene"]), flush=True)  # fmt: skip
+            if files:
+                result["exported"] = exported_rows(scenes, files, net, tmp)
+                print(table("exported files and the plain loop (masks); of_network: share of the "
+                            "fp32 ONNX network's best; x_plain_loop: speed over the loop",
+                            result["exported"]), flush=True)  # fmt: skip
             if args.tiles:
                 result["tiles"] = tile_rows(args.data, ckpt, base, tmp)
                 print(table("test tiles with TTA", result["tiles"]), flush=True)
@@ -228,6 +322,16 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="commit to compare with ('' for none)")
     parser.add_argument(
         "--tiles", action="store_true", help="also submit --tta on the 144 test tiles"
+    )
+    parser.add_argument(
+        "--exported",
+        default=str(REPO / "benchmarks" / "out" / "cpu.onnx"),
+        help="the checkpoint's fp32 export (exported here when missing)",
+    )
+    parser.add_argument(
+        "--int8",
+        default=str(REPO / "benchmarks" / "out" / "cpu.int8.onnx"),
+        help="its export --int8 (made here when missing)",
     )
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "inference.json")

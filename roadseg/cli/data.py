@@ -124,6 +124,7 @@ def add_commands(sub) -> None:
     _add_index(sub)
     _add_tables(sub)
     _add_maps(sub)
+    _add_labels(sub)
 
 
 def _add_validate_submission(sub) -> None:
@@ -234,3 +235,47 @@ def _add_maps(sub) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     p.set_defaults(func=_cmd_maps)
+
+
+def _cmd_labels(args: argparse.Namespace) -> None:
+    from roadseg.io import open_scene
+    from roadseg.labels import VectorLabels, Widths, write_label_raster
+    from roadseg.paths import check_io
+
+    inputs = [args.scene, args.vectors, *([args.aoi] if args.aoi else [])]
+    check_io(inputs=inputs, outputs=[args.out])
+    widths = Widths.parse(args.width, args.width_column, args.width_by)
+    with open_scene(args.scene) as src:
+        labels = VectorLabels(args.vectors, src, widths=widths, aoi=args.aoi, layer=args.layer)
+        print(labels.describe())
+        shares = write_label_raster(labels, args.out)
+    print(f"wrote {args.out}: road on {shares['road_share']:.1%} of the labelled ground, "
+          f"which covers {shares['covered_share']:.1%} of the scene (the rest is 255, "
+          "its nodata: not trained on)")  # fmt: skip
+
+
+def _add_labels(sub) -> None:
+    p = sub.add_parser(
+        "labels",
+        help="burn road lines (or polygons) onto a scene's grid: the mask a model learns from",
+        description="Read road lines or polygons (GeoPackage, GeoJSON, Shapefile; any CRS), "
+        "buffer each line to its road width in metres on the ground (whatever the CRS of the "
+        "lines or the scene: a local equidistant projection), and write them on SCENE's grid "
+        "as a uint8 GeoTIFF: 1 road, 0 background, 255 (nodata) outside the labels' "
+        "coverage (--aoi, else the labels' bounding box), which is not trained on as "
+        "background. Written window by window (flat memory) and atomically.",
+    )
+    p.add_argument("scene", help="the GeoTIFF the labels belong to")
+    p.add_argument("vectors", help="road lines or polygons (.gpkg, .geojson, .shp, ...)")
+    p.add_argument("--out", required=True, help="the label raster to write (.tif)")
+    p.add_argument("--layer", help="the layer of a multi-layer file (default: the first)")
+    p.add_argument("--width", type=float, help="road width in metres of every line (default 6)")
+    p.add_argument("--width-column", help="a numeric attribute with each line's width in metres")
+    p.add_argument(
+        "--width-by",
+        metavar="ATTR=VALUE:M,...",
+        help="a width per attribute value, e.g. highway=motorway:20,primary:12,residential:7 "
+        "(others: --width)",
+    )
+    p.add_argument("--aoi", help="polygons of the ground the labels cover (default: their box)")
+    p.set_defaults(func=_cmd_labels)

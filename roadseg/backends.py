@@ -13,6 +13,7 @@ of ONNX Runtime). ONNX Runtime runs fp32, its own threads set to PyTorch's.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -205,8 +206,6 @@ class OnnxBackend:
         """ONNX Runtime's session; from_file's is made in a thread while the scene is read
         (in a forked child, made again: the parent's thread is not there)."""
         if self._session is None:
-            import os
-
             if self._soon[0] != os.getpid():
                 from roadseg.exported import session_soon
 
@@ -214,13 +213,13 @@ class OnnxBackend:
             self._session = self._soon[1].result()
         return self._session
 
-    def ready(self) -> None:
-        """Wait for the session: a file ONNX Runtime cannot read is refused here, in one line."""
-        self.session  # noqa: B018
-
     @session.setter
     def session(self, value) -> None:
         self._session = value
+
+    def ready(self) -> None:
+        """Wait for the session: a file ONNX Runtime cannot read is refused here, in one line."""
+        self.session  # noqa: B018
 
     @classmethod
     def from_file(cls, exported) -> OnnxBackend:
@@ -229,8 +228,6 @@ class OnnxBackend:
         from roadseg.exported import session_soon
 
         backend = cls.__new__(cls)
-        import os
-
         threads = onnx_threads()
         soon = session_soon(exported.path, threads)
         backend._session, backend._soon = None, (os.getpid(), soon, exported.path, threads)

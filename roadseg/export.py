@@ -424,6 +424,7 @@ def _int8(options, contents, proto, metadata: dict, out, tolerance: float | None
     from roadseg.io import read_image
 
     tolerance = quantize.TOLERANCE if tolerance is None else tolerance
+    validation = quantize.validation(options, contents)  # refused before calibrating
     tiles, calibration = quantize.calibration_tiles(contents[0])
     int8, kept = quantize.quantize(proto, [read_image(p) for p in tiles])
     with tempfile.TemporaryDirectory(prefix="roadseg-int8-") as tmp:
@@ -432,7 +433,7 @@ def _int8(options, contents, proto, metadata: dict, out, tolerance: float | None
             copy = onnx.ModelProto.FromString(graph.SerializeToString())
             _with_metadata(copy, metadata)
             onnx.save(copy, str(path))
-        scores = quantize.validation_scores(options, contents, files)
+        scores = quantize.validation_scores(options, validation, files)
     drop = quantize.check_drop(scores, tolerance, out)
     record = quantize.int8_record(scores, drop, tolerance, calibration, kept)
     return int8, record

@@ -33,8 +33,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit(where: Path | None = None) -> dict[str, str | bool | None]:
-    """The commit of the roadseg checkout (``None`` outside git) and whether it had changes."""
+CODE = ("roadseg", "configs", "pyproject.toml")  # what a change to makes results differ
+
+
+def git_commit(
+    where: Path | None = None, paths: tuple[str, ...] = ()
+) -> dict[str, str | bool | None]:
+    """The commit of the roadseg checkout (``None`` outside git) and whether it had changes
+    (to ``paths`` of the checkout when given: results and docs written by a run are not)."""
     where = where or Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -47,7 +53,9 @@ def git_commit(where: Path | None = None) -> dict[str, str | bool | None]:
         return result.stdout.strip() if result.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    top = git("rev-parse", "--show-toplevel") if commit and paths else None
+    scope = ["--", *(str(Path(top) / p) for p in paths)] if top else []
+    status = git("status", "--porcelain", "--untracked-files=no", *scope) if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
@@ -90,7 +98,7 @@ def environment(backend: str) -> dict:
     import torch
 
     return {
-        "git": git_commit(),
+        "git": git_commit(paths=CODE),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": cpu(),

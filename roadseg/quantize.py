@@ -98,10 +98,16 @@ def quantize(proto, images: list[np.ndarray]):
         if not node.name:  # roadseg's own pre- and post-processing nodes are unnamed
             node.name = f"{_OUTSIDE}{k}_{node.op_type}"
         (outside if node.name.startswith(_OUTSIDE) else inside).append(node)
-    kept = []
+    kept, total = [], 0
     for member in sorted({n.name.split("/", 1)[0] for n in inside}):
         convs = [n.name for n in inside if n.op_type == "Conv" and n.name.startswith(member + "/")]
         kept += [convs[0], *convs[-FP32_LAST:]] if len(convs) > FP32_LAST + 1 else convs
+        total += len(convs)
+    if total == len(kept):
+        raise RoadsegError(
+            f"--int8: the networks have {total} convolutions, and each member's first and "
+            f"last {FP32_LAST} stay fp32: none would be int8. Export without --int8"
+        )
 
     class Tiles(CalibrationDataReader):
         def __init__(self):
@@ -142,32 +148,45 @@ def _quiet():
         ort.set_default_logger_severity(2)
 
 
-def validation_scores(options, contents: list[dict], files: dict[str, Path]) -> dict:
-    """Road patch F1 and patch accuracy of each exported file of ``files`` (``{name:
-    path}``) on the first checkpoint's validation tiles in context, at the decision the
-    options give (with its clean-up), as ``roadseg evaluate`` scores them."""
+def validation(options, contents: list[dict]):
+    """The first checkpoint's validation tiles, as ``roadseg evaluate`` scores them (made
+    before the minutes of calibration: a checkpoint without them is refused first)."""
     from roadseg.evaluation import Validation
-    from roadseg.predict import Predictor
 
-    validation = Validation(
-        contents[0], options.margin, members=list(zip(options.ckpt, contents, strict=True))
-    )
-    if validation.tiles.empty:
+    try:
+        found = Validation(
+            contents[0], options.margin, members=list(zip(options.ckpt, contents, strict=True))
+        )
+    except RoadsegError as err:
+        raise RoadsegError(f"{err.args[0]} (--int8 is scored on them; or export without --int8)",
+                           *err.args[1:]) from err  # fmt: skip
+    if found.tiles.empty:
         raise RoadsegError(
             "--int8 is checked on the checkpoint's validation tiles and it has none (trained "
             "on every labelled tile): export without --int8",
             options.ckpt[0],
         )
-    decision = options.mean_decision()[0]
-    scores = {"tiles": len(validation.tiles), "decision": decision.describe()}
+    return found
+
+
+def validation_scores(options, validation, files: dict[str, Path]) -> dict:
+    """Road patch F1 and patch accuracy of each exported file of ``files`` (``{name:
+    path}``) on ``validation``'s tiles, predicted as ``options`` predict (TTA, context,
+    merge; a vote by its members' decisions) and decided as ``roadseg evaluate`` decides."""
+    import contextlib
+    import dataclasses
+    import io
+
+    scores = {"tiles": len(validation.tiles), "tta": bool(options.tta),
+              "context_px": validation.margin}  # fmt: skip
     for name, path in files.items():
-        predictor = Predictor.from_exported(
-            path, window=options.window, overlap=options.overlap,
-            batch_size=options.batch_size, tta=options.tta, progress=False,
-        )  # fmt: skip
+        opts = dataclasses.replace(options, ckpt=(str(path),), quiet=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # its backend and decision lines
+            predictor, decision = opts.predictor()
         found = validation.scores(predictor).with_clean(decision.clean)
         values = found.scores(decision.pixel, decision.patch)
         scores[name] = {k: float(values[k]) for k in ("patch_f1", "patch_accuracy")}
+        scores["decision"] = decision.describe()
     return scores
 
 
@@ -190,7 +209,7 @@ def int8_record(scores: dict, drop: float, tolerance: float, calibration: str, k
     return {
             "calibration": calibration, "method": "ONNX Runtime static quantisation, QDQ, "
             "MinMax; weights int8 per channel (7-bit range), activations uint8",
-            "int8": "the convolutions of each member's network",
+            "int8": "the convolutions of each member's network but those kept in fp32",
             "fp32": {"convolutions": list(kept), "why": "each member's first (the "
                      f"normalised image) and last {FP32_LAST} (the road logits a threshold "
                      "cuts and the highest-resolution features that draw road edges)",

@@ -169,8 +169,8 @@ def sample_pixels(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.nd
     no data (with a nodata tag or without) and left out."""
     h, w = src.height, src.width
     if max(h, w) <= 2 * SAMPLE_SIDE or src.overviews(1):
-        f = max(1.0, max(h, w) / unlocked_side(max(h, w), side))
-        shape = (max(1, round(h / f)), max(1, round(w / f)))
+        step = max(h, w) / side
+        shape = (unlocked_count(h, step), unlocked_count(w, step))
         raw = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         sample = raw[:, src.dataset_mask(out_shape=shape) > 0]
     else:
@@ -187,16 +187,21 @@ def sample_pixels(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.nd
     return sample
 
 
-def unlocked_side(size: int, side: int) -> int:
-    """The side, at most ``side``, of a decimated read of ``size`` px whose step is not a
-    whole number of pixels, nor close to one: a nearest read at a whole step (1,024 px read
-    as 512) takes one phase of any pattern of that period (a 2-px checkerboard: all black
-    or none), where a step of 2.02 sweeps every phase across the row."""
-    for s in range(side, side * 7 // 8, -1):
-        f = size / s
-        if f <= 1 or 0.02 <= f - int(f) <= 0.98:
-            return s
-    return side
+def unlocked_count(size: int, step: float) -> int:
+    """How many pixels of ``size`` a decimated read about ``step`` apart takes, so that its
+    step is locked to no pattern of period 1 to 4: a nearest read at a whole or half step
+    (1,024 px read as 512; 768 as 512) takes only some phases of such a pattern (a 2-px
+    checkerboard read as all black or none), where a step a little off them drifts through
+    every phase, by 4 px or more across the row. A short side that finds no such count is
+    read whole."""
+    if step <= 1:
+        return size
+    first = max(1, round(size / step))
+    for count in range(first, max(0, first * 7 // 8), -1):
+        s = size / count
+        if all(abs(s * q - round(s * q)) / q * count >= 4 for q in (1, 2, 3, 4)):
+            return count
+    return size if size <= 2 * SAMPLE_SIDE else first
 
 
 def sample_rgb(src, bands: tuple[int, ...], side: int = SAMPLE_SIDE) -> np.ndarray:

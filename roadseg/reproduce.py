@@ -69,19 +69,34 @@ def environment_changes(out: Path, now: dict) -> list[str]:
     ``environment.json``) and ``now``: the reasons a rerun's last digits may differ."""
     path = out / "environment.json"
     if not path.is_file():
+        if (out / "table.csv").is_file():
+            return ["its tables record no environment (written by an older roadseg)"]
         return []
     try:
         before = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return [f"{path} is not JSON"]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        before = None
+    if not isinstance(before, dict):
+        return [f"{path} is not roadseg's record of an environment"]
     changes = []
-    for key in ("git", "cpu", "cpus", "torch_threads", "cuda", "evaluation_backend"):
+    for key in ("git", "python", "cpu", "cpus", "torch_threads", "cuda", "evaluation_backend"):
         if before.get(key) != now.get(key):
-            changes.append(f"{key} {before.get(key)} -> {now.get(key)}")
-    old, new = before.get("packages") or {}, now.get("packages") or {}
+            changes.append(f"{key} {_said(key, before.get(key))} -> {_said(key, now.get(key))}")
+    old, new = before.get("packages"), now.get("packages") or {}
+    old = old if isinstance(old, dict) else {}
     changes += [f"{name} {old.get(name)} -> {new.get(name)}" for name in sorted(set(old) | set(new))
                 if old.get(name) != new.get(name)]  # fmt: skip
     return changes
+
+
+def _said(key: str, value) -> str:
+    """An environment entry in a few words."""
+    if key == "git" and isinstance(value, dict):
+        commit = value.get("commit")
+        return f"{commit[:10] if commit else 'no commit'}{' with changes' if value.get('dirty') else ''}"
+    if key == "cpu" and isinstance(value, dict):
+        return f"{value.get('model') or 'an unknown CPU'} ({', '.join(value.get('flags') or [])})"
+    return str(value)
 
 
 SPLIT_NOTE = (
@@ -381,8 +396,10 @@ def describe_environment(env: dict) -> str:
     libs = ", ".join(f"{k} {packages[k]}" for k in ("torch", "segmentation-models-pytorch",
                      "timm", "albumentations") if packages.get(k))  # fmt: skip
     commit = (env.get("git") or {}).get("commit")
-    cpu = (env.get("cpu") or {}).get("model")
+    cpu = (env.get("cpu") or {}).get("model") or "an unknown CPU"
     code = commit[:10] if commit else "not a git checkout"
+    if commit and (env.get("git") or {}).get("dirty"):
+        code += ", with uncommitted changes to the code"
     return (
         f"Made by roadseg {packages.get('roadseg')} ({code}) with {libs}, Python "
         f"{env.get('python')}, on {env.get('cuda') or cpu} "

@@ -169,6 +169,24 @@ def test_a_scene_far_from_the_training_imagery_is_warned_about(tmp_path, capsys)
     assert "warning" in err and "100% black" in err and "dark.tif" in err
 
 
+def test_a_pattern_of_period_three_and_a_short_side_are_sampled_at_every_phase(tmp_path):
+    """Half steps lock too (768 px read as 512 take 2 of every 3 phases), and so does a short
+    side read at a whole step (a 70 px side read as 35): break-test cases."""
+    from roadseg.reading import SceneReader, sample_pixels
+
+    image = np.zeros((3, 768, 768), np.uint8)
+    image[:, 1::3, :] = 120  # rows: 67% black
+    path = write_raster(tmp_path / "thirds.tif", image, **UTM)
+    with rasterio.open(path) as src:
+        assert "67% black" in SceneReader(src, COMPETITION, None).warning
+    stripes = np.zeros((3, 70, 1024), np.uint8)
+    stripes[:, 1::2, :] = 120  # rows: 50% black
+    path = write_raster(tmp_path / "short.tif", stripes, **UTM)
+    with rasterio.open(path) as src:
+        sample = sample_pixels(src, (1, 2, 3), 512)
+    assert np.mean(sample[0] == 0) == pytest.approx(0.5, abs=0.05)
+
+
 @pytest.mark.parametrize(("side", "period"), [(1024, 2), (2048, 2), (2048, 4)])
 def test_a_regular_pattern_is_sampled_at_every_phase(tmp_path, side, period):
     """A scene 75% black in a regular pattern (one pixel of each period x period block

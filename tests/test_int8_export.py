@@ -95,8 +95,42 @@ def test_int8_refused_end_to_end_writes_nothing(ckpt, tmp_path, capsys, monkeypa
         (["--int8-tolerance", "0.01"], "--int8-tolerance is for --int8"),
         (["--int8", "--int8-tolerance", "-1"], "a drop in F1, 0 to 1"),
         (["--int8", "--deepness"], "--int8 is for the plain export"),
+        (["--deepness", "--int8-tolerance", "0.01"], "--int8-tolerance is for --int8"),
     ],
 )
 def test_int8_options_that_cannot_be_honoured_are_refused(ckpt, tmp_path, capsys, extra, says):
     assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), *extra]) == 2
     assert says in capsys.readouterr().err
+
+
+def small_dilated(path, root):
+    """A dilated network of 5 convolutions (all of them kept in fp32 by --int8), recording
+    ``root`` and a split of it."""
+    import torch
+
+    from roadseg.models import create_model
+
+    args = {"width": 8, "dilations": [1]}
+    weights = create_model("dilated", **args).state_dict()
+    ckpt = torch.load(sharp_checkpoint(path, root=root), weights_only=False)
+    ckpt["state_dict"] = {f"model.{k}": v for k, v in weights.items()}
+    ckpt["hyper_parameters"] = {"model": "dilated", "model_args": args}
+    torch.save(ckpt, path)
+    return path
+
+
+def test_int8_of_a_network_it_would_not_quantise_is_refused(cil_root, tmp_path, capsys):
+    ckpt = small_dilated(tmp_path / "d.ckpt", cil_root)
+    out = tmp_path / "d.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--int8"]) == 2
+    assert "none would be int8" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_vote_is_scored_as_a_vote(ckpt, cil_root, tmp_path, capsys):
+    other = sharp_checkpoint(tmp_path / "b.ckpt", root=cil_root)
+    out = tmp_path / "vote.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--ckpt", str(other), "--merge", "vote",
+                 "--out", str(out), "--int8", "--int8-tolerance", "0.99"]) == 0  # fmt: skip
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    scores = json.loads(meta["roadseg_int8"])["validation"]
+    assert scores["decision"].startswith("pixel 0.5, patch 0.5")  # the vote's strict majority

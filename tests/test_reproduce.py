@@ -118,6 +118,10 @@ def test_the_tables_record_the_environment_and_a_rerun_says_what_changed(
     reproduce(plan, out, profile="tiny", figures=False)
     said = capsys.readouterr().out
     assert f"torch 0.1 -> {torch.__version__.split('+')[0]}" in said and "last digits" in said
+    for foreign in ('["not", "ours"]', "null", "\udcff"):  # valid JSON not ours, not UTF-8
+        (out / "environment.json").write_bytes(foreign.encode("utf-8", "surrogateescape"))
+        reproduce(plan, out, profile="tiny", figures=False)
+        assert "is not roadseg's record of an environment" in capsys.readouterr().out
 
 
 def test_ablations_self_training_and_evaluation_rows(cil_root, tmp_path):

@@ -26,12 +26,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     check_io(outputs=[args.out], protected=options.inputs)
     if args.check_data is not None:
         check_io(input_folders=[args.check_data])
+    if args.int8_tolerance is not None and not args.int8:
+        raise RoadsegError("--int8-tolerance is for --int8")
     if args.deepness:
         if args.int8:
             raise RoadsegError("--int8 is for the plain export; Deepness runs the fp32 file")
         return _export_deepness(args, options)
-    if args.int8_tolerance is not None and not args.int8:
-        raise RoadsegError("--int8-tolerance is for --int8")
     if args.int8_tolerance is not None and not 0 <= args.int8_tolerance < 1:
         raise RoadsegError(f"--int8-tolerance {args.int8_tolerance:g}: a drop in F1, 0 to 1")
     if args.int8:
@@ -64,8 +64,10 @@ def _say_int8_speed() -> None:
 
 def _print_int8(record: dict) -> None:
     scores = record["validation"]
-    print(f"int8: calibrated on {record['calibration']}; validation in context, "
-          f"{scores['tiles']} tiles, {scores['decision']}:")  # fmt: skip
+    where = f"in context ({scores['context_px']} px)" if scores["context_px"] else "alone"
+    tiles = f"{scores['tiles']} tile{'s' if scores['tiles'] != 1 else ''}"
+    print(f"int8: calibrated on {record['calibration']}; validation tiles {where}, {tiles}, "
+          f"TTA {'on' if scores['tta'] else 'off'}, {scores['decision']}:")  # fmt: skip
     for name in ("fp32", "int8"):
         print(f"  {name}: road patch F1 {scores[name]['patch_f1']:.4f}, patch accuracy "
               f"{scores[name]['patch_accuracy']:.4f}")  # fmt: skip

@@ -25,6 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from roadseg.backends import OnnxBackend, TorchBackend, choose_backend, pick_device
+from roadseg.console import progress_bar
 from roadseg.errors import RoadsegError
 from roadseg.exported import ExportedModel
 from roadseg.identity import prediction_identity
@@ -52,26 +53,6 @@ if TYPE_CHECKING:  # torch is imported where a checkpoint is read: exported file
     from roadseg.maps import MapIndex
 
 WINDOW_MULTIPLE = 64
-
-
-class _NoBar:
-    """What a disabled bar does: nothing (tqdm not imported: 0.06 s a quiet run need not
-    pay, a tenth of a small scene's prediction)."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(**kwargs):
-    """tqdm's bar, or with ``disable=True`` one that does nothing."""
-    if kwargs.get("disable"):
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(**kwargs)
 
 
 def fitted_windows(size: int, window: int, overlap: int) -> tuple[int, list[int]]:

@@ -353,6 +353,18 @@ def load_models(options) -> tuple[list[dict], list]:
     return contents, models
 
 
+def refuse_disagreement(worst: float, checked: str, out, graph: str = "exported graph") -> None:
+    """Refuse, one line, a graph whose self-check differs from PyTorch by more than
+    :data:`TOLERANCE`."""
+    if not worst <= TOLERANCE:
+        raise RoadsegError(
+            f"the {graph} disagrees with PyTorch by {worst:.2e} in probability on "
+            f"{checked} (tolerance {TOLERANCE:g}); nothing was written. Report it with "
+            "the checkpoint's model and model_args",
+            out,
+        )
+
+
 def write_checked(proto, metadata: dict, out: str | Path, *, worst: float, checked: str,
                   graph: str = "exported graph") -> None:  # fmt: skip
     """Record the self-check in ``metadata``; refuse, writing nothing, when ``worst`` is
@@ -364,15 +376,7 @@ def write_checked(proto, metadata: dict, out: str | Path, *, worst: float, check
     metadata["roadseg_check"] = json.dumps(
         {"max_abs_diff": worst, "tolerance": TOLERANCE, "on": checked}
     )
-    if not worst <= TOLERANCE:
-        raise RoadsegError(
-            f"the {graph} disagrees with PyTorch by {worst:.2e} in probability on "
-            f"{checked} (tolerance {TOLERANCE:g}); nothing was written. Report it with "
-            "the checkpoint's model and model_args",
-            out,
-        )
-    if proto is None:  # only the check
-        return
+    refuse_disagreement(worst, checked, out, graph)
     _with_metadata(proto, metadata)
     with atomic_path(out, suffix=".tmp.onnx") as tmp:
         onnx.save(proto, str(tmp))
@@ -406,7 +410,7 @@ def export_checkpoints(
     worst = compare(models, session(proto), images)
     record = None
     if int8:
-        write_checked(None, dict(metadata), out, worst=worst, checked=checked)  # refuses only
+        refuse_disagreement(worst, checked, out)  # before the minutes of calibration
         proto, record = _int8(options, contents, proto, metadata, out, int8_tolerance)
         metadata["roadseg_int8"] = json.dumps(record)
     write_checked(proto, metadata, out, worst=worst, checked=checked)

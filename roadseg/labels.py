@@ -102,14 +102,9 @@ class Widths:
 
 def read_vectors(path: str | Path, layer: str | None = None):
     """A vector file as a GeoDataFrame in its own CRS; one without a CRS is refused."""
-    import geopandas as gpd
+    from roadseg.vectorfiles import read_frame
 
-    try:
-        frame = gpd.read_file(path, layer=layer, engine="pyogrio")
-    except Exception as err:  # noqa: BLE001 - pyogrio's and OGR's errors alike
-        raise RoadsegError(
-            f"cannot be read as vectors ({type(err).__name__}: {err})", path
-        ) from err
+    frame = read_frame(path, layer)
     if frame.crs is None:
         raise RoadsegError(
             "vectors with no CRS: the ground they cover is unknown. Give the file its CRS "

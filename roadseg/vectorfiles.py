@@ -113,14 +113,14 @@ def file_identity(path: str | Path) -> str | None:
         return None
 
 
-def read_frame(path: str | Path):
-    """A vector file as a GeoDataFrame, its measures as numbers (an all-empty column of a
-    GeoJSON file reads as text)."""
+def read_frame(path: str | Path, layer: str | None = None):
+    """A vector file (its ``layer``, default the first) as a GeoDataFrame, its measures as
+    numbers (an all-empty column of a GeoJSON file reads as text)."""
     import geopandas as gpd
     import pandas as pd
 
     try:
-        frame = gpd.read_file(path, engine="pyogrio")
+        frame = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as err:  # noqa: BLE001 - pyogrio's and OGR's errors alike
         raise RoadsegError(
             f"cannot be read as vectors ({type(err).__name__}: {err})", path

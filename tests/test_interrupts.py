@@ -29,12 +29,18 @@ def small_checkpoint(tmp_path_factory) -> Path:
 def _roadseg(*args: str, interrupt_when: Path | None = None) -> tuple[int, str]:
     """Run ``python -m roadseg ARGS``; with ``interrupt_when``, send SIGINT to its process
     group once that folder holds a finished chunk. Returns (exit status, stderr)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roadseg", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-        # as from a terminal: a runner in the background may have SIGINT ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    # As from a terminal: a runner in the background may have SIGINT ignored, which a child
+    # inherits; a handled signal is reset to its default at exec. (Not preexec_fn: Python
+    # code between fork and exec deadlocks a parent that runs threads, as pytest's does
+    # after ONNX Runtime and PyTorch ran: the suite once hung here until CI killed it.)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roadseg", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, before)
     if interrupt_when is not None:
         deadline = time.monotonic() + 120
         while not list(interrupt_when.glob("chunk_*.tif")) and time.monotonic() < deadline:

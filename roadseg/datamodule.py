@@ -90,6 +90,9 @@ class RoadDataModule(pl.LightningDataModule):
         pseudo_validation: bool = False,
         resolution: float | None = None,
         resolutions: dict[str, float] | None = None,
+        scenes: list[dict] | str | None = None,
+        block: float = 256.0,
+        holdout: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -99,11 +102,15 @@ class RoadDataModule(pl.LightningDataModule):
         self.resolution: float | None = None
         self._imagery = None
         self._split: dict | None = None
+        self.scenes = None  # roadseg.scenedata.SceneData, when trained on scenes
 
     def setup(self, stage: str | None = None) -> None:
-        if self.index is not None:
+        if self.index is not None or self.scenes is not None:
             return
         hp = self.hparams
+        if hp.get("scenes"):
+            self._setup_scenes()
+            return
         frame = self._read_sources(scan_many([hp.root, *(hp.extra_roots or [])]))
         split_seed = hp.seed if hp.get("split_seed") is None else hp.split_seed
         self.index = split_stages(frame, split=hp.split, val_fraction=hp.val_fraction,
@@ -123,6 +130,40 @@ class RoadDataModule(pl.LightningDataModule):
             )
         if self.frame("train").empty:
             raise RoadsegError("no labelled training tiles here", Path(hp.root))
+
+    def _setup_scenes(self) -> None:
+        from roadseg.checkpoints import read_checkpoint
+        from roadseg.imagery import imagery_of
+        from roadseg.scenedata import SceneData
+
+        hp = self.hparams
+        if hp.get("pseudo_labels") or hp.get("extra_roots") or hp.get("context"):
+            raise RoadsegError("data.scenes trains on scenes alone: leave out pseudo_labels, "
+                               "extra_roots and context (scenes are their own context)")  # fmt: skip
+        imagery, init = None, self._init_from()
+        if init:
+            imagery = imagery_of(read_checkpoint(init))
+            if hp.get("resolution") and imagery.resolution != hp.resolution:
+                import dataclasses
+
+                imagery = dataclasses.replace(imagery, resolution=float(hp.resolution))
+        split_seed = hp.seed if hp.get("split_seed") is None else hp.split_seed
+        self.scenes = SceneData(hp.scenes, block=hp.block, val_fraction=hp.val_fraction,
+                                seed=split_seed, holdout=hp.get("holdout"), imagery=imagery,
+                                resolution=hp.get("resolution"), crop_size=hp.crop_size)  # fmt: skip
+        self.resolution = self.scenes.imagery.resolution
+        self._imagery = self.scenes.imagery
+        for line in self.scenes.lines:
+            print(line)
+        if init:
+            print(f"data: scenes mapped onto the imagery of {init}: "
+                  f"{self.scenes.imagery.describe()}")  # fmt: skip
+
+    def _init_from(self) -> str | None:
+        """The checkpoint the model starts from (``model.init_from``), when training."""
+        trainer = getattr(self, "trainer", None)
+        task = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return (getattr(task, "hparams", None) or {}).get("init_from") if task else None
 
     def _read_sources(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Each source's resolution and radiometry: rows of sources at another resolution
@@ -190,6 +231,8 @@ class RoadDataModule(pl.LightningDataModule):
     def split_record(self) -> dict:
         """The split by content (:func:`roadseg.checkpoints.split_record`), made once;
         every checkpoint records it, so that the tiles it never trained on are known later."""
+        if self._split is None and self.scenes is not None:
+            self._split = self.scenes.split_record()
         if self._split is None:
             assert self.index is not None, "call setup() first"
             self._split = split_record(self.index, self.hparams.root)
@@ -239,6 +282,14 @@ class RoadDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        if self.scenes is not None:
+            from roadseg.scenedata import SceneWindows
+
+            data = SceneWindows(self.scenes.scenes, self.scenes.train, crop_size=hp.crop_size,
+                                augment=hp.augment)  # fmt: skip
+            sampler = SeededSampler(len(data), samples_per_epoch=hp.samples_per_epoch or 256,
+                                    seed=hp.seed)  # fmt: skip
+            return self._loader(data, sampler=sampler, batch_size=hp.batch_size, drop_last=True)
         frame = self.frame("train")
         places = None
         if hp.get("context"):
@@ -259,6 +310,11 @@ class RoadDataModule(pl.LightningDataModule):
         return self._loader(dataset, sampler=sampler, batch_size=hp.batch_size, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self.scenes is not None:
+            from roadseg.scenedata import SceneBlocks
+
+            blocks = SceneBlocks(self.scenes.scenes, self.scenes.val)
+            return self._loader(blocks, batch_size=1) if len(blocks) else []
         frame = self.frame("val")
         if frame.empty:
             return []

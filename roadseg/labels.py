@@ -111,7 +111,18 @@ def read_vectors(path: str | Path, layer: str | None = None):
             "(ogr2ogr -a_srs EPSG:XXXX out.gpkg in.shp, or a .prj beside a Shapefile)",
             path,
         )
-    return frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    frame = frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    if frame.crs.is_geographic and len(frame):
+        west, south, east, north = frame.total_bounds
+        if min(west, south) < -180.0001 or east > 360.0001 or north > 90.0001 or south < -90.0001:
+            raise RoadsegError(
+                f"coordinates up to {max(abs(west), abs(east), abs(north), abs(south)):.6g} are "
+                f"not longitude/latitude, though the file says {frame.crs.to_string()} (a "
+                "GeoJSON is always WGS84): write it in its true CRS (ogr2ogr -s_srs EPSG:XXXX "
+                "-t_srs EPSG:4326 out.geojson in.geojson, or a GeoPackage)",
+                path,
+            )
+    return frame
 
 
 def local_metres(frame):
@@ -186,15 +197,29 @@ class VectorLabels:
             f"outside {self.coverage_how}: ignored, not background"
         )
 
-    def window(self, window) -> np.ndarray:
+    def covered(self, window) -> float:
+        """The share of ``window``'s ground inside the labels' coverage."""
+        from rasterio.windows import bounds as window_bounds
+        from shapely import box
+
+        area = box(*window_bounds(window, self.src.transform))
+        return float(self.coverage.intersection(area).area / area.area) if area.area else 0.0
+
+    def window(self, window, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The mask of ``window`` (a rasterio Window of the scene): :data:`ROAD`,
-        :data:`BACKGROUND`, or :data:`IGNORE` outside the labels' coverage."""
+        :data:`BACKGROUND`, or :data:`IGNORE` outside the labels' coverage; ``shape``: burnt
+        on a finer or coarser grid over the same ground (the model's resolution), not the
+        scene's pixels."""
+        from affine import Affine
         from rasterio.features import rasterize
         from rasterio.windows import bounds as window_bounds
         from shapely import box
 
         h, w = int(window.height), int(window.width)
         transform = self.src.window_transform(window)
+        if shape is not None and tuple(shape) != (h, w):
+            transform = transform * Affine.scale(w / shape[1], h / shape[0])
+            h, w = int(shape[0]), int(shape[1])
         area = box(*window_bounds(window, self.src.transform))
         mask = np.full((h, w), IGNORE, np.uint8)
         cover = self.coverage.intersection(area)

@@ -48,19 +48,30 @@ class RoadMetrics(Metric):
             )
 
     def update(
-        self, prob: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor | None = None
+        self,
+        prob: torch.Tensor,
+        mask: torch.Tensor,
+        patches: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> None:
+        """``valid`` ``(B, 1, H, W)``: the pixels that count (labelled ground; a patch counts
+        when all its pixels do); None: all."""
         pred = (prob > self.pixel_threshold).float()
         truth = mask.float()
-        self.tp += (pred * truth).sum()
-        self.fp += (pred * (1 - truth)).sum()
-        self.fn += ((1 - pred) * truth).sum()
+        keep = torch.ones_like(truth) if valid is None else (valid > 0).float()
+        self.tp += (pred * truth * keep).sum()
+        self.fp += (pred * (1 - truth) * keep).sum()
+        self.fn += ((1 - pred) * truth * keep).sum()
         pred_p = patch_labels_torch(pred, threshold=self.patch_threshold)
         true_p = patch_labels_torch(truth) if patches is None else patches.float()
-        self.patch_tp += (pred_p * true_p).sum()
-        self.patch_fp += (pred_p * (1 - true_p)).sum()
-        self.patch_fn += ((1 - pred_p) * true_p).sum()
-        self.patch_tn += ((1 - pred_p) * (1 - true_p)).sum()
+        keep_p = (
+            torch.ones_like(true_p) if valid is None
+            else (F.avg_pool2d(keep, PATCH_SIZE, stride=PATCH_SIZE, ceil_mode=True) > 0.999).float()
+        )  # fmt: skip
+        self.patch_tp += (pred_p * true_p * keep_p).sum()
+        self.patch_fp += (pred_p * (1 - true_p) * keep_p).sum()
+        self.patch_fn += ((1 - pred_p) * true_p * keep_p).sum()
+        self.patch_tn += ((1 - pred_p) * (1 - true_p) * keep_p).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         tp, fp, fn = self.tp, self.fp, self.fn

@@ -138,17 +138,19 @@ class RoadSegTask(pl.LightningModule):
         margin = int(batch["margin"][0]) if "margin" in batch else 0
         if margin:  # a tile seen in the context of its map: score the tile alone
             logits = logits[..., margin:-margin, margin:-margin]
-        if "weight" in batch:  # self-training: soft targets, the teacher's unsure pixels 0
+        if "weight" in batch:  # self-training: the teacher's unsure pixels 0; scenes: unlabelled
             if not self.weighted_loss:
                 raise RoadsegError(
                     f"loss {self.hparams.loss!r} cannot weight pixels, which self-training "
-                    "(data.pseudo_labels) needs: use bce, dice or bce+dice"
+                    "(data.pseudo_labels) and scenes (data.scenes) need: use bce, dice or "
+                    "bce+dice"
                 )
             loss = self.loss_fn(logits, batch["mask"], batch["weight"])
         else:
             loss = self.loss_fn(logits, batch["mask"])
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(torch.sigmoid(logits.detach()), batch["mask"], batch.get("patches"))
+        metrics.update(torch.sigmoid(logits.detach()), batch["mask"], batch.get("patches"),
+                       batch.get("weight"))  # fmt: skip
         on_step = stage == "train"
         self.log(
             f"{stage}_loss",

@@ -90,13 +90,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     options = predict_options(args)
     if args.data:
+        refuse_idle((args.baseline is not None, "--baseline", "a checkpoint trained on scenes "
+                     "(data.scenes), without --data"))  # fmt: skip
         return _evaluate_rasters(args, options)
     refuse_idle(*((getattr(args, o) is not None, f"--{o.replace('_', '-')}",
                    "--data (the checkpoint's own tiles are read as it trained on them)")
                   for o in ("bands", "input_range", "resolution")))  # fmt: skip
+    ckpts = options.read_checkpoints()
+    from roadseg.groundeval import is_scene_checkpoint
+
+    if is_scene_checkpoint(ckpts[0]):
+        from roadseg.cli.ground import evaluate_ground
+
+        return evaluate_ground(args, options, ckpts)
+    refuse_idle((args.baseline is not None, "--baseline", "a checkpoint trained on scenes "
+                 "(data.scenes): tiles are compared with roadseg reproduce"))  # fmt: skip
     out = Path(args.out or Path("submissions") / submission_name(options, "validation"))
     check_io(outputs=[out], protected=options.inputs)
-    ckpts = options.read_checkpoints()
     validation = _validation(
         options, ckpts, "no tile it has not seen to score it on; evaluate a validated run of "
         "the same config",
@@ -294,6 +304,14 @@ def _add_evaluate(sub) -> None:
         "source: GeoTIFFs of other resolutions, bit depths, band orders), each predicted "
         "alone as roadseg predict reads a scene (--bands, --input-range, --resolution), and "
         "scored on its own grid: patch scores and pixel road F1",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="CKPT",
+        help="a checkpoint trained on scenes (data.scenes) is scored on its held-out blocks "
+        "of ground; this model (the one it was fine-tuned from, say) is scored on the same "
+        "blocks beside it, with a paired bootstrap of the difference; --out then writes the "
+        "scores as JSON",
     )
     add_scene_args(p)
     p.set_defaults(func=_cmd_evaluate)

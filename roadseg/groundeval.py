@@ -1,0 +1,129 @@
+"""Scores on ground, not tiles: a scene-trained checkpoint's held-out blocks, predicted by
+any model (the fine-tuned one and the one it started from) and scored side by side.
+
+The held-out blocks are those the checkpoint recorded (:mod:`roadseg.scenedata`), made
+again from its data arguments and checked against the record by content. Each block is
+read as ``predict`` reads a scene (onto the predicting model's imagery and resolution)
+with ``margin`` pixels of the scene around it, predicted, and scored on its labelled
+pixels: pixel road F1, and patch F1 and accuracy over the 16 px patches whose pixels are
+all labelled. Intervals: the middle 95% of a bootstrap over blocks; the difference of two
+models is bootstrapped paired (the same blocks drawn for both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from roadseg.errors import RoadsegError
+from roadseg.labels import IGNORE, ROAD
+from roadseg.patches import PATCH_SIZE
+
+COUNTS = ("tp", "fp", "fn", "patch_tp", "patch_fp", "patch_fn", "patch_tn")
+MARGIN = 64  # pixels of the scene around a block, at the model's resolution
+
+
+def is_scene_checkpoint(ckpt: dict) -> bool:
+    from roadseg.checkpoints import recorded_split
+
+    record = recorded_split(ckpt)
+    return bool(record and record.get("kind") == "scenes")
+
+
+def held_out(ckpt: dict, path, imagery):
+    """The checkpoint's held-out blocks (:class:`~roadseg.scenedata.SceneData`), the
+    scenes read onto ``imagery``; refused when they are not the ones it recorded."""
+    from roadseg.checkpoints import datamodule_arguments, recorded_split
+    from roadseg.scenedata import SceneData
+
+    hp = datamodule_arguments(ckpt)
+    seed = hp.get("seed", 0) if hp.get("split_seed") is None else hp["split_seed"]
+    data = SceneData(hp["scenes"], block=hp.get("block", 256.0), seed=seed,
+                     val_fraction=hp.get("val_fraction", 0.2), holdout=hp.get("holdout"),
+                     imagery=imagery, crop_size=hp.get("crop_size", 256))  # fmt: skip
+    was = {e["sha256"] for e in recorded_split(ckpt)["val"]}
+    now = {e["sha256"] for e in data.split_record()["val"]}
+    if was != now:
+        raise RoadsegError(
+            f"the held-out blocks made from the scenes present are not the {len(was)} the "
+            f"checkpoint recorded ({len(was & now)} shared): a scene or its labels changed; "
+            "put the files back as it trained on them",
+            path,
+        )
+    if not data.val:
+        raise RoadsegError("trained without held-out blocks (data.val_fraction 0)", path)
+    return data
+
+
+def block_counts(predictor, decision, data, margin: int = MARGIN) -> np.ndarray:
+    """``(blocks, 7)`` counts (:data:`COUNTS`) of each held-out block of ``data``."""
+    from rasterio.windows import Window
+    from tqdm.auto import tqdm
+
+    rows = []
+    for block in tqdm(data.val, desc="held-out blocks", unit="block",
+                      disable=not predictor.progress):  # fmt: skip
+        scene = data.scenes[block.scene]
+        down, across = scene.reader.scales
+        my, mx = round(margin / down), round(margin / across)
+        w = block.window
+        y0, x0 = max(0, int(w.row_off) - my), max(0, int(w.col_off) - mx)
+        y1 = min(scene.src.height, int(w.row_off + w.height) + my)
+        x1 = min(scene.src.width, int(w.col_off + w.width) + mx)
+        image, target = scene.read(Window(x0, y0, x1 - x0, y1 - y0))
+        prob = predictor.predict_image(image)
+        h, wd = target.shape  # the block inside, on the model's grid
+        top, left = (
+            round((w.row_off - y0) * h / (y1 - y0)),
+            round((w.col_off - x0) * wd / (x1 - x0)),
+        )
+        bottom = round((w.row_off + w.height - y0) * h / (y1 - y0))
+        right = round((w.col_off + w.width - x0) * wd / (x1 - x0))
+        inner = (slice(top, bottom), slice(left, right))
+        rows.append(counts(decision.mask(prob[inner]), target[inner], decision.patch))
+    return np.array(rows, dtype=np.float64)
+
+
+def counts(pred: np.ndarray, target: np.ndarray, patch_threshold: float) -> list[float]:
+    """The :data:`COUNTS` of a predicted mask against a target with :data:`IGNORE`."""
+    keep = target != IGNORE
+    truth, pred = (target == ROAD) & keep, pred.astype(bool) & keep
+    h, w = (s // PATCH_SIZE * PATCH_SIZE for s in target.shape)
+
+    def patches(a):
+        return (
+            a[:h, :w].reshape(h // PATCH_SIZE, PATCH_SIZE, w // PATCH_SIZE, PATCH_SIZE).mean((1, 3))
+        )
+
+    whole = patches(keep.astype(np.float32)) == 1
+    true_p = (patches(truth.astype(np.float32)) > 0.25)[whole]
+    pred_p = (patches(pred.astype(np.float32)) > patch_threshold)[whole]
+    return [
+        (pred & truth).sum(), (pred & ~truth & keep).sum(), (~pred & truth).sum(),
+        (pred_p & true_p).sum(), (pred_p & ~true_p).sum(), (~pred_p & true_p).sum(),
+        (~pred_p & ~true_p).sum(),
+    ]  # fmt: skip
+
+
+def scores(total: np.ndarray) -> dict[str, float]:
+    """Pixel F1, patch F1 and patch accuracy of summed :data:`COUNTS` (last axis)."""
+    tp, fp, fn, ptp, pfp, pfn, ptn = np.moveaxis(np.asarray(total, np.float64), -1, 0)
+    return {
+        "patch_f1": 2 * ptp / np.maximum(2 * ptp + pfp + pfn, 1),
+        "patch_accuracy": (ptp + ptn) / np.maximum(ptp + ptn + pfp + pfn, 1),
+        "pixel_f1": 2 * tp / np.maximum(2 * tp + fp + fn, 1),
+    }
+
+
+def intervals(per_block: list[np.ndarray], *, draws: int = 2000, seed: int = 0) -> list[dict]:
+    """For each model's ``(blocks, 7)`` counts: each score's middle 95% over a bootstrap of
+    blocks; the same draws for every model, so differences are paired (last entry: the
+    last model minus the first, when there are two or more)."""
+    rng = np.random.default_rng(seed)
+    n = per_block[0].shape[0]
+    picks = rng.integers(0, n, size=(draws, n))
+    drawn = [scores(c[picks].sum(axis=1)) for c in per_block]
+    out = [{k: tuple(np.percentile(v, [2.5, 97.5]).tolist()) for k, v in d.items()} for d in drawn]
+    if len(drawn) > 1:
+        out.append({k: tuple(np.percentile(drawn[-1][k] - drawn[0][k], [2.5, 97.5]).tolist())
+                    for k in drawn[0]})  # fmt: skip
+    return out

@@ -1,0 +1,222 @@
+"""Training on a region of one's own (roadseg.scenedata, ``data.scenes``): GeoTIFF scenes
+with road lines or a mask raster, cut into blocks of ground; training windows stay inside
+training blocks, validation and ``evaluate`` score held-out blocks; unlabelled ground
+weighs nothing; twins in other CRSs give the same ground; bad inputs are one line before
+any training."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window, bounds
+from shapely import box
+
+from roadseg.cli import main
+from roadseg.labels import IGNORE
+from roadseg.metrics import RoadMetrics
+from roadseg.scenedata import SceneData
+from tests.conftest import smooth_map, write_raster
+
+X0, Y0, RES = 465_000.0, 5_250_000.0, 0.5  # a 0.5 m UTM 32N scene near Zurich
+H, W = 384, 512  # 192 m x 256 m
+ROWS, COLS = (40, 150, 300), (70, 260, 450)  # road centres, pixels
+UTM = {"crs": "EPSG:32632", "transform": from_origin(X0, Y0, RES, RES)}
+
+
+def region(tmp_path, *, lines_crs="EPSG:32632", aoi=None, scene=None, extra=""):
+    """A scene with grey roads on texture, its road centre lines (6 m wide) in
+    ``lines_crs``, and the scene list naming them."""
+    import geopandas as gpd
+    from shapely import LineString
+
+    image = smooth_map(H, W, seed=1)
+    for r in ROWS:
+        image[:, r - 6 : r + 6] = 128
+    for c in COLS:
+        image[:, :, c - 6 : c + 6] = 128
+    path = scene or write_raster(tmp_path / "scene.tif", image, **UTM)
+    roads = [LineString([(X0, Y0 - r * RES), (X0 + W * RES, Y0 - r * RES)]) for r in ROWS]
+    roads += [LineString([(X0 + c * RES, Y0), (X0 + c * RES, Y0 - H * RES)]) for c in COLS]
+    frame = gpd.GeoDataFrame(geometry=roads, crs="EPSG:32632").to_crs(lines_crs)
+    frame.to_file(tmp_path / "roads.gpkg", engine="pyogrio")
+    entry = f"- image: {path.name}\n  labels: roads.gpkg\n  width: 6\n{extra}"
+    if aoi is not None:
+        gpd.GeoDataFrame(geometry=[aoi], crs="EPSG:32632").to_file(tmp_path / "aoi.gpkg")
+        entry += "  aoi: aoi.gpkg\n"
+    (tmp_path / "scenes.yaml").write_text(entry)
+    return tmp_path / "scenes.yaml"
+
+
+def fit_args(scenes, run, *extra):
+    return ["fit", "--config", "configs/quick.yaml", "--data.scenes", str(scenes),
+            "--data.block", "64", "--data.crop_size", "64", "--data.batch_size", "2",
+            "--data.samples_per_epoch", "4", "--model.model_args.encoder_weights", "null",
+            "--model.model_args.decoder_channels", "[16, 8, 8, 8, 8]",
+            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
+            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", *extra]  # fmt: skip
+
+
+def test_fit_validates_on_held_out_blocks_resumes_and_evaluates_on_ground(tmp_path, capsys):
+    scenes = region(tmp_path)
+    run = tmp_path / "run"
+    assert main(fit_args(scenes, run)) == 0
+    printed = capsys.readouterr().out
+    assert "12 blocks of 64 m with labelled ground: 10 train, 2 held out" in printed
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    record = ckpt["roadseg_split"]
+    assert record["kind"] == "scenes" and len(record["val"]) == 2
+    assert not {e["sha256"] for e in record["val"]} & {e["sha256"] for e in record["train"]}
+    assert "val_patch_f1" in (run / "metrics.csv").read_text().splitlines()[0]
+    # resumed to a second epoch from its last checkpoint
+    assert main(fit_args(scenes, run, "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+    # the same model as its own baseline: the same scores, a difference of exactly 0
+    best, out = run / "checkpoints" / "best.ckpt", tmp_path / "scores.json"
+    assert main(["evaluate", "--ckpt", str(best), "--baseline", str(best), "--out", str(out),
+                 "--quiet", "--backend", "torch"]) == 0  # fmt: skip
+    scores = json.loads(out.read_text())
+    assert scores["heldout"]["blocks"] == 2 and scores["heldout"]["scored_patches"] > 0
+    assert scores["before"]["patch_f1"] == scores["after"]["patch_f1"]
+    assert scores["difference"]["patch_f1"]["after_minus_before"] == 0
+    assert "after-before" in capsys.readouterr().out
+
+
+def test_windows_stay_in_training_blocks_and_unlabelled_ground_is_ignored(tmp_path):
+    aoi = box(X0, Y0 - H * RES, X0 + 100, Y0)  # the western 200 px of 512 are labelled
+    data = SceneData(region(tmp_path, aoi=aoi), block=64, val_fraction=0.25, seed=0,
+                     crop_size=64)  # fmt: skip
+    src = data.scenes[0].src
+    assert len(data.train) + len(data.val) == 6  # 2 of 4 columns of 128 px blocks, 3 rows
+    from roadseg.scenedata import SceneWindows
+
+    windows = []
+    scene = data.scenes[0]
+    read = scene.read
+    scene.read = lambda win: windows.append(win) or read(win)
+    dataset = SceneWindows(data.scenes, data.train, crop_size=64, augment="none")
+    samples = [dataset[(0, seed)] for seed in range(40)]
+    held = [box(*bounds(b.window, src.transform)) for b in data.val]
+    for win in windows:
+        ground = box(*bounds(win, src.transform))
+        assert any(box(*bounds(b.window, src.transform)).contains(ground) for b in data.train)
+        assert not any(ground.intersection(h).area > 0 for h in held)
+    straddling = 0
+    for sample, win in zip(samples, windows, strict=True):
+        edge = (X0 + 100 - bounds(win, src.transform)[0]) / RES  # AOI's edge, window px
+        weight = sample["weight"][0].numpy()
+        assert weight[:, : int(min(edge, 64))].all()
+        if edge < 64:
+            straddling += 1
+            assert not weight[:, int(np.ceil(edge)) :].any()
+    assert straddling > 0
+
+
+@pytest.mark.parametrize("scene_crs, lines_crs", [("EPSG:3857", "EPSG:2056"), ("EPSG:4326", "EPSG:3857")])  # fmt: skip
+def test_a_twin_scene_in_another_crs_gives_the_same_ground(tmp_path, scene_crs, lines_crs):
+    """The UTM scene warped to Web Mercator or longitude/latitude, its lines in yet another
+    CRS: the same labelled ground and the same road share, read at the model's 0.5 m."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    utm = tmp_path / "utm"
+    utm.mkdir()
+    base = SceneData(region(utm), block=64, val_fraction=0.0, seed=0, resolution=0.5)
+    twin_dir = tmp_path / "twin"
+    twin_dir.mkdir()
+    with rasterio.open(utm / "scene.tif") as src:
+        transform, w, h = calculate_default_transform(src.crs, scene_crs, src.width,
+                                                      src.height, *src.bounds)  # fmt: skip
+        out = np.zeros((3, h, w), np.uint8)
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=transform, dst_crs=scene_crs)  # fmt: skip
+    twin_path = write_raster(twin_dir / "scene.tif", out, crs=scene_crs, transform=transform)
+    twin = SceneData(region(twin_dir, lines_crs=lines_crs, scene=twin_path), block=64,
+                     val_fraction=0.0, seed=0, resolution=0.5)  # fmt: skip
+
+    def road_share(data):
+        targets = [data.scenes[0].read(b.window)[1] for b in data.train]
+        road = sum(int((t == 1).sum()) for t in targets)
+        return road / sum(int((t != IGNORE).sum()) for t in targets), road * 0.25
+
+    (share, area), (twin_share, twin_area) = road_share(base), road_share(twin)
+    assert abs(twin_share / share - 1) < 0.05, (share, twin_share)
+    assert abs(twin_area / area - 1) < 0.05, (area, twin_area)  # square metres of road
+    assert twin.imagery.resolution == 0.5
+
+
+def test_a_mask_raster_in_another_crs_labels_as_the_lines_do(tmp_path):
+    """Labels from a mask GeoTIFF on another grid (reprojected, nearest) and from the lines."""
+    from roadseg.labels import VectorLabels, Widths
+
+    scenes = region(tmp_path)
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        lines = VectorLabels(tmp_path / "roads.gpkg", src, widths=Widths(6.0))
+        mask = lines.window(Window(0, 0, W, H))
+    grey = np.where(mask == 1, 255, 0).astype(np.uint8)
+    write_raster(tmp_path / "mask.tif", grey, **UTM)
+    (tmp_path / "masks.yaml").write_text("- image: scene.tif\n  labels: mask.tif\n")
+    data = SceneData(tmp_path / "masks.yaml", block=64, val_fraction=0.0, seed=0)
+    by_lines = SceneData(scenes, block=64, val_fraction=0.0, seed=0)
+    for a, b in zip(data.train, by_lines.train, strict=True):
+        ta, tb = data.scenes[0].read(a.window)[1], by_lines.scenes[0].read(b.window)[1]
+        assert np.array_equal(ta, tb)
+
+
+def test_metrics_leave_out_unlabelled_pixels_and_patches():
+    prob = torch.zeros(1, 1, 32, 32)
+    prob[..., :16] = 1.0  # the left half predicted road
+    mask = torch.zeros(1, 1, 32, 32)
+    valid = torch.zeros(1, 1, 32, 32)
+    valid[..., 16:] = 1  # only the right half is labelled: all of it background
+    metrics = RoadMetrics()
+    metrics.update(prob, mask, None, valid)
+    scores = metrics.compute()
+    assert scores["patch_accuracy"] == 1 and metrics.patch_fp == 0 and metrics.fp == 0
+    assert metrics.patch_tn == 2  # the two right patches; the left ones are not labelled
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("far", "do not overlap the scene"),
+        ("nocrs", "vectors with no CRS"),
+        ("utm-as-geojson", "are not longitude/latitude, though the file says EPSG:4326"),
+        ("emptyaoi", "the AOI holds no polygon with an area"),
+        ("corner", "block of the scene has labelled ground"),
+        ("missing", "no such labels file"),
+    ],
+)
+def test_bad_inputs_are_one_line_before_training(tmp_path, capsys, case, says):
+    import geopandas as gpd
+    from shapely import LineString, Polygon
+
+    scenes = region(tmp_path)
+    if case == "far":  # the lines 50 km away
+        gpd.GeoDataFrame(geometry=[LineString([(X0 + 5e4, Y0), (X0 + 5e4 + 100, Y0)])],
+                         crs="EPSG:32632").to_file(tmp_path / "roads.gpkg")  # fmt: skip
+    elif case in ("nocrs", "utm-as-geojson"):  # a Shapefile without .prj; UTM read as WGS84
+        (tmp_path / "roads.gpkg").unlink()
+        name = "roads.shp" if case == "nocrs" else "roads.geojson"
+        crs = None if case == "nocrs" else "EPSG:4326"  # coordinates in metres all the same
+        gpd.GeoDataFrame(geometry=[LineString([(X0, Y0 - 10), (X0 + 100, Y0 - 10)])],
+                         crs=crs).to_file(tmp_path / name)  # fmt: skip
+        scenes.write_text(scenes.read_text().replace("roads.gpkg", name))
+    elif case == "emptyaoi":
+        gpd.GeoDataFrame(geometry=[Polygon([(X0, Y0), (X0, Y0), (X0, Y0)])],
+                         crs="EPSG:32632").to_file(tmp_path / "aoi.gpkg")  # fmt: skip
+        scenes.write_text(scenes.read_text() + "  aoi: aoi.gpkg\n")
+    elif case == "corner":  # labels cover 1 m x 1 m: no block has 2% labelled ground
+        gpd.GeoDataFrame(geometry=[box(X0 + 1, Y0 - 2, X0 + 2, Y0 - 1)],
+                         crs="EPSG:32632").to_file(tmp_path / "roads.gpkg")  # fmt: skip
+    else:
+        (tmp_path / "roads.gpkg").unlink()
+    capsys.readouterr()  # what writing the inputs printed
+    run = tmp_path / "run"
+    assert main(fit_args(scenes, run)) != 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("roadseg: error: ") and says in lines[0], err
+    assert "Traceback" not in err and not (run / "checkpoints").exists()

@@ -300,10 +300,25 @@ def session_soon(path: str | Path, threads: int | None = None) -> Future:
     return _session(str(path), stat.st_size, stat.st_mtime_ns, threads)
 
 
-@functools.lru_cache(maxsize=8)
+# Sessions by (process, file, size, mtime, threads), at most 8 per process. Keyed by process,
+# never cleared at fork: a forked child (multiprocessing, subprocess with preexec_fn, Ray)
+# has none of its parent's threads, so a session the parent was still making would never
+# come, and freeing a parent's session in the child waits forever on ONNX Runtime's thread
+# pool (seen: the test suite hung in Ray's fork); the child makes its own and leaves the
+# parent's alone (OnnxBackend.session checks the process too).
+_SESSIONS: dict[tuple, Future] = {}
+
+
 def _session(path: str, size: int, mtime: int, threads: int | None) -> Future:
+    key = (os.getpid(), path, size, mtime, threads)
+    if key in _SESSIONS:
+        return _SESSIONS[key]
     require_onnxruntime(path)
+    mine = [k for k in _SESSIONS if k[0] == key[0]]
+    for old in mine[: max(0, len(mine) - 7)]:  # the oldest of this process's go
+        del _SESSIONS[old]
     future: Future = Future()
+    _SESSIONS[key] = future
 
     def make() -> None:
         try:
@@ -321,11 +336,6 @@ def _make_checked(path: str, threads: int | None):
     except Exception as err:  # onnxruntime raises its own types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RoadsegError(f"not a readable ONNX model ({first[:200]})", path) from err
-
-
-# a forked child has none of its parent's threads: a session the parent was still making
-# would never come; the child makes its own (OnnxBackend.session checks the process too)
-os.register_at_fork(after_in_child=_session.cache_clear)
 
 
 def make_session(model: str | bytes, threads: int | None = None):

@@ -295,6 +295,30 @@ def test_a_forked_child_makes_its_own_session(exported, tmp_path):
     assert done.stdout.strip() == "[0, 0]"
 
 
+# A process that made a session starts a command with Python code between fork and exec
+# (preexec_fn: as Ray starts its processes, and as a test once did): nothing of the
+# parent's sessions may be freed in the child, where ONNX Runtime's thread pool waits forever.
+PREEXEC = """
+import signal, subprocess, sys, time
+import numpy as np
+from roadseg.predict import Predictor
+signal.alarm(60)  # hung: killed, and the test fails
+predictor = Predictor.from_exported(sys.argv[1], progress=False)
+predictor.predict_image(np.zeros((3, 64, 64), np.float32))
+del predictor  # the session lives on in the cache alone, as after an earlier command
+time.sleep(2)  # its thread pool's threads come to rest, waiting on their condition variable
+subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+print("started")
+"""
+
+
+def test_a_command_started_with_preexec_fn_after_a_session_does_not_hang(exported, tmp_path):
+    done = subprocess.run([sys.executable, "-c", PREEXEC, str(exported)], capture_output=True,
+                          text=True, timeout=180, cwd=tmp_path,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "started", done.stderr[-2000:]
+
+
 def test_tune_refuses_to_store_thresholds_for_an_exported_file(exported, capsys):
     assert main(["tune", "--ckpt", str(exported)]) == 2
     assert "tune its checkpoint, then export again" in capsys.readouterr().err

@@ -36,7 +36,7 @@ STAMP := $(VENV)/.installed
 # A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
 CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit selftrain smoke check-config reproduce test bench gpu-check lint format clean
+.PHONY: help install data train submit selftrain region-demo smoke check-config reproduce test bench gpu-check lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -96,6 +96,10 @@ selftrain: $(STAMP) check-config  ## self-training: CONFIG's best model labels t
 		$(if $(VALIDATION),--data.pseudo_validation true) \
 		--trainer.default_root_dir runs/$(SELF) $(if $(RESUME),--ckpt_path last)
 	$(BIN)/roadseg tune --ckpt runs/$(SELF)/checkpoints/best.ckpt
+
+region-demo: $(STAMP)  ## fine-tune the cpu.yaml model (trained first if missing) on the Massachusetts tiles as 1 m scenes with road lines; held-out blocks before/after -> runs/region-demo/scores.json
+	@test -f runs/cpu/checkpoints/best.ckpt || $(MAKE) --no-print-directory train CONFIG=configs/cpu.yaml
+	$(BIN)/python benchmarks/region_demo.py --tiles $(SHARED)/massachusetts-400
 
 reproduce: $(STAMP)  ## the paper's table and figures into results/PROFILE/, and the README's tables from them (default: PROFILE=paper with a GPU, smoke without)
 	@test -e data/cil-2022 || $(MAKE) --no-print-directory data

@@ -79,6 +79,7 @@ from roadseg.export import (
     _const,
     build_graph,
     check_images,
+    check_source,
     export_metadata,
     load_models,
     min_side,
@@ -317,7 +318,6 @@ def export_deepness(
     default: the data the first checkpoint trained on); nothing is written when they
     disagree by more than :data:`~roadseg.export.TOLERANCE`."""
     require_onnx()
-    from roadseg.checkpoints import trained_root
 
     if options.merge == "vote":
         raise RoadsegError(
@@ -332,7 +332,7 @@ def export_deepness(
         raise RoadsegError(f"--tile-size {tile} is below what the network takes ({min_px} px)")
     metadata = deepness_metadata(options, contents, tile=tile, overlap=overlap, min_px=min_px)
     proto = deepness_graph(models, tile)
-    images, checked = check_images(check_data or trained_root(contents[0]))
+    images, checked = check_images(check_data or check_source(contents[0]))
     checked = f"{tile}x{tile} Deepness tiles (zero-padded, cropped to the valid part) of {checked}"
     worst = compare_tiles(models, session(proto), images, tile)
     write_checked(proto, metadata, out, worst=worst, checked=checked, graph="Deepness graph")

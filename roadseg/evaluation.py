@@ -56,6 +56,12 @@ def validation_split(ckpt: dict) -> tuple[pd.DataFrame, str]:
             "validation tiles are made again from the files present, as it was trained, which "
             "is its split only if no labelled tile was added or removed since"
         )
+    if record.get("kind") == "scenes":
+        raise RoadsegError(
+            "trained on scenes (data.scenes): its validation is held-out blocks of ground, "
+            "not tiles; roadseg evaluate --ckpt CKPT [--baseline OTHER] scores them (tune, "
+            "figures and the tile commands need a checkpoint trained on tiles)"
+        )
     root = trained_root(ckpt) or record.get("root")
     tiles = _recorded_tiles(record["val"], root)
     if record.get("note"):  # an exported file's split, made again at export

@@ -302,6 +302,17 @@ def _training(ckpt: dict) -> dict:
     return {"root": root, "split": split, "note": note}
 
 
+def check_source(ckpt: dict):
+    """Where a checkpoint's export checks itself: its first scene for a model trained on
+    scenes, else its dataset root (None when unknown)."""
+    from roadseg.checkpoints import recorded_split, trained_root
+
+    record = recorded_split(ckpt) or {}
+    if record.get("kind") == "scenes" and Path(record["scenes"][0]["image"]).is_file():
+        return record["scenes"][0]["image"]
+    return trained_root(ckpt)
+
+
 def check_images(folder: str | Path | None, count: int = 3) -> tuple[list[np.ndarray], str]:
     """Real images for the self-check: ``count`` tiles of ``folder`` (a dataset root or
     a folder of images), plus an odd-sized crop of the first, so padding is exercised."""
@@ -314,6 +325,18 @@ def check_images(folder: str | Path | None, count: int = 3) -> tuple[list[np.nda
             folder,
         )
     root = Path(folder)
+    if root.is_file():  # a scene: three windows of it (a scene-trained model's own data)
+        from rasterio.windows import Window
+
+        from roadseg.io import raster_shape
+
+        _, h, w = raster_shape(root)
+        side = min(512, h, w)
+        corners = [(0, 0), ((h - side) // 2, (w - side) // 2), (h - side, w - side)]
+        images = [read_image(root, Window(c, r, side, side)) for r, c in corners[:count]]
+        images.append(np.ascontiguousarray(images[0][:, : max(MIN_SIDE, side - 67),
+                                                     : max(MIN_SIDE, side - 29)]))  # fmt: skip
+        return images, f"{len(images) - 1} windows of {root} and an odd-sized crop"
     paths = sorted(
         p for p in root.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg")
     )
@@ -400,13 +423,12 @@ def export_checkpoints(
     nothing is written when validation road patch F1 drops by more than ``int8_tolerance``
     (default :data:`roadseg.quantize.TOLERANCE`)."""
     require_onnx()
-    from roadseg.checkpoints import trained_root
 
     contents, models = load_models(options)
     metadata = export_metadata(options, contents)
     metadata["roadseg_min_side"] = json.dumps(max(int(min_side(m)) for m in models))
     proto = build_graph(models)
-    images, checked = check_images(check_data or trained_root(contents[0]))
+    images, checked = check_images(check_data or check_source(contents[0]))
     worst = compare(models, session(proto), images)
     record = None
     if int8:

@@ -29,28 +29,43 @@ def is_scene_checkpoint(ckpt: dict) -> bool:
     return bool(record and record.get("kind") == "scenes")
 
 
+def scene_record(ckpt: dict, path) -> dict:
+    """The scenes, block parameters and held-out blocks a scene-trained checkpoint (or its
+    exported file) recorded; refused when it holds no held-out block."""
+    from roadseg.checkpoints import recorded_split
+
+    record = recorded_split(ckpt)
+    if not record.get("val"):
+        raise RoadsegError("trained without held-out blocks (every labelled block trained): "
+                           "nothing it has not seen to score it on", path)  # fmt: skip
+    return record
+
+
+def scene_inputs(record: dict) -> list[str]:
+    """The files a scene-trained checkpoint read: scenes, labels, AOIs, holdout."""
+    files = [s[k] for s in record["scenes"] for k in ("image", "labels", "aoi") if s.get(k)]
+    return [*files, *(record[k] for k in ("holdout", "list") if record.get(k))]
+
+
 def held_out(ckpt: dict, path, imagery):
-    """The checkpoint's held-out blocks (:class:`~roadseg.scenedata.SceneData`), the
-    scenes read onto ``imagery``; refused when they are not the ones it recorded."""
-    from roadseg.checkpoints import datamodule_arguments, recorded_split
+    """The checkpoint's held-out blocks (:class:`~roadseg.scenedata.SceneData`), made again
+    from its record, the scenes read onto ``imagery``; refused when they are not the ones
+    it recorded (a scene or its labels changed)."""
     from roadseg.scenedata import SceneData
 
-    hp = datamodule_arguments(ckpt)
-    seed = hp.get("seed", 0) if hp.get("split_seed") is None else hp["split_seed"]
-    data = SceneData(hp["scenes"], block=hp.get("block", 256.0), seed=seed,
-                     val_fraction=hp.get("val_fraction", 0.2), holdout=hp.get("holdout"),
-                     imagery=imagery, crop_size=hp.get("crop_size", 256))  # fmt: skip
-    was = {e["sha256"] for e in recorded_split(ckpt)["val"]}
+    record = scene_record(ckpt, path)
+    data = SceneData(record["scenes"], block=record["block"], seed=record["seed"],
+                     val_fraction=record["val_fraction"], holdout=record.get("holdout"),
+                     imagery=imagery, crop_size=record.get("crop_size", 256))  # fmt: skip
+    was = {e["sha256"] for e in record["val"]}
     now = {e["sha256"] for e in data.split_record()["val"]}
     if was != now:
         raise RoadsegError(
             f"the held-out blocks made from the scenes present are not the {len(was)} the "
-            f"checkpoint recorded ({len(was & now)} shared): a scene or its labels changed; "
-            "put the files back as it trained on them",
+            f"checkpoint recorded ({len(was & now)} shared): a scene, its labels or its AOI "
+            "changed; put the files back as it trained on them",
             path,
         )
-    if not data.val:
-        raise RoadsegError("trained without held-out blocks (data.val_fraction 0)", path)
     return data
 
 

@@ -85,8 +85,20 @@ class Widths:
         if self.column:
             given = pd.to_numeric(frame[self.column], errors="coerce").to_numpy(float)
             widths = np.where(np.isfinite(given) & (given > 0), given, widths)
-        if self.attribute:
-            mapped = frame[self.attribute].astype(str).map(self.table).to_numpy(float)
+        if self.attribute and len(frame):
+            values = frame[self.attribute]
+            if pd.api.types.is_numeric_dtype(values):  # 2.0 (a column with NULLs) is "2"
+                table = {float(k): v for k, v in self.table.items() if _number(k) is not None}
+                mapped = values.astype(float).map(table).to_numpy(float)
+            else:
+                mapped = values.astype(str).map(self.table).to_numpy(float)
+            if not np.isfinite(mapped).any():
+                seen = ", ".join(map(str, values.dropna().unique()[:8])) or "none"
+                raise RoadsegError(
+                    f"no line's {self.attribute} is any of the width table's values "
+                    f"({', '.join(self.table)}); its values: {seen}",
+                    path,
+                )
             widths = np.where(np.isfinite(mapped), mapped, widths)
         return widths
 
@@ -98,6 +110,23 @@ class Widths:
             listed = ", ".join(f"{k} {v:g} m" for k, v in self.table.items())
             parts.insert(0, f"by {self.attribute}: {listed}")
         return "; else ".join(parts)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def footprint(window, transform):
+    """The ground of a window as a polygon in its raster's CRS: its four corners, so a
+    rotated or sheared grid is covered exactly (a bounding box from two corners is not)."""
+    from shapely import Polygon
+
+    c0, r0 = float(window.col_off), float(window.row_off)
+    c1, r1 = c0 + float(window.width), r0 + float(window.height)
+    return Polygon([transform * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
 
 
 def read_vectors(path: str | Path, layer: str | None = None):
@@ -139,6 +168,7 @@ class VectorLabels:
 
     def __init__(self, path: str | Path, src, *, widths: Widths | None = None,
                  aoi: str | Path | None = None, layer: str | None = None):  # fmt: skip
+        from rasterio.windows import Window
         from shapely import STRtree, box
 
         self.path, self.widths = Path(path), widths or Widths()
@@ -166,7 +196,7 @@ class VectorLabels:
 
         scene_crs = src.crs
         self.roads = gpd.GeoSeries(roads, crs=metric).to_crs(scene_crs).to_numpy()
-        scene_box = box(*src.bounds)
+        scene_box = footprint(Window(0, 0, src.width, src.height), src.transform)
         if aoi is not None:
             area = read_vectors(aoi)
             area = area[area.geom_type.isin(["Polygon", "MultiPolygon"])]
@@ -199,10 +229,7 @@ class VectorLabels:
 
     def covered(self, window) -> float:
         """The share of ``window``'s ground inside the labels' coverage."""
-        from rasterio.windows import bounds as window_bounds
-        from shapely import box
-
-        area = box(*window_bounds(window, self.src.transform))
+        area = footprint(window, self.src.transform)
         return float(self.coverage.intersection(area).area / area.area) if area.area else 0.0
 
     def window(self, window, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -212,15 +239,13 @@ class VectorLabels:
         scene's pixels."""
         from affine import Affine
         from rasterio.features import rasterize
-        from rasterio.windows import bounds as window_bounds
-        from shapely import box
 
         h, w = int(window.height), int(window.width)
         transform = self.src.window_transform(window)
         if shape is not None and tuple(shape) != (h, w):
             transform = transform * Affine.scale(w / shape[1], h / shape[0])
             h, w = int(shape[0]), int(shape[1])
-        area = box(*window_bounds(window, self.src.transform))
+        area = footprint(window, self.src.transform)
         mask = np.full((h, w), IGNORE, np.uint8)
         cover = self.coverage.intersection(area)
         if cover.is_empty:
@@ -234,6 +259,88 @@ class VectorLabels:
                                    transform=transform, fill=0, dtype=np.uint8)  # fmt: skip
                 mask[(inside == 1) & (mask == BACKGROUND)] = ROAD
         return mask
+
+
+def open_raster(path):
+    """An open raster; a file that is not one is a one-line error naming it."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        raise RoadsegError(f"not a raster GDAL reads ({str(err).splitlines()[0]})", path) from None
+
+
+class RasterLabels:
+    """Road labels from a mask raster: on the scene's grid, or reprojected to it (nearest).
+    Grey masks (0-255, road white) follow the competition's rule; 0/1 masks are read as
+    they are; nodata and ground outside the raster are :data:`IGNORE`."""
+
+    def __init__(self, path: str | Path, src):
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        from roadseg.io import MASK_THRESHOLD
+
+        self.path, self.src = Path(path), src
+        self.file = open_raster(path)
+        if self.file.count != 1:
+            raise RoadsegError(f"a mask raster has one band; this one has {self.file.count}", path)
+        same = (self.file.crs in (src.crs, None) and self.file.transform == src.transform
+                and self.file.shape == src.shape)  # fmt: skip
+        if same:
+            self.grid, self.how = self.file, "on the scene's grid"
+        elif self.file.crs is None or src.crs is None:
+            raise RoadsegError(
+                f"a mask raster on another grid than its scene {src.name} needs a CRS (both "
+                "georeferenced), or the scene's exact size and transform",
+                path,
+            )
+        else:
+            self.grid = WarpedVRT(self.file, crs=src.crs, transform=src.transform,
+                                  width=src.width, height=src.height, add_alpha=True,
+                                  resampling=Resampling.nearest)  # fmt: skip
+            self.how = f"reprojected from {self.file.crs.to_string()} (nearest)"
+        sample, valid = self._read(None, (min(512, src.height), min(512, src.width)))
+        if not valid.any():
+            raise RoadsegError(f"the mask covers none of the scene {src.name}", path)
+        top = float(sample[valid].max())
+        if 1 < top < 128:
+            raise RoadsegError(
+                f"mask values up to {top:g}: neither a 0/1 mask nor a 0-255 grey one (road "
+                "white); classes? write roads as 1 (or 255) and the rest as 0",
+                path,
+            )
+        self.scale = 1.0 if top <= 1 else 255.0 if top <= 255 else float(top)
+        self.threshold = MASK_THRESHOLD if self.scale > 1 else 0.5
+        self.lines_read = f"labels: mask raster {path} ({self.how}; values 0-{self.scale:g})"
+
+    def _read(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.enums import Resampling
+
+        count = self.grid.count
+        data = self.grid.read(window=window, out_shape=(count, *shape),
+                              resampling=Resampling.nearest)  # fmt: skip
+        if self.grid is self.file:
+            valid = self.file.read_masks(1, window=window, out_shape=shape,
+                                         resampling=Resampling.nearest) > 0  # fmt: skip
+        else:
+            valid = data[-1] > 0
+        return data[0].astype(np.float32), valid
+
+    def describe(self) -> str:
+        return self.lines_read
+
+    def window(self, window, shape: tuple[int, int] | None = None) -> np.ndarray:
+        shape = shape or (int(window.height), int(window.width))
+        values, valid = self._read(window, shape)
+        mask = (values / self.scale > self.threshold).astype(np.uint8)
+        mask[~valid] = IGNORE
+        return mask
+
+    def covered(self, window, shape=(16, 16)) -> float:
+        return float((self.window(window, shape) != IGNORE).mean())
 
 
 def write_label_raster(labels: VectorLabels, out: str | Path, *, chunk: int = 2048) -> dict:

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from roadseg.errors import RoadsegError
-from roadseg.labels import IGNORE, ROAD, VectorLabels, Widths
+from roadseg.labels import IGNORE, ROAD, RasterLabels, VectorLabels, Widths, open_raster
 from roadseg.transforms import build_transform
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jp2", ".img"}
@@ -59,98 +59,57 @@ class SceneSpec:
 
 def scene_specs(scenes) -> list[SceneSpec]:
     """``data.scenes``: a list of ``{image, labels, width, ...}`` entries, or the path of a
-    YAML file holding that list (paths in it relative to the file)."""
-    base = Path(".")
+    YAML file holding that list (paths in it relative to the file); paths made absolute,
+    so a checkpoint's record finds them from any working directory."""
+    base, where = Path("."), "data.scenes"
     if isinstance(scenes, str | Path):
         import yaml
 
         path = Path(scenes)
         if not path.is_file():
             raise RoadsegError("no such scene list (data.scenes: a YAML list of entries)", path)
-        scenes, base = yaml.safe_load(path.read_text()), path.parent
-    if not isinstance(scenes, list) or not scenes:
-        raise RoadsegError("data.scenes must list {image: ..., labels: ...} entries")
-    specs = []
-    fields = set(SceneSpec.__dataclass_fields__)
-    for entry in scenes:
-        if not isinstance(entry, dict) or not {"image", "labels"} <= set(entry):
-            raise RoadsegError(f"data.scenes: an entry needs image and labels, got {entry!r}")
-        unknown = set(entry) - fields
-        if unknown:
-            raise RoadsegError(f"data.scenes: unknown keys {sorted(unknown)} (known: "
-                               f"{', '.join(sorted(fields))})")  # fmt: skip
-        paths = {k: str(base / entry[k]) for k in ("image", "labels", "aoi") if entry.get(k)}
-        spec = SceneSpec(**{**entry, **paths})
-        for key in ("image", "labels", "aoi"):
-            value = getattr(spec, key)
-            if value is not None and not Path(value).exists():
-                raise RoadsegError(f"data.scenes: no such {key} file", value)
-        specs.append(spec)
-    return specs
-
-
-class RasterLabels:
-    """Road labels from a mask raster: on the scene's grid, or reprojected to it (nearest).
-    Grey masks (0-255, road white) follow the competition's rule; 0/1 masks are read as
-    they are; nodata and ground outside the raster are :data:`IGNORE`."""
-
-    def __init__(self, path: str | Path, src):
-        import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
-
-        from roadseg.io import MASK_THRESHOLD
-
-        self.path, self.src = Path(path), src
-        self.file = rasterio.open(path)
-        same = (self.file.crs == src.crs and self.file.transform == src.transform
-                and self.file.shape == src.shape)  # fmt: skip
-        if same:
-            self.grid, self.how = self.file, "on the scene's grid"
-        elif self.file.crs is None or src.crs is None:
+        try:
+            scenes, base, where = yaml.safe_load(path.read_text()), path.parent, str(path)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise RoadsegError(
-                f"a mask raster on another grid than its scene {src.name} needs a CRS (both "
-                "georeferenced), or the scene's exact size and transform",
-                path,
-            )
-        else:
-            self.grid = WarpedVRT(self.file, crs=src.crs, transform=src.transform,
-                                  width=src.width, height=src.height, add_alpha=True,
-                                  resampling=Resampling.nearest)  # fmt: skip
-            self.how = f"reprojected from {self.file.crs.to_string()} (nearest)"
-        sample, valid = self._read(None, (min(512, src.height), min(512, src.width)))
-        if not valid.any():
-            raise RoadsegError(f"the mask covers none of the scene {src.name}", path)
-        top = float(sample[valid].max())
-        self.scale = 1.0 if top <= 1 else 255.0 if top <= 255 else float(top)
-        self.threshold = MASK_THRESHOLD if self.scale > 1 else 0.5
-        self.lines_read = f"labels: mask raster {path} ({self.how}; values 0-{self.scale:g})"
+                f"not a YAML list of scenes ({str(err).splitlines()[0]})", path
+            ) from None
+    if not isinstance(scenes, list) or not scenes:
+        raise RoadsegError(f"{where} must list {{image: ..., labels: ...}} entries")
+    return [_entry(entry, base, where) for entry in scenes]
 
-    def _read(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
-        from rasterio.enums import Resampling
 
-        count = self.grid.count
-        data = self.grid.read(window=window, out_shape=(count, *shape),
-                              resampling=Resampling.nearest)  # fmt: skip
-        if self.grid is self.file:
-            valid = self.file.read_masks(1, window=window, out_shape=shape,
-                                         resampling=Resampling.nearest) > 0  # fmt: skip
-        else:
-            valid = data[-1] > 0
-        return data[0].astype(np.float32), valid
-
-    def describe(self) -> str:
-        return self.lines_read
-
-    def window(self, window, shape: tuple[int, int] | None = None) -> np.ndarray:
-        shape = shape or (int(window.height), int(window.width))
-        values, valid = self._read(window, shape)
-        mask = (values / self.scale > self.threshold).astype(np.uint8)
-        mask[~valid] = IGNORE
-        return mask
-
-    def covered(self, window, shape=(16, 16)) -> float:
-        return float((self.window(window, shape) != IGNORE).mean())
+def _entry(entry, base: Path, where: str) -> SceneSpec:
+    """One entry of a scene list, checked, its paths absolute."""
+    fields = set(SceneSpec.__dataclass_fields__)
+    if not isinstance(entry, dict) or not {"image", "labels"} <= set(entry):
+        raise RoadsegError(f"{where}: an entry needs image and labels, got {entry!r}")
+    unknown = set(entry) - fields
+    if unknown:
+        raise RoadsegError(f"{where}: unknown keys {sorted(unknown)} (known: "
+                           f"{', '.join(sorted(fields))})")  # fmt: skip
+    for key in ("image", "labels", "aoi", "width_column", "width_by", "layer"):
+        value = entry.get(key)
+        if (
+            value is not None
+            and not isinstance(value, str)
+            or key in ("image", "labels")
+            and not value
+        ):
+            raise RoadsegError(f"{where}: {key} must be a path or a name, got {value!r}")
+    width = entry.get("width")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int | float)
+                              or not 0 < width < float("inf")):  # fmt: skip
+        raise RoadsegError(f"{where}: width must be positive metres (a number), got {width!r}")
+    paths = {
+        k: str((base / entry[k]).resolve()) for k in ("image", "labels", "aoi") if entry.get(k)
+    }
+    spec = SceneSpec(**{**entry, **paths})
+    for key in ("image", "labels", "aoi"):
+        value = getattr(spec, key)
+        if value is not None and not Path(value).is_file():
+            raise RoadsegError(f"{where}: no such {key} file", value)
+    return spec
 
 
 class LabelledScene:
@@ -161,12 +120,11 @@ class LabelledScene:
         self._open()
 
     def _open(self) -> None:
-        import rasterio
 
         from roadseg.reading import scene_reader
 
         spec = self.spec
-        self.src = rasterio.open(spec.image)
+        self.src = open_raster(spec.image)
         self.reader = scene_reader(self.src, self.imagery, self.read_options)
         if spec.vector:
             widths = Widths.parse(spec.width, spec.width_column, spec.width_by)
@@ -181,6 +139,20 @@ class LabelledScene:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._open()
+
+    def valid(self, window: Window, shape: tuple[int, int]) -> np.ndarray:
+        """Which cells of a coarse ``shape`` grid over ``window`` hold image pixels (not
+        nodata, alpha 0 or NaN)."""
+        from rasterio.enums import Resampling
+
+        bands = list(self.reader.bands)
+        ok = self.src.dataset_mask(window=window, out_shape=shape,
+                                   resampling=Resampling.nearest) > 0  # fmt: skip
+        if self.src.dtypes[bands[0] - 1].startswith("float"):
+            values = self.src.read(bands, window=window, out_shape=(len(bands), *shape),
+                                   resampling=Resampling.nearest)  # fmt: skip
+            ok &= np.isfinite(values).all(axis=0)
+        return ok
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Image float32 ``(3, H, W)`` at the model's resolution and its target ``(H, W)``
@@ -208,22 +180,29 @@ class Block:
 
 
 def scene_blocks(scene: LabelledScene, index: int, metres: float) -> list[Block]:
-    """The blocks of ``metres`` on the scene's grid with labelled ground."""
+    """The blocks of ``metres`` on the scene's grid with labelled ground: covered by the
+    labels and holding image pixels (not nodata), measured on a 16 x 16 grid per block."""
     from roadseg.reading import pixel_metres
 
     src = scene.src
     sides, how = pixel_metres(src)
     if sides is None:
-        raise RoadsegError(f"blocks in metres need the scene's ground resolution ({how})",
-                           src.name)  # fmt: skip
-    bw, bh = max(16, round(metres / sides[0])), max(16, round(metres / sides[1]))
+        raise RoadsegError(
+            f"a scene must be georeferenced to be cut into blocks of ground ({how}); give it "
+            "its CRS and transform (gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...)",
+            src.name,
+        )
+    bw, bh = round(metres / sides[0]), round(metres / sides[1])
+    if min(bw, bh) < 16:
+        raise RoadsegError(f"data.block {metres:g} m is {min(bw, bh)} px of the scene: give "
+                           "at least 16 px of ground", src.name)  # fmt: skip
     blocks = []
     for row, height in _spans(src.height, bh):
         for col, width in _spans(src.width, bw):
             win = Window(col, row, width, height)
-            labelled = scene.labels.covered(win)
-            if labelled >= MIN_LABELLED:
-                blocks.append(Block(index, win, labelled))
+            labelled = (scene.labels.window(win, (16, 16)) != IGNORE) & scene.valid(win, (16, 16))
+            if labelled.mean() >= MIN_LABELLED:
+                blocks.append(Block(index, win, float(labelled.mean())))
     return blocks
 
 
@@ -236,38 +215,64 @@ def _spans(size: int, side: int) -> list[tuple[int, int]]:
     return [(s, (starts[k + 1] if k + 1 < len(starts) else size) - s) for k, s in enumerate(starts)]
 
 
+def ground_of(block: Block, scenes: list[LabelledScene], crs):
+    """A block's ground as a polygon in ``crs``."""
+    from rasterio.warp import transform_geom
+    from shapely.geometry import mapping, shape
+
+    from roadseg.labels import footprint
+
+    src = scenes[block.scene].src
+    polygon = footprint(block.window, src.transform)
+    if src.crs == crs:
+        return polygon
+    return shape(transform_geom(src.crs, crs, mapping(polygon.segmentize(polygon.length / 64))))
+
+
 def split_blocks(blocks: list[Block], scenes: list[LabelledScene], *, val_fraction: float,
-                 seed: int, holdout: str | None = None) -> tuple[list[Block], list[Block]]:  # fmt: skip
-    """(training blocks, held-out blocks): a seeded share, or by a polygon file."""
+                 seed: int, holdout: str | None = None) -> tuple[list[Block], list[Block], str]:  # fmt: skip
+    """(training blocks, held-out blocks, what was done): a seeded share, or those a polygon
+    file holds; a training block sharing ground with a held-out one (scenes that overlap,
+    or blocks the holdout polygons touch) is left out of both."""
+    from shapely import STRtree
+
+    crs = scenes[0].src.crs
+    grounds = [ground_of(b, scenes, crs) for b in blocks]
     if holdout is None:
         rng = np.random.default_rng([seed, 7])
         n_val = round(len(blocks) * val_fraction)
         if val_fraction > 0 and len(blocks) > 1:
             n_val = min(max(1, n_val), len(blocks) - 1)
         held = set(rng.permutation(len(blocks))[:n_val].tolist())
-        return ([b for i, b in enumerate(blocks) if i not in held],
-                [b for i, b in enumerate(blocks) if i in held])  # fmt: skip
-    from rasterio.windows import bounds
-    from shapely import box
+        how = f"a seeded {val_fraction:g} of them"
+    else:
+        from roadseg.labels import read_vectors
 
-    from roadseg.labels import read_vectors
-
-    polygons = read_vectors(holdout)
-    polygons = polygons[polygons.geom_type.isin(["Polygon", "MultiPolygon"])]
-    if polygons.empty:
-        raise RoadsegError("data.holdout holds no polygon", holdout)
-    train, val = [], []
-    for block in blocks:
-        src = scenes[block.scene].src
-        area = polygons.to_crs(src.crs).geometry.union_all()
-        ground = box(*bounds(block.window, src.transform))
-        if area.contains(ground.centroid):
-            val.append(block)
-        elif not area.intersects(ground):
+        polygons = read_vectors(holdout)
+        polygons = polygons[polygons.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if polygons.empty:
+            raise RoadsegError("data.holdout holds no polygon", holdout)
+        area = polygons.to_crs(crs).geometry.union_all()
+        held = {i for i, g in enumerate(grounds) if area.contains(g.centroid)}
+        if not held:
+            raise RoadsegError("data.holdout covers no labelled block of the scenes", holdout)
+        how = f"those whose centre {holdout} holds"
+        grounds = [*grounds, area]  # blocks it touches do not train either
+    tree = STRtree([grounds[i] for i in sorted(held)] + grounds[len(blocks) :])
+    train, dropped = [], 0
+    for i, block in enumerate(blocks):
+        if i in held:
+            continue
+        near = tree.query(grounds[i])
+        shared = sum(tree.geometries[j].intersection(grounds[i]).area for j in near)
+        if shared > 1e-6 * grounds[i].area:
+            dropped += 1
+        else:
             train.append(block)
-    if not val:
-        raise RoadsegError("data.holdout covers no labelled block of the scenes", holdout)
-    return train, val
+    if dropped:
+        how += (f"; {dropped} other blocks share ground with held-out ground (overlapping "
+                "scenes, or the holdout's edge) and are used for neither")  # fmt: skip
+    return train, [b for i, b in enumerate(blocks) if i in held], how
 
 
 class SceneWindows(Dataset):
@@ -352,21 +357,26 @@ class SceneData:
                  crop_size: int = 256):  # fmt: skip
         import dataclasses
 
-        import rasterio
-
         from roadseg.imagery import COMPETITION
         from roadseg.reading import pixel_metres
 
+        for name, value, ok in (("block", block, lambda v: 0 < v < float("inf")),
+                                ("val_fraction", val_fraction, lambda v: 0 <= v < 1)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise RoadsegError(f"data.{name}: {value!r} is out of range "
+                                   f"({'positive metres' if name == 'block' else '0 to < 1'})")  # fmt: skip
         self.specs = scene_specs(scenes)
-        if not block > 0:
-            raise RoadsegError(f"data.block must be positive metres, got {block}")
+        self.parameters = {"block": float(block), "val_fraction": float(val_fraction),
+                           "seed": int(seed), "crop_size": int(crop_size),
+                           "holdout": str(Path(holdout).resolve()) if holdout else None,
+                           "list": str(Path(scenes).resolve()) if isinstance(scenes, str | Path) else None}  # fmt: skip
         if imagery is None:
             if resolution is None:
-                with rasterio.open(self.specs[0].image) as src:
+                with open_raster(self.specs[0].image) as src:
                     sides, how = pixel_metres(src)
                 if sides is None:
-                    raise RoadsegError(f"scene resolution unknown ({how}): give data.resolution",
-                                       self.specs[0].image)  # fmt: skip
+                    raise RoadsegError(f"a scene must be georeferenced ({how}); give it its "
+                                       "CRS and transform", self.specs[0].image)  # fmt: skip
                 resolution = float(np.sqrt(sides[0] * sides[1]))
             imagery = dataclasses.replace(COMPETITION, resolution=resolution,
                                           origin="the competition's radiometry")  # fmt: skip
@@ -378,12 +388,13 @@ class SceneData:
             if not found:
                 raise RoadsegError(
                     f"no {block:g} m block of the scene has labelled ground (at least "
-                    f"{MIN_LABELLED:.0%}): check its labels' coverage",
+                    f"{MIN_LABELLED:.0%} covered by its labels and holding image pixels): "
+                    "check its labels' coverage and its nodata",
                     scene.spec.image,
                 )
             blocks += found
-        self.train, self.val = split_blocks(blocks, self.scenes, val_fraction=val_fraction,
-                                            seed=seed, holdout=holdout)  # fmt: skip
+        self.train, self.val, how = split_blocks(blocks, self.scenes, val_fraction=val_fraction,
+                                                 seed=seed, holdout=holdout)  # fmt: skip
         if not self.train:
             raise RoadsegError("every labelled block is held out: nothing left to train on")
         small = min(min(b.window.width * s[1], b.window.height * s[0]) for b in self.train
@@ -392,8 +403,7 @@ class SceneData:
             *(f"data: {s.spec.image}: {s.labels.describe()}" for s in self.scenes),
             *(f"data: {s.spec.image}: {ln}" for s in self.scenes for ln in s.reader.lines()),
             f"data: {len(self.scenes)} scenes, {len(blocks)} blocks of {block:g} m with "
-            f"labelled ground: {len(self.train)} train, {len(self.val)} held out "
-            f"({'by ' + str(holdout) if holdout else f'seeded {val_fraction:g} of them'}); "
+            f"labelled ground: {len(self.train)} train, {len(self.val)} held out ({how}); "
             "training windows never leave their block",
         ]
         if small < crop_size:
@@ -402,16 +412,27 @@ class SceneData:
                               "padding ignored")  # fmt: skip
 
     def split_record(self) -> dict:
-        """What checkpoints record: each scene's file and content hash, and the blocks."""
+        """What checkpoints record: each scene (its entry, absolute paths) and the blocks,
+        each block named by the content of its scene and of its labels (lines, AOI, widths):
+        a changed label file is a changed split."""
+        import dataclasses
+        import hashlib
+
         from roadseg.checkpoints import SPLIT_FORMAT
         from roadseg.index import content_hash
 
-        hashes = [content_hash(s.image) for s in self.specs]
+        def identity(spec: SceneSpec) -> str:
+            labels = [content_hash(spec.labels), content_hash(spec.aoi) if spec.aoi else "",
+                      repr((spec.width, spec.width_column, spec.width_by, spec.layer))]  # fmt: skip
+            digest = hashlib.sha256("|".join(labels).encode()).hexdigest()[:16]
+            return f"{content_hash(spec.image)}:{digest}"
+
+        names = [identity(s) for s in self.specs]
 
         def entries(blocks):
             return [{"file": Path(self.specs[b.scene].image).name,
-                     "sha256": f"{hashes[b.scene]}:{b.key.partition(':')[2]}"} for b in blocks]  # fmt: skip
+                     "sha256": f"{names[b.scene]}:{b.key.partition(':')[2]}"} for b in blocks]  # fmt: skip
 
         return {"format": SPLIT_FORMAT, "kind": "scenes", "root": None,
-                "scenes": [{"image": s.image, "labels": s.labels} for s in self.specs],
+                "scenes": [dataclasses.asdict(s) for s in self.specs], **self.parameters,
                 "val": entries(self.val), "train": entries(self.train), "pseudo": []}  # fmt: skip

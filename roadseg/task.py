@@ -261,6 +261,14 @@ class RoadSegTask(pl.LightningModule):
             return
         was = {entry["sha256"] for entry in recorded["val"]}
         now = {entry["sha256"] for entry in datamodule.split_record()["val"]}
+        if was != now and recorded.get("kind") == "scenes":
+            raise RoadsegError(
+                f"the held-out blocks made from the scenes present are not the {len(was)} the "
+                f"checkpoint recorded ({len(was & now)} shared): a scene, its labels, its AOI, "
+                "the widths or the blocks changed; put them back as the run started, or start "
+                "a new run",
+                datamodule.hparams.scenes if isinstance(datamodule.hparams.scenes, str) else None,
+            )
         if was != now:
             raise RoadsegError(
                 "the split made from the files present is not the one the checkpoint recorded "

@@ -5,6 +5,7 @@ weighs nothing; twins in other CRSs give the same ground; bad inputs are one lin
 any training."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ X0, Y0, RES = 465_000.0, 5_250_000.0, 0.5  # a 0.5 m UTM 32N scene near Zurich
 H, W = 384, 512  # 192 m x 256 m
 ROWS, COLS = (40, 150, 300), (70, 260, 450)  # road centres, pixels
 UTM = {"crs": "EPSG:32632", "transform": from_origin(X0, Y0, RES, RES)}
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 
 
 def region(tmp_path, *, lines_crs="EPSG:32632", aoi=None, scene=None, extra=""):
@@ -51,7 +53,7 @@ def region(tmp_path, *, lines_crs="EPSG:32632", aoi=None, scene=None, extra=""):
 
 
 def fit_args(scenes, run, *extra):
-    return ["fit", "--config", "configs/quick.yaml", "--data.scenes", str(scenes),
+    return ["fit", "--config", str(QUICK), "--data.scenes", str(scenes),
             "--data.block", "64", "--data.crop_size", "64", "--data.batch_size", "2",
             "--data.samples_per_epoch", "4", "--model.model_args.encoder_weights", "null",
             "--model.model_args.decoder_channels", "[16, 8, 8, 8, 8]",
@@ -220,3 +222,128 @@ def test_bad_inputs_are_one_line_before_training(tmp_path, capsys, case, says):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("roadseg: error: ") and says in lines[0], err
     assert "Traceback" not in err and not (run / "checkpoints").exists()
+
+
+def test_a_scene_listed_twice_never_trains_on_held_out_ground(tmp_path):
+    """Overlapping scenes (two dates, two resolutions) are split by ground: a block of one
+    that shares ground with a held-out block of the other trains in neither."""
+    scenes = region(tmp_path)
+    (tmp_path / "twice.yaml").write_text(scenes.read_text() * 2)
+    data = SceneData(tmp_path / "twice.yaml", block=64, val_fraction=0.25, seed=0)
+    from roadseg.scenedata import ground_of
+
+    crs = data.scenes[0].src.crs
+    held = [ground_of(b, data.scenes, crs) for b in data.val]
+    for block in data.train:
+        ground = ground_of(block, data.scenes, crs)
+        assert all(ground.intersection(h).area < 1e-6 for h in held)
+    assert len(data.train) + len(data.val) < 24 and "used for neither" in " ".join(data.lines)
+
+
+def test_a_rotated_scene_is_labelled_over_all_its_ground(tmp_path):
+    """A grid rotated 30 degrees: every pixel inside the AOI is labelled (a bounding box
+    from two corners left most of it out)."""
+    from affine import Affine
+
+    rotated = Affine.translation(X0, Y0) * Affine.rotation(-30) * Affine.scale(RES, -RES)
+    path = write_raster(tmp_path / "scene.tif", smooth_map(H, W, seed=1), crs="EPSG:32632",
+                        transform=rotated)  # fmt: skip
+    aoi = box(X0 - 500, Y0 - 500, X0 + 500, Y0 + 500)
+    data = SceneData(region(tmp_path, aoi=aoi, scene=path), block=64, val_fraction=0.0, seed=0)
+    targets = [data.scenes[0].read(b.window)[1] for b in data.train]
+    assert len(data.train) == 12 and all((t != IGNORE).all() for t in targets)
+
+
+def test_blocks_without_image_pixels_are_not_blocks(tmp_path):
+    """A float scene that is NaN but for its eastern quarter: only blocks with pixels."""
+    image = smooth_map(H, W, seed=1).astype(np.float32)
+    image[:, :, : W - 128] = np.nan
+    path = write_raster(tmp_path / "scene.tif", image, **UTM)
+    data = SceneData(region(tmp_path, scene=path), block=64, val_fraction=0.0, seed=0)
+    assert len(data.train) == 3  # the last column of 128 px blocks
+    assert all(int(b.window.col_off) == W - 128 for b in data.train)
+
+
+def test_changed_labels_are_a_changed_split_and_paths_are_recorded_whole(tmp_path, capsys,
+                                                                        monkeypatch):  # fmt: skip
+    import geopandas as gpd
+
+    scenes = region(tmp_path)
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # the scene list given relative to here
+    assert main(fit_args("scenes.yaml", run)) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the record finds its scenes from anywhere
+    out = tmp_path / "s.json"
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 0
+    # an output over an input is refused, the input kept
+    lines = (tmp_path / "roads.gpkg").read_bytes()
+    for target in ("scenes.yaml", "roads.gpkg"):
+        capsys.readouterr()
+        assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / target)]) == 2
+    assert (tmp_path / "roads.gpkg").read_bytes() == lines
+    # one line fewer, the same bounding box: resuming and evaluating are refused
+    frame = gpd.read_file(tmp_path / "roads.gpkg")
+    frame.iloc[[0, 2, 3, 4, 5]].to_file(tmp_path / "roads.gpkg")
+    capsys.readouterr()
+    assert main(fit_args(scenes, run, "--trainer.max_epochs", "2", "--ckpt_path", "last")) != 0
+    assert "its labels" in capsys.readouterr().err
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "--quiet"]) == 2
+    assert "its labels" in capsys.readouterr().err
+    # a scene-trained model does not submit to a competition unless told what to predict
+    assert main(["submit", "--ckpt", str(ckpt), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "trained on scenes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "entry, says",
+    [
+        ("- image: scene.tif\n  labels: roads.gpkg\n  width: 6m\n", "width must be positive"),
+        ("- image: 5\n  labels: roads.gpkg\n", "image must be a path"),
+        ("- image: scene.tif\n  labels: roads.gpkg\n  oops: [\n", "not a YAML list"),
+        ("- image: scenes.yaml\n  labels: roads.gpkg\n", "not a raster GDAL reads"),
+        ("- image: scene.tif\n  labels: classes.tif\n", "neither a 0/1 mask nor a 0-255"),
+        (
+            "- image: scene.tif\n  labels: roads.gpkg\n  width_by: lanes=1:4,2:7\n",
+            "no line's lanes is any of",
+        ),
+    ],
+)
+def test_bad_scene_lists_are_one_line(tmp_path, capsys, entry, says):
+    region(tmp_path)
+    write_raster(tmp_path / "classes.tif", np.tile(np.arange(3, dtype=np.uint8), (H, W // 3)),
+                 **UTM)  # fmt: skip
+    import geopandas as gpd
+
+    frame = gpd.read_file(tmp_path / "roads.gpkg")
+    frame["lanes"] = [3.0, 4.0, np.nan, 3.0, 4.0, 3.0]  # numbers with NULLs: read as floats
+    frame.to_file(tmp_path / "roads.gpkg")
+    (tmp_path / "bad.yaml").write_text(entry)
+    capsys.readouterr()
+    assert main(fit_args(tmp_path / "bad.yaml", tmp_path / "run")) != 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], err
+
+
+@pytest.mark.parametrize("option, value", [("val_fraction", "-0.2"), ("val_fraction", "1.5"),
+                                           ("val_fraction", "nan"), ("block", "inf")])  # fmt: skip
+def test_out_of_range_split_options_are_one_line(tmp_path, capsys, option, value):
+    scenes = region(tmp_path)
+    capsys.readouterr()
+    assert main(fit_args(scenes, tmp_path / "run", f"--data.{option}", value)) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("roadseg: error: ") and f"data.{option}" in err and "\n" not in err
+
+
+def test_width_by_matches_numbers_in_a_column_with_nulls(tmp_path):
+    """lanes 2.0 (a numeric column with NULLs) is the table's "2"."""
+    import geopandas as gpd
+
+    from roadseg.labels import Widths
+
+    frame = gpd.GeoDataFrame({"lanes": [1.0, 2.0, np.nan]}, geometry=[None] * 3)
+    widths = Widths.parse(5.0, by="lanes=1:4,2:7").of(frame, "roads.gpkg")
+    assert widths.tolist() == [4.0, 7.0, 5.0]

@@ -14,7 +14,14 @@ from roadseg.errors import RoadsegError
 def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> None:
     from roadseg.checkpoints import check_checkpoint_path, checkpoint_of
     from roadseg.cli.prediction import submission_name
-    from roadseg.groundeval import block_counts, held_out, intervals, scores
+    from roadseg.groundeval import (
+        block_counts,
+        held_out,
+        intervals,
+        scene_inputs,
+        scene_record,
+        scores,
+    )
     from roadseg.io import atomic_path
     from roadseg.paths import check_io
 
@@ -31,7 +38,9 @@ def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> Non
         baseline = checkpoint_of(str(args.baseline))
         check_checkpoint_path(baseline)
         runs.append(("baseline", dataclasses.replace(options, ckpt=(baseline,))))
-    check_io(outputs=[out], protected=[*options.inputs, *(o.ckpt[0] for _, o in runs)])
+    record = scene_record(ckpts[0], options.ckpt[0])  # refused before any model is loaded
+    check_io(outputs=[out], protected=[*options.inputs, *(o.ckpt[0] for _, o in runs),
+                                       *scene_inputs(record)])  # fmt: skip
     per_block, rows = [], []
     data = None
     for name, opts in runs:

@@ -68,6 +68,14 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     if args.data is not None:
         check_io(input_folders=[args.data])
     ckpts = options.read_checkpoints()  # torch is imported from here on
+    from roadseg.groundeval import is_scene_checkpoint
+
+    if args.data is None and is_scene_checkpoint(ckpts[0]):
+        raise RoadsegError(
+            "trained on scenes (data.scenes), not on a competition's tiles: give --data "
+            "FOLDER (the tiles to predict), or predict scenes with roadseg predict",
+            options.ckpt[0],
+        )
     trained_on, data, test = _test_tiles(options, args.data, ckpts)
     run = run_name(options.ckpt[0])
     out = (

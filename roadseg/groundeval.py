@@ -69,12 +69,12 @@ def held_out(ckpt: dict, path, imagery):
     return data
 
 
-def block_counts(predictor, decision, data, margin: int = MARGIN) -> np.ndarray:
-    """``(blocks, 7)`` counts (:data:`COUNTS`) of each held-out block of ``data``."""
+def block_maps(predictor, data, margin: int = MARGIN):
+    """Each held-out block's (probabilities, target) on the model's grid: the block read
+    with ``margin`` px of its scene around it, predicted, and cut back to the block."""
     from rasterio.windows import Window
     from tqdm.auto import tqdm
 
-    rows = []
     for block in tqdm(data.val, desc="held-out blocks", unit="block",
                       disable=not predictor.progress):  # fmt: skip
         scene = data.scenes[block.scene]
@@ -87,33 +87,56 @@ def block_counts(predictor, decision, data, margin: int = MARGIN) -> np.ndarray:
         image, target = scene.read(Window(x0, y0, x1 - x0, y1 - y0))
         prob = predictor.predict_image(image)
         h, wd = target.shape  # the block inside, on the model's grid
-        top, left = (
-            round((w.row_off - y0) * h / (y1 - y0)),
-            round((w.col_off - x0) * wd / (x1 - x0)),
-        )
-        bottom = round((w.row_off + w.height - y0) * h / (y1 - y0))
-        right = round((w.col_off + w.width - x0) * wd / (x1 - x0))
-        inner = (slice(top, bottom), slice(left, right))
-        rows.append(counts(decision.mask(prob[inner]), target[inner], decision.patch))
+        rows = slice(round((w.row_off - y0) * h / (y1 - y0)),
+                     round((w.row_off + w.height - y0) * h / (y1 - y0)))  # fmt: skip
+        cols = slice(round((w.col_off - x0) * wd / (x1 - x0)),
+                     round((w.col_off + w.width - x0) * wd / (x1 - x0)))  # fmt: skip
+        yield prob[rows, cols], target[rows, cols]
+
+
+def block_counts(predictor, decision, data, margin: int = MARGIN) -> np.ndarray:
+    """``(blocks, 7)`` counts (:data:`COUNTS`) of each held-out block of ``data``."""
+    rows = [counts(decision.mask(prob), target, decision.patch)
+            for prob, target in block_maps(predictor, data, margin)]  # fmt: skip
     return np.array(rows, dtype=np.float64)
+
+
+def grid_counts(maps: list, pixels, patches) -> np.ndarray:
+    """Summed :data:`COUNTS` ``(len(pixels), len(patches), 7)`` of stored block maps at
+    every pair of thresholds (no clean-up); what :func:`counts` gives pair by pair."""
+    out = np.zeros((len(pixels), len(patches), len(COUNTS)))
+    for prob, target in maps:
+        keep = target != IGNORE
+        truth = (target == ROAD) & keep
+        whole = _patches(keep) == 1
+        true_p = (_patches(truth) > 0.25)[whole]
+        for i, p in enumerate(pixels):
+            pred = (prob > p) & keep
+            out[i, :, :3] += [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
+            means = _patches(pred)[whole]
+            for j, q in enumerate(patches):
+                pred_p = means > q
+                out[i, j, 3:] += [(pred_p & true_p).sum(), (pred_p & ~true_p).sum(),
+                                  (~pred_p & true_p).sum(), (~pred_p & ~true_p).sum()]  # fmt: skip
+    return out
+
+
+def _patches(a: np.ndarray) -> np.ndarray:
+    """Means of the whole 16 px patches of ``a`` from its top-left corner."""
+    h, w = (s // PATCH_SIZE * PATCH_SIZE for s in a.shape)
+    blocks = a[:h, :w].astype(np.float32)
+    return blocks.reshape(h // PATCH_SIZE, PATCH_SIZE, w // PATCH_SIZE, PATCH_SIZE).mean((1, 3))
 
 
 def counts(pred: np.ndarray, target: np.ndarray, patch_threshold: float) -> list[float]:
     """The :data:`COUNTS` of a predicted mask against a target with :data:`IGNORE`."""
     keep = target != IGNORE
     truth, pred = (target == ROAD) & keep, pred.astype(bool) & keep
-    h, w = (s // PATCH_SIZE * PATCH_SIZE for s in target.shape)
-
-    def patches(a):
-        return (
-            a[:h, :w].reshape(h // PATCH_SIZE, PATCH_SIZE, w // PATCH_SIZE, PATCH_SIZE).mean((1, 3))
-        )
-
-    whole = patches(keep.astype(np.float32)) == 1
-    true_p = (patches(truth.astype(np.float32)) > 0.25)[whole]
-    pred_p = (patches(pred.astype(np.float32)) > patch_threshold)[whole]
+    whole = _patches(keep) == 1
+    true_p = (_patches(truth) > 0.25)[whole]
+    pred_p = (_patches(pred) > patch_threshold)[whole]
     return [
-        (pred & truth).sum(), (pred & ~truth & keep).sum(), (~pred & truth).sum(),
+        (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(),
         (pred_p & true_p).sum(), (pred_p & ~true_p).sum(), (~pred_p & true_p).sum(),
         (~pred_p & ~true_p).sum(),
     ]  # fmt: skip

@@ -85,6 +85,36 @@ def test_fit_validates_on_held_out_blocks_resumes_and_evaluates_on_ground(tmp_pa
     assert scores["before"]["patch_f1"] == scores["after"]["patch_f1"]
     assert scores["difference"]["patch_f1"]["after_minus_before"] == 0
     assert "after-before" in capsys.readouterr().out
+    # thresholds tuned on the held-out blocks, stored beside the checkpoint, then used
+    assert main(["tune", "--ckpt", str(best), "--quiet", "--backend", "torch"]) == 0
+    printed = capsys.readouterr().out
+    assert "tuned for f1 on these blocks: optimistic" in printed
+    stored = json.loads((run / "checkpoints" / "best.ckpt.thresholds.json").read_text())
+    tuned = stored["by_metric"]["f1"]
+    assert tuned["val_patch_f1"] >= scores["after"]["patch_f1"] - 1e-9
+    assert main(["evaluate", "--ckpt", str(best), "--out", str(out), "--quiet",
+                 "--backend", "torch"]) == 0  # fmt: skip
+    again = json.loads(out.read_text())["model"]
+    assert again["decision"] == f"pixel {tuned['pixel']:g}, patch {tuned['patch']:g}"
+    assert abs(again["patch_f1"] - tuned["val_patch_f1"]) < 1e-4
+
+
+def test_the_threshold_grid_counts_as_the_counts_of_each_pair():
+    from roadseg.groundeval import counts, grid_counts
+
+    rng = np.random.default_rng(0)
+    maps = []
+    for h, w in ((64, 80), (50, 33)):
+        target = (rng.random((h, w)) < 0.3).astype(np.uint8)
+        target[:7, :] = IGNORE
+        maps.append((rng.random((h, w)).astype(np.float32), target))
+    pixels, patches = [0.3, 0.5], [0.1, 0.25, 0.4]
+    grid = grid_counts(maps, pixels, patches)
+    for i, p in enumerate(pixels):
+        for j, q in enumerate(patches):
+            assert (
+                grid[i, j].tolist() == np.sum([counts(pr > p, t, q) for pr, t in maps], 0).tolist()
+            )
 
 
 def test_windows_stay_in_training_blocks_and_unlabelled_ground_is_ignored(tmp_path):

@@ -48,6 +48,12 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         out = thresholds_path(options.ckpt[0], tta=bool(options.tta))
         check_io(outputs=[out], protected=options.inputs)
     ckpts = options.read_checkpoints()
+    from roadseg.groundeval import is_scene_checkpoint
+
+    if is_scene_checkpoint(ckpts[0]):
+        from roadseg.cli.ground import tune_ground
+
+        return tune_ground(args, options, ckpts, writes)
     validation = _validation(
         options, ckpts, "nothing to tune on; give submit the thresholds tune found for a "
         "validated run of the same config (--pixel-threshold P --patch-threshold Q)",
@@ -265,7 +271,9 @@ def _add_tune(sub) -> None:
         "thresholds, and write <ckpt>.thresholds.json (with whether TTA was on and the "
         "checkpoint's hash: used for that checkpoint only), which submit, predict and figures "
         "then use. An ensemble's (mean) are stored in its first member's file, keyed by its "
-        "members' content, and used when the same checkpoints predict together.",
+        "members' content, and used when the same checkpoints predict together. A checkpoint "
+        "trained on scenes (data.scenes) is tuned on its held-out blocks of ground (evaluate "
+        "then scores it on the blocks its thresholds were tuned on: optimistic).",
     )
     add_predictor_args(p, metric=False)
     p.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")

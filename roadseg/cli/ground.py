@@ -8,6 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from roadseg.errors import RoadsegError
 
 
@@ -80,3 +82,36 @@ def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> Non
     with atomic_path(out, suffix=".tmp.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def tune_ground(args: argparse.Namespace, options, ckpts: list[dict], writes: bool) -> None:
+    """``roadseg tune`` of a scene-trained checkpoint: the pixel and patch thresholds that
+    maximise patch F1 (or accuracy) on its held-out blocks, stored beside it."""
+    from roadseg.groundeval import block_maps, grid_counts, held_out, scene_record, scores
+    from roadseg.thresholds import PATCH_GRID, PIXEL_GRID, Thresholds, store_thresholds
+
+    if len(ckpts) > 1:
+        raise RoadsegError("a checkpoint trained on scenes is tuned alone", options.ckpt[0])
+    scene_record(ckpts[0], options.ckpt[0])
+    predictor, _ = options.predictor(ckpts)
+    data = held_out(ckpts[0], options.ckpt[0], predictor.imagery)
+    maps = list(block_maps(predictor, data))
+    grid = scores(grid_counts(maps, PIXEL_GRID, PATCH_GRID))
+    metric = args.metric or "f1"
+    key = "patch_f1" if metric == "f1" else "patch_accuracy"
+    i, j = np.unravel_index(np.argmax(grid[key]), grid[key].shape)
+    default = scores(grid_counts(maps, [0.5], [0.25]))
+    tuned = Thresholds(pixel=float(PIXEL_GRID[i]), patch=float(PATCH_GRID[j]),
+                       val_patch_f1=float(grid["patch_f1"][i, j]),
+                       val_patch_accuracy=float(grid["patch_accuracy"][i, j]),
+                       tta=bool(options.tta), metric=metric)  # fmt: skip
+    print(f"held-out ground: {len(maps)} blocks (TTA {'on' if options.tta else 'off'})")
+    for name, s in (("pixel 0.5, patch 0.25 (defaults)", {k: v[0, 0] for k, v in default.items()}),
+                    (f"pixel {tuned.pixel:g}, patch {tuned.patch:g} (tuned for {metric} on "
+                     "these blocks: optimistic)", {k: v[i, j] for k, v in grid.items()})):  # fmt: skip
+        print(f"  {name}: road patch F1 {s['patch_f1']:.4f}, patch accuracy "
+              f"{s['patch_accuracy']:.4f}, pixel road F1 {s['pixel_f1']:.4f}")  # fmt: skip
+    if writes:
+        out = store_thresholds(options.ckpt[0], tuned)
+        print(f"wrote {out} (what predict and evaluate use unless options are given; "
+              "evaluate then scores on the blocks they were tuned on: optimistic)")  # fmt: skip

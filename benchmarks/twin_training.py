@@ -64,7 +64,8 @@ def twin(demo: Path, out: Path) -> None:
 
 
 def curve(run_dir: Path) -> list[tuple[float, float]]:
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     return [(float(r["val_loss"]), float(r["val_patch_f1"])) for r in rows if r.get("val_loss")]
 
 
@@ -92,7 +93,9 @@ def main() -> None:
              str(scores), "--quiet"])  # fmt: skip
         result[name] = {"curve": curve(run_dir), **json.loads(scores.read_text())}
     print("epoch  val loss (utm / mercator)  val patch F1 (utm / mercator)")
-    for k, (a, b) in enumerate(zip(result["utm"]["curve"], result["mercator"]["curve"], strict=True)):
+    for k, (a, b) in enumerate(
+        zip(result["utm"]["curve"], result["mercator"]["curve"], strict=False)
+    ):
         print(f"{k:>5}  {a[0]:.4f} / {b[0]:.4f}          {a[1]:.4f} / {b[1]:.4f}")
     for name in ("utm", "mercator"):
         m = result[name]["model"]

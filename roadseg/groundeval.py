@@ -94,11 +94,18 @@ def block_maps(predictor, data, margin: int = MARGIN):
         yield prob[rows, cols], target[rows, cols]
 
 
-def block_counts(predictor, decision, data, margin: int = MARGIN) -> np.ndarray:
-    """``(blocks, 7)`` counts (:data:`COUNTS`) of each held-out block of ``data``."""
-    rows = [counts(decision.mask(prob), target, decision.patch)
-            for prob, target in block_maps(predictor, data, margin)]  # fmt: skip
-    return np.array(rows, dtype=np.float64)
+def block_counts(predictor, decision, data, margin: int = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Each held-out block's :data:`COUNTS` ``(blocks, 7)`` and APLS ``(blocks,)`` (the
+    centre lines of its predicted roads against those of its labels, on labelled ground;
+    :mod:`roadseg.apls`)."""
+    from roadseg.apls import mask_apls
+
+    rows, routes = [], []
+    for prob, target in block_maps(predictor, data, margin):
+        mask, keep = decision.mask(prob).astype(bool), target != IGNORE
+        rows.append(counts(mask, target, decision.patch))
+        routes.append(mask_apls((target == ROAD) & keep, mask & keep))
+    return np.array(rows, dtype=np.float64), np.array(routes, dtype=np.float64)
 
 
 def grid_counts(maps: list, pixels, patches) -> np.ndarray:
@@ -152,14 +159,17 @@ def scores(total: np.ndarray) -> dict[str, float]:
     }
 
 
-def intervals(per_block: list[np.ndarray], *, draws: int = 2000, seed: int = 0) -> list[dict]:
-    """For each model's ``(blocks, 7)`` counts: each score's middle 95% over a bootstrap of
-    blocks; the same draws for every model, so differences are paired (last entry: the
-    last model minus the first, when there are two or more)."""
+def intervals(per_block: list[np.ndarray], routes: list[np.ndarray] | None = None, *,
+              draws: int = 2000, seed: int = 0) -> list[dict]:  # fmt: skip
+    """For each model's ``(blocks, 7)`` counts (and per-block APLS): each score's middle 95%
+    over a bootstrap of blocks; the same draws for every model, so differences are paired
+    (last entry: the last model minus the first, when there are two or more)."""
     rng = np.random.default_rng(seed)
     n = per_block[0].shape[0]
     picks = rng.integers(0, n, size=(draws, n))
     drawn = [scores(c[picks].sum(axis=1)) for c in per_block]
+    for d, r in zip(drawn, routes or [], strict=False):
+        d["apls"] = r[picks].mean(axis=1)
     out = [{k: tuple(np.percentile(v, [2.5, 97.5]).tolist()) for k, v in d.items()} for d in drawn]
     if len(drawn) > 1:
         out.append({k: tuple(np.percentile(drawn[-1][k] - drawn[0][k], [2.5, 97.5]).tolist())

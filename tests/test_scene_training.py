@@ -84,6 +84,7 @@ def test_fit_validates_on_held_out_blocks_resumes_and_evaluates_on_ground(tmp_pa
     assert scores["heldout"]["blocks"] == 2 and scores["heldout"]["scored_patches"] > 0
     assert scores["before"]["patch_f1"] == scores["after"]["patch_f1"]
     assert scores["difference"]["patch_f1"]["after_minus_before"] == 0
+    assert 0 <= scores["after"]["apls"] <= 1 and scores["difference"]["apls"]["interval"] == [0, 0]
     assert "after-before" in capsys.readouterr().out
     # thresholds tuned on the held-out blocks, stored beside the checkpoint, then used
     assert main(["tune", "--ckpt", str(best), "--quiet", "--backend", "torch"]) == 0

@@ -43,7 +43,7 @@ def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> Non
     record = scene_record(ckpts[0], options.ckpt[0])  # refused before any model is loaded
     check_io(outputs=[out], protected=[*options.inputs, *(o.ckpt[0] for _, o in runs),
                                        *scene_inputs(record)])  # fmt: skip
-    per_block, rows = [], []
+    per_block, routes, rows = [], [], []
     data = None
     for name, opts in runs:
         print(f"{name}: {opts.ckpt[0]}")
@@ -53,31 +53,35 @@ def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> Non
             if name == "model":
                 for line in data.lines[-1:]:
                     print(line.removeprefix("data: "))
-        counts = block_counts(predictor, decision, data)
+        counts, apls = block_counts(predictor, decision, data)
         per_block.append(counts)
-        rows.append((name, opts.ckpt[0], decision.describe(), scores(counts.sum(axis=0))))
-    spread = intervals(per_block)
+        routes.append(apls)
+        values = {**scores(counts.sum(axis=0)), "apls": float(apls.mean())}
+        rows.append((name, opts.ckpt[0], decision.describe(), values))
+    spread = intervals(per_block, routes)
     result = {"heldout": {"blocks": len(per_block[0]), "scored_patches": int(per_block[0][:, 3:].sum()),
                           "checkpoint": str(options.ckpt[0]), "bootstrap": "2000 draws of blocks, middle 95%"}}  # fmt: skip
     keys = {"model": "after", "baseline": "before"} if len(runs) > 1 else {"model": "model"}
     print(f"held-out ground: {len(per_block[0])} blocks; middle 95% of a bootstrap over blocks")
-    print(f"  {'':<10} {'patch F1':<22} {'patch accuracy':<22} {'pixel F1':<22}")
+    columns = ("patch_f1", "patch_accuracy", "pixel_f1", "apls")
+    print(
+        f"  {'':<12} {'patch F1':<22} {'patch accuracy':<22} {'pixel F1':<22} APLS (mean of blocks)"
+    )
     for (name, path, how, values), band in zip(rows, spread, strict=False):
         result[keys[name]] = {**{k: round(float(v), 4) for k, v in values.items()},
                               "interval": {k: [round(a, 4), round(b, 4)] for k, (a, b) in band.items()},
                               "checkpoint": str(path), "decision": how}  # fmt: skip
-        print(f"  {keys[name]:<10} " + " ".join(
-            f"{float(values[k]):.4f} ({band[k][0]:.3f}-{band[k][1]:.3f}) " for k in
-            ("patch_f1", "patch_accuracy", "pixel_f1")))  # fmt: skip
+        print(f"  {keys[name]:<12} " + " ".join(
+            f"{float(values[k]):.4f} ({band[k][0]:.3f}-{band[k][1]:.3f}) " for k in columns))  # fmt: skip
     if len(runs) > 1:
         after, before = rows[0][3], rows[1][3]
         diff = spread[-1]  # the last model minus the first: baseline - model; flip it
         result["difference"] = {k: {"after_minus_before": round(float(after[k] - before[k]), 4),
                                     "interval": [round(-diff[k][1], 4), round(-diff[k][0], 4)]}
                                 for k in after}  # fmt: skip
-        print(f"  {'after-before':<10} " + " ".join(
+        print(f"  {'after-before':<12} " + " ".join(
             f"{float(after[k] - before[k]):+.4f} ({-diff[k][1]:+.3f}..{-diff[k][0]:+.3f})"
-            for k in ("patch_f1", "patch_accuracy", "pixel_f1")))  # fmt: skip
+            for k in columns))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".tmp.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -237,6 +237,7 @@ class VectorLabels:
         :data:`BACKGROUND`, or :data:`IGNORE` outside the labels' coverage; ``shape``: burnt
         on a finer or coarser grid over the same ground (the model's resolution), not the
         scene's pixels."""
+        import shapely
         from affine import Affine
         from rasterio.features import rasterize
 
@@ -247,12 +248,15 @@ class VectorLabels:
             h, w = int(shape[0]), int(shape[1])
         area = footprint(window, self.src.transform)
         mask = np.full((h, w), IGNORE, np.uint8)
-        cover = self.coverage.intersection(area)
-        if cover.is_empty:
+        # its areas only: coverage that meets the window along an edge intersects it in a
+        # line, which rasterize would burn as a row of labelled pixels (a neighbour's edge)
+        cover = [g for g in shapely.get_parts(self.coverage.intersection(area))
+                 if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]  # fmt: skip
+        if not cover:
             return mask
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # shapes outside the window: burnt nowhere
-            mask = rasterize([(cover, BACKGROUND)], out=mask, transform=transform)
+            mask = rasterize([(g, BACKGROUND) for g in cover], out=mask, transform=transform)
             hits = self.tree.query(area)
             if len(hits):
                 inside = rasterize([(g, 1) for g in self.roads[hits]], out_shape=(h, w),

@@ -378,3 +378,18 @@ def test_width_by_matches_numbers_in_a_column_with_nulls(tmp_path):
     frame = gpd.GeoDataFrame({"lanes": [1.0, 2.0, np.nan]}, geometry=[None] * 3)
     widths = Widths.parse(5.0, by="lanes=1:4,2:7").of(frame, "roads.gpkg")
     assert widths.tolist() == [4.0, 7.0, 5.0]
+
+
+def test_ground_beside_the_aoi_is_not_labelled_along_their_shared_edge(tmp_path):
+    """An AOI ending exactly on a block's edge meets that block in a line, not an area:
+    the block beyond it has no labelled ground (it was burnt a row of background)."""
+    from roadseg.labels import VectorLabels, Widths
+
+    aoi = box(X0, Y0 - H * RES, X0 + 64, Y0)  # exactly the first column of 128 px blocks
+    data = SceneData(region(tmp_path, aoi=aoi), block=64, val_fraction=0.0, seed=0)
+    assert {int(b.window.col_off) for b in data.train} == {0} and len(data.train) == 3
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        labels = VectorLabels(tmp_path / "roads.gpkg", src, widths=Widths(6.0),
+                              aoi=tmp_path / "aoi.gpkg")  # fmt: skip
+        assert (labels.window(Window(128, 0, 128, 128)) == IGNORE).all()
+        assert (labels.window(Window(128, 0, 128, 128), (16, 16)) == IGNORE).all()

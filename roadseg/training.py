@@ -34,6 +34,23 @@ from roadseg.runs import (
 from roadseg.task import RoadSegTask
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose ``last.ckpt`` is the latest epoch whatever the
+    monitored score did. Lightning 2.6 rewrites it only when a best checkpoint is saved:
+    a run killed after epochs without improvement resumed from its best epoch and trained
+    the others again (exactly, but for nothing)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):  # fmt: skip
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):  # fmt: skip
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class RoadSegCLI(LightningCLI):
     """LightningCLI with roadseg's run folder: checkpoints, metrics.csv and TensorBoard event
     files under one root.
@@ -48,7 +65,7 @@ class RoadSegCLI(LightningCLI):
         super().__init__(RoadSegTask, RoadDataModule, args=argv, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_patch_f1",

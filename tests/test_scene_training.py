@@ -393,3 +393,30 @@ def test_ground_beside_the_aoi_is_not_labelled_along_their_shared_edge(tmp_path)
                               aoi=tmp_path / "aoi.gpkg")  # fmt: skip
         assert (labels.window(Window(128, 0, 128, 128)) == IGNORE).all()
         assert (labels.window(Window(128, 0, 128, 128), (16, 16)) == IGNORE).all()
+
+
+def test_a_resumed_scene_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    """Windows are drawn by seed, random states are checkpointed: 1 epoch + 1 resumed is
+    2 straight, weight for weight (one learning-rate schedule of 2 epochs for all: a run
+    stopped after its first epoch, as if killed)."""
+    scenes = region(tmp_path)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    two = ["--model.schedule_epochs", "2"]
+
+    def fit(*args):  # a fresh process each, as runs are
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, "-m", "roadseg", *fit_args(*args)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    fit(scenes, straight, *two, "--trainer.max_epochs", "2")
+    fit(scenes, resumed, *two)
+    fit(scenes, resumed, *two, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)
+            for r in (straight, resumed))  # fmt: skip
+    # last.ckpt is the last epoch's, improved or not (Lightning 2.6 kept the best epoch's)
+    assert a["global_step"] == b["global_step"] == 4
+    a, b = a["state_dict"], b["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -104,7 +104,8 @@ def tune_ground(args: argparse.Namespace, options, ckpts: list[dict], writes: bo
     metric = args.metric or "f1"
     key = "patch_f1" if metric == "f1" else "patch_accuracy"
     i, j = np.unravel_index(np.argmax(grid[key]), grid[key].shape)
-    default = scores(grid_counts(maps, [0.5], [0.25]))
+    d0, d1 = int(np.argmin(abs(PIXEL_GRID - 0.5))), int(np.argmin(abs(PATCH_GRID - 0.25)))
+    default = {k: v[d0 : d0 + 1, d1 : d1 + 1] for k, v in grid.items()}  # the grid holds them
     tuned = Thresholds(pixel=float(PIXEL_GRID[i]), patch=float(PATCH_GRID[j]),
                        val_patch_f1=float(grid["patch_f1"][i, j]),
                        val_patch_accuracy=float(grid["patch_accuracy"][i, j]),

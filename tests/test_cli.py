@@ -108,10 +108,35 @@ def test_every_config_runs_through_the_cli(config, cil_root, tmp_path):
     args = [
         *_fit_args(config, cil_root, tmp_path / "run"),
         *extra,
+        *_fine_tuning_args(config, cil_root, tmp_path),
         "--trainer.fast_dev_run",
         "true",
     ]
     assert main(args) == 0
+
+
+def _fine_tuning_args(config: Path, cil_root: Path, tmp_path: Path) -> list[str]:
+    """A config that starts from another config's checkpoint (``model.init_from:
+    runs/<name>/checkpoints/best.ckpt``) gets one from a tiny run of ``configs/<name>.yaml``
+    (so the pair's networks are shown to match); one that trains on scenes gets a small
+    scene with road lines (a clean checkout has neither file)."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text())
+    extra = []
+    init = (settings.get("model") or {}).get("init_from")
+    if init:
+        teacher_config = config.parent / f"{Path(init).parts[-3]}.yaml"
+        teacher = tmp_path / "teacher"
+        fit = [*_fit_args(teacher_config, cil_root, teacher), "--trainer.max_epochs", "1"]
+        assert main(fit) == 0
+        extra += ["--model.init_from", str(teacher / "checkpoints" / "best.ckpt")]
+    if (settings.get("data") or {}).get("scenes"):
+        from tests.test_scene_training import region
+
+        (tmp_path / "region").mkdir()
+        extra += ["--data.scenes", str(region(tmp_path / "region")), "--data.block", "64"]
+    return extra
 
 
 def test_train_submit_and_resume(cil_root, tmp_path, capsys):

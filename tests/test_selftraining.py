@@ -249,8 +249,12 @@ def test_a_student_starts_from_its_teachers_weights(cil_root, tmp_path, capsys):
     assert "\n" not in err
     # a resumed student has its own weights: it needs the teacher's file no more
     ckpt.rename(tmp_path / "moved.ckpt")
+    first = torch.load(student / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)  # fmt: skip
     assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
     resumed = torch.load(student / "checkpoints" / "last.ckpt", map_location="cpu",
                          weights_only=False)  # fmt: skip
-    assert resumed["epoch"] == 2  # the second epoch ran, from the first one's weights (lr 0)
+    # the second epoch (index 1) ran, from the first one's weights (lr 0)
+    assert (first["epoch"], resumed["epoch"]) == (0, 1)
+    assert resumed["global_step"] == 2 * first["global_step"] > 0
     assert all(torch.equal(resumed["state_dict"][n], taught[n]) for n in names)

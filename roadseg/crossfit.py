@@ -89,26 +89,28 @@ class CrossFit:
     sizes: tuple[int, int]  # tiles in the first and the second half
     metric: str
     seed: int
+    unit: str = "tiles"  # what was split: tiles, or blocks of ground (scenes)
 
     def describe(self) -> str:
         """What was tuned where: the two halves and the thresholds each gave the other."""
         (p1, q1), (p2, q2) = self.pairs
         return (
-            f"tuned for {self.metric} on half the tiles, scored on the other half, both ways: "
-            f"{self.sizes[0]} + {self.sizes[1]} tiles by seed {self.seed}, pixel {p1:g} patch "
-            f"{q1:g} and pixel {p2:g} patch {q2:g}"
+            f"tuned for {self.metric} on half the {self.unit}, scored on the other half, both "
+            f"ways: {self.sizes[0]} + {self.sizes[1]} {self.unit} by seed {self.seed}, pixel "
+            f"{p1:g} patch {q1:g} and pixel {p2:g} patch {q2:g}"
         )
 
 
 def cross_fit(
-    counts: np.ndarray, metric: str = "f1", seed: int = SEED, first: np.ndarray | None = None
-) -> CrossFit:
-    """The tiles of ``counts`` (:func:`grid_counts`) in two halves (``first``, else
-    :func:`halves` by ``seed``): the thresholds tuned for ``metric`` on each half score the
-    other half, and the two halves' counts are summed."""
+    counts: np.ndarray, metric: str = "f1", seed: int = SEED, first: np.ndarray | None = None,
+    unit: str = "tiles",
+) -> CrossFit:  # fmt: skip
+    """The tiles of ``counts`` (:func:`grid_counts`; or blocks of ground, ``unit``) in two
+    halves (``first``, else :func:`halves` by ``seed``): the thresholds tuned for ``metric``
+    on each half score the other half, and the two halves' counts are summed."""
     tiles = counts.shape[2]
     if tiles < 2:
-        raise ValueError("cross-fitting needs 2 tiles or more")
+        raise ValueError(f"cross-fitting needs 2 {unit} or more")
     first = halves(tiles, seed) if first is None else np.asarray(first, dtype=bool)
     total, pairs = np.zeros(4), []
     for tuned_on in (first, ~first):
@@ -116,4 +118,4 @@ def cross_fit(
         total += counts[a, b, ~tuned_on].sum(axis=0)
         pairs.append((float(PIXEL_GRID[a]), float(PATCH_GRID[b])))
     sizes = (int(first.sum()), int((~first).sum()))
-    return CrossFit(scores_from_counts(*total), (pairs[0], pairs[1]), sizes, metric, seed)
+    return CrossFit(scores_from_counts(*total), (pairs[0], pairs[1]), sizes, metric, seed, unit)

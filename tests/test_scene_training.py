@@ -90,6 +90,10 @@ def test_fit_validates_on_held_out_blocks_resumes_and_evaluates_on_ground(tmp_pa
     assert main(["tune", "--ckpt", str(best), "--quiet", "--backend", "torch"]) == 0
     printed = capsys.readouterr().out
     assert "tuned for f1 on these blocks: optimistic" in printed
+    # and the honest figure: each held-out block scored at the thresholds the other gave
+    honest = next(line for line in printed.splitlines() if "honest" in line)
+    assert "on half the blocks, scored on the other half, both ways: 1 + 1 blocks" in honest
+    assert 0 <= float(honest.split("road patch F1 ")[1].split(",")[0]) <= 1
     stored = json.loads((run / "checkpoints" / "best.ckpt.thresholds.json").read_text())
     tuned = stored["by_metric"]["f1"]
     assert tuned["val_patch_f1"] >= scores["after"]["patch_f1"] - 1e-9

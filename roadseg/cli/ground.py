@@ -91,6 +91,7 @@ def evaluate_ground(args: argparse.Namespace, options, ckpts: list[dict]) -> Non
 def tune_ground(args: argparse.Namespace, options, ckpts: list[dict], writes: bool) -> None:
     """``roadseg tune`` of a scene-trained checkpoint: the pixel and patch thresholds that
     maximise patch F1 (or accuracy) on its held-out blocks, stored beside it."""
+    from roadseg.crossfit import cross_fit
     from roadseg.groundeval import block_maps, grid_counts, held_out, scene_record, scores
     from roadseg.thresholds import PATCH_GRID, PIXEL_GRID, Thresholds, store_thresholds
 
@@ -100,7 +101,9 @@ def tune_ground(args: argparse.Namespace, options, ckpts: list[dict], writes: bo
     predictor, _ = options.predictor(ckpts)
     data = held_out(ckpts[0], options.ckpt[0], predictor.imagery)
     maps = list(block_maps(predictor, data))
-    grid = scores(grid_counts(maps, PIXEL_GRID, PATCH_GRID))
+    # each block's counts at every pair: their sum is the grid, their halves the cross-fit
+    per_block = np.stack([grid_counts([m], PIXEL_GRID, PATCH_GRID) for m in maps], axis=2)
+    grid = scores(per_block.sum(axis=2))
     metric = args.metric or "f1"
     key = "patch_f1" if metric == "f1" else "patch_accuracy"
     i, j = np.unravel_index(np.argmax(grid[key]), grid[key].shape)
@@ -116,6 +119,11 @@ def tune_ground(args: argparse.Namespace, options, ckpts: list[dict], writes: bo
                      "these blocks: optimistic)", {k: v[i, j] for k, v in grid.items()})):  # fmt: skip
         print(f"  {name}: road patch F1 {s['patch_f1']:.4f}, patch accuracy "
               f"{s['patch_accuracy']:.4f}, pixel road F1 {s['pixel_f1']:.4f}")  # fmt: skip
+    if len(maps) >= 2:  # patch counts (tp, fp, fn, tn) of each block, halves by a fixed seed
+        honest = cross_fit(per_block[..., 3:], metric, unit="blocks")
+        print(f"  honest, thresholds scored on blocks they were not tuned on ({honest.describe()}): "
+              f"road patch F1 {honest.scores['patch_f1']:.4f}, patch accuracy "
+              f"{honest.scores['patch_accuracy']:.4f}")  # fmt: skip
     if writes:
         out = store_thresholds(options.ckpt[0], tuned)
         print(f"wrote {out} (what predict and evaluate use unless options are given; "

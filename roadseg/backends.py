@@ -98,25 +98,21 @@ def set_threads(threads: int) -> None:
     """Threads each network may use in this process: PyTorch's (when installed) and ONNX
     Runtime's for the sessions made from now on."""
     _THREADS[:] = [threads]
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # else TorchBackend sets it: an exported file needs none
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def get_threads() -> int:
     """Threads a network uses in this process: :func:`set_threads`'s, else PyTorch's
-    default, else the CPUs this process may run on."""
+    default when it is loaded, else the CPUs this process may run on (torch is not imported
+    for it: an exported file predicts without)."""
     if _THREADS:
         return _THREADS[0]
-    try:
-        import torch
-    except ImportError:
-        import os
-
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return torch.get_num_threads()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def onnx_threads() -> int | None:
@@ -156,6 +152,10 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, models: list[torch.nn.Module], device: torch.device, precision: str):
+        import torch
+
+        if _THREADS:  # set_threads before torch was loaded (a process of --processes, Ray)
+            torch.set_num_threads(_THREADS[0])
         self.models = [m.to(device).eval() for m in models]
         self.device, self.precision = device, precision
 

@@ -171,12 +171,16 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
         metadata = {k: json.loads(v) for k, v in props.items() if k.startswith("roadseg_")}
     except json.JSONDecodeError as err:
         raise RoadsegError(f"roadseg metadata that is not JSON ({err})", path) from err
-    if not isinstance(metadata["roadseg_format"], int) or metadata["roadseg_format"] > FORMAT:
+    fmt = metadata["roadseg_format"]
+    if not _is_int(fmt) or fmt < 1:
+        raise RoadsegError(f"roadseg_format {fmt!r} in its metadata is not a format number "
+                           "(an edited file?): export it again from its checkpoint", path)  # fmt: skip
+    if fmt > FORMAT:
         raise RoadsegError(
-            f"exported in format {metadata['roadseg_format']}, newer than this roadseg reads "
-            f"({FORMAT}): upgrade roadseg",
+            f"exported in format {fmt}, newer than this roadseg reads ({FORMAT}): upgrade roadseg",
             path,
         )
+    _check_values(metadata, path)
     if inputs != ["image"] or "probability" not in names or "members" not in names:
         raise RoadsegError(
             f"inputs {inputs} and outputs {sorted(names)}, not roadseg's image -> probability, "
@@ -187,6 +191,61 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
     if not isinstance(members, int) or members < 1:  # a free (named or -1) dimension
         members = len(metadata["roadseg_decision"].get("members") or [None])
     return ExportedModel(path, metadata, members)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_values(metadata: dict, path: str) -> None:
+    """The recorded values a prediction uses, of the types and ranges export writes: one
+    line naming the key otherwise (a file edited by hand, or damaged)."""
+    from roadseg.imagery import Imagery
+
+    def bad(key: str, why: str) -> RoadsegError:
+        return RoadsegError(f"{key} in its metadata {why} (an edited file?): export it again "
+                            "from its checkpoint", path)  # fmt: skip
+
+    for key in ("roadseg_decision", "roadseg_decision_tta"):
+        entry = metadata[key]
+        entries = [entry, *(entry.get("members") or [])] if isinstance(entry, dict) else [entry]
+        for e in entries:
+            why = _bad_decision(e)
+            if why:
+                raise bad(key, why)
+    try:
+        imagery = Imagery.from_dict(metadata["roadseg_imagery"])
+        ok = len(imagery.low) == len(imagery.high) == 3 and len(imagery.pooled) == 2
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise bad("roadseg_imagery", f"is incomplete ({type(err).__name__}: {err})") from None
+    resolution = imagery.resolution
+    if not ok or (resolution is not None and (not _is_number(resolution) or resolution <= 0)):
+        raise bad("roadseg_imagery", f"has resolution {resolution!r} or ranges of other lengths")
+    side = metadata["roadseg_min_side"]
+    if not _is_int(side) or side < 1:
+        raise bad("roadseg_min_side", f"is {side!r}, not a positive whole number of pixels")
+    if metadata["roadseg_merge"] not in ("mean", "vote"):
+        raise bad("roadseg_merge", f"is {metadata['roadseg_merge']!r}, not mean or vote")
+
+
+def _bad_decision(entry) -> str | None:
+    """What is wrong with a recorded decision (thresholds in [0, 1], clean-up sizes whole
+    pixels), or None."""
+    if not isinstance(entry, dict):
+        return f"is {type(entry).__name__}, not a decision"
+    for field in ("pixel", "patch"):
+        value = entry.get(field)
+        if not _is_number(value) or not 0 <= value <= 1:
+            return f"has {field} {value!r}, not a threshold in [0, 1]"
+    for field in ("close_gaps", "min_area"):
+        value = entry.get(field)
+        if not _is_int(value) or value < 0:
+            return f"has {field} {value!r}, not a whole number of pixels"
+    return None
 
 
 def onnx_header(data: bytes) -> tuple[dict[str, str], list[str], dict[str, list]]:
@@ -326,7 +385,9 @@ def _session(path: str, size: int, mtime: int, threads: int | None) -> Future:
         except BaseException as err:  # the caller's .result() raises it
             future.set_exception(err)
 
-    threading.Thread(target=make, name="roadseg-session", daemon=True).start()
+    # not a daemon: a command that fails while the session is being made waits for it at
+    # exit (a daemon thread stopped inside ONNX Runtime aborted the process: exit 134)
+    threading.Thread(target=make, name="roadseg-session").start()
     return future
 
 

@@ -39,6 +39,17 @@ def aligned_chunk(chunk: int, window: int, overlap: int) -> int:
     return side if side >= PATCH_SIZE else chunk
 
 
+def check_windows(window: int, overlap: int, batch_size: int) -> None:
+    """One line for windows a predictor cannot run (a batch below 1 gave NaN maps: an
+    all-background mask, silently)."""
+    if not 0 <= overlap < window:
+        raise RoadsegError(
+            f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RoadsegError(f"batch size (--batch-size) must be at least 1, got {batch_size}")
+
+
 def chunk_margin(overlap: int, factor: float = 1.0) -> int:
     """Context read around each chunk of a scene, in scene pixels: half the windows'
     overlap in the model's pixels, rounded up to whole 16x16 patches (the patch grid of a

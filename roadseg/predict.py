@@ -36,6 +36,7 @@ from roadseg.parts import (
     OUTPUTS,
     PROB8_SCALE,
     ScenePlan,
+    check_windows,
     merge_parts,
     part_path,
     scene_profile,
@@ -130,10 +131,7 @@ class Predictor:
         if len(decisions) != self.members:
             raise RoadsegError(f"{self.members} models but {len(decisions)} decisions for the vote")
         self.merge, self.decisions = merge, decisions
-        if not 0 <= overlap < window:
-            raise RoadsegError(
-                f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
-            )
+        check_windows(window, overlap, batch_size)
         self.device = pick_device(device, exported=exported is not None)
         self.window, self.overlap, self.batch_size, self.tta = window, overlap, batch_size, tta
         if precision == "auto":

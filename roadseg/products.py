@@ -274,6 +274,7 @@ def run_products(folder: Path, done: list[Done], spec: VectorSpec | None, option
     if spec is not None:
         current = _current_vectors(done, spec, decision)
         said += merge_vectors(folder, done, current, spec)
+        said += _stale_vectors(folder, done, spec)
         vectors = current
     said += mosaic(folder, [scene.raster for scene in done], output)
     entries = [Entry(s.id, s.source, s.raster, vectors.get(s.id, {}), decision) for s in done]
@@ -281,6 +282,34 @@ def run_products(folder: Path, done: list[Done], spec: VectorSpec | None, option
     count = write_item_collection(path, entries)
     said.append(f"wrote {path}: a STAC ItemCollection of {count} scene"
                 f"{'s' if count != 1 else ''}' outputs")  # fmt: skip
+    return said
+
+
+def _stale_vectors(folder: Path, done: list[Done], spec: VectorSpec) -> list[str]:
+    """Vector files an earlier run wrote with other ``--vector``/``--vector-kind`` options:
+    each scene's (known as roadseg's by their identity) removed with their styles, so no
+    stale file sits beside the current ones; merged layers of another kind named (they
+    record no identity), not removed."""
+    from roadseg.vectorfiles import file_identity
+
+    removed = 0
+    for scene in done:
+        current = set(scene_vector_paths(folder, scene.id, spec).values())
+        styles = {path.with_suffix(".qml") for path in current}  # x.gpkg and x.geojson share one
+        for kind in MERGED:
+            for suffix in set(FORMATS.values()):
+                path = folder / f"{scene.id}-{kind}{suffix}"
+                if path not in current and file_identity(path) is not None:
+                    path.unlink()
+                    if path.with_suffix(".qml") not in styles:
+                        path.with_suffix(".qml").unlink(missing_ok=True)
+                    removed += 1
+    said = [f"removed {removed} vector files of these scenes written with other vector "
+            "options by an earlier run"] if removed else []  # fmt: skip
+    said += [f"{folder / name}: from an earlier run with --vector-kind {kind}, not this run's "
+             "(not in its STAC); delete it if it is not wanted"
+             for kind, name in MERGED.items()
+             if kind not in spec.kinds and (folder / name).is_file()]  # fmt: skip
     return said
 
 

@@ -412,3 +412,77 @@ def test_scenes_at_another_resolution_and_palette_scenes_predict_without_torch(e
         assert "resampled x2 to the model's 0.5 m/px" in done.stdout
         prob = read(tmp_path / f"{name}_out.tif")
         assert prob.shape == (150, 170) and prob.min() >= 0 and prob.max() <= 1
+
+
+def with_metadata(model: Path, out: Path, **values: str) -> Path:
+    """``model`` with the metadata ``values`` (JSON text) in place of its own."""
+
+    def change(proto):
+        for entry in proto.metadata_props:
+            if entry.key in values:
+                entry.value = values[entry.key]
+
+    return with_proto(model, out, change)
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"roadseg_decision": '"0.5"'}, "roadseg_decision in its metadata is str, not a decision"),
+        ({"roadseg_decision_tta": '{"pixel": 2, "patch": 0.25, "close_gaps": 0, "min_area": 0}'},
+         "roadseg_decision_tta in its metadata has pixel 2, not a threshold"),
+        ({"roadseg_imagery": "{}"}, "roadseg_imagery in its metadata is incomplete (KeyError"),
+        ({"roadseg_imagery": '{"low": [0, 0, 0], "high": [1, 1, 1], "pooled": [0, 1], '
+                             '"resolution": 0}'}, "roadseg_imagery in its metadata has resolution 0"),
+        ({"roadseg_min_side": '"abc"'}, "roadseg_min_side in its metadata is 'abc'"),
+        ({"roadseg_merge": '"max"'}, "roadseg_merge in its metadata is 'max'"),
+        ({"roadseg_format": '"1"'}, "roadseg_format '1' in its metadata is not a format number"),
+    ],
+)  # fmt: skip
+def test_an_edited_file_is_refused_in_one_line_naming_the_key_and_exits_cleanly(
+    exported, tmp_path, values, says
+):
+    """Metadata of the wrong type or range (a file edited by hand) is one line naming the
+    key, in a process that exits with 2 (break-test: tracebacks, and an abort, exit 134,
+    when the command failed while its session was still being made in a daemon thread)."""
+    bad = with_metadata(exported, tmp_path / "edited.onnx", **values)
+    src = scene(tmp_path / "scene.tif", 100, 100)
+    done = no_torch("predict", src, "--ckpt", bad, "--out", tmp_path / "o.tif", "--quiet",
+                    cwd=tmp_path)  # fmt: skip
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_failure_while_the_session_is_made_exits_with_2_not_an_abort(exported, tmp_path):
+    """A scene refused after the session was started (two bands: not RGB) is one line and
+    exit 2; the session's thread is waited for, not killed inside ONNX Runtime."""
+    two = write_raster(tmp_path / "two.tif", smooth_map(60, 60, seed=2)[:2], crs="EPSG:32632",
+                       transform=from_origin(5e5, 5.2e6, 0.5, 0.5))  # fmt: skip
+    for _ in range(3):
+        done = no_torch("predict", two, "--ckpt", exported, "--out", tmp_path / "o.tif",
+                        "--quiet", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "terminate" not in done.stderr
+
+
+@pytest.mark.parametrize("batch", ["0", "-1"])
+def test_a_batch_below_one_is_refused_not_an_empty_mask(exported, tmp_path, capsys, batch):
+    src = scene(tmp_path / "scene.tif", 200, 200)
+    args = ["predict", str(src), "--ckpt", str(exported), "--out", str(tmp_path / "o.tif"),
+            "--window", "128", "--overlap", "16", "--batch-size", batch, "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"roadseg: error: batch size (--batch-size) must be at least 1, got {batch}"
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_counting_threads_for_processes_never_imports_torch():
+    """``--processes`` splits the cores without importing torch (break-test: 2.4 s and the
+    training stack loaded for an exported file, in the full install)."""
+    code = ("import sys; from roadseg.backends import get_threads, set_threads; n = get_threads(); "
+            "set_threads(1); assert 'torch' not in sys.modules; print(n)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 1

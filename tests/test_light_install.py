@@ -76,6 +76,13 @@ def test_the_light_install_has_no_torch_and_predicts_with_an_exported_file(
     with rasterio.open(tmp_path / "mask.tif") as a, rasterio.open(tmp_path / "full.tif") as b:
         assert np.array_equal(a.read(), b.read())  # the same file, the same mask
 
+    # --png needs matplotlib, which the light install lacks: refused before any output
+    drawn = run(light_python.parent / "roadseg", "predict", "scene.tif", "--ckpt", model, "--out",
+                "drawn.tif", "--vector", "--png", "drawn.png", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert drawn.returncode == 2 and "--png draws with matplotlib" in drawn.stderr
+    assert len(drawn.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("drawn*"))
+
 
 def test_a_training_command_in_the_light_install_says_what_to_install(light_python, tmp_path):
     roadseg = light_python.parent / "roadseg"

@@ -305,6 +305,14 @@ def refuse_vector_png(args: argparse.Namespace) -> None:
         (args.png is not None and args.vector_kind == "surfaces", "--png",
          "--vector-kind lines or both (it draws the centre lines)"),
     )  # fmt: skip
+    if args.png is not None:  # before any output is made, not after it (the light install)
+        import importlib.util
+
+        from roadseg.errors import RoadsegError
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise RoadsegError("--png draws with matplotlib, not installed here: pip install "
+                               "matplotlib, or leave out --png")  # fmt: skip
 
 
 def write_scene_vectors(raster, paths: dict, args: argparse.Namespace, spec, *,

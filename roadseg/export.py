@@ -260,6 +260,7 @@ def export_metadata(options, contents: list[dict]) -> dict:
         return {
             **dataclasses.asdict(first), "origin": origin,
             "tuned": tuned is not None and not given, "metric": tuned.metric if tuned else None,
+            "tuned_on_tta": bool(tuned.tta) if tuned else None,  # TTA's falls back to plain's
             "members": [dataclasses.asdict(d) for d in members],
         }  # fmt: skip
 

@@ -107,9 +107,12 @@ class ExportedModel:
         if not tuned:
             return None
         metric = entry.get("metric") or (found.group(1) if found else "f1")
+        on_tta = entry.get("tuned_on_tta")  # files before it: the origin says when TTA's fell back
+        if on_tta is None:
+            on_tta = tta and "none tuned with TTA" not in origin
         return Thresholds(
             pixel=entry["pixel"], patch=entry["patch"], close_gaps=entry["close_gaps"],
-            min_area=entry["min_area"], tta=tta, metric=metric,
+            min_area=entry["min_area"], tta=bool(on_tta), metric=metric,
         )  # fmt: skip
 
     def contents(self) -> dict:

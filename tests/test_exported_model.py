@@ -486,3 +486,22 @@ def test_counting_threads_for_processes_never_imports_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 1
+
+
+def test_thresholds_say_whether_they_were_tuned_on_tta_maps():
+    """Without TTA thresholds of its own, a checkpoint's TTA decision falls back to those
+    tuned without TTA; the file says so, as the checkpoint does (break-test: they were
+    labelled as tuned with TTA)."""
+    from roadseg.exported import ExportedModel
+
+    def model(**entry) -> ExportedModel:
+        base = {"pixel": 0.4, "patch": 0.2, "close_gaps": 0, "min_area": 0, "tuned": True}
+        return ExportedModel("x.onnx", {"roadseg_decision_tta": {**base, **entry}}, 1)
+
+    assert model(tuned_on_tta=False).thresholds(True).tta is False
+    assert model(tuned_on_tta=True).thresholds(True).tta is True
+    fell_back = (
+        "tuned for f1 without TTA on val, x.json; none tuned with TTA: run roadseg tune --tta"
+    )
+    assert model(origin=fell_back).thresholds(True).tta is False  # a file from before the key
+    assert model(origin="tuned for f1 with TTA on val, x-tta.json").thresholds(True).tta is True

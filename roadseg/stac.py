@@ -57,9 +57,9 @@ def footprint(crs, bounds) -> tuple[dict, list[float]]:
     to_wgs84 = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     left, bottom, right, top = bounds
     ring = box(*bounds).segmentize(max(right - left, top - bottom) / 8)
-    polygon = orient(shapely.transform(ring, lambda c: _lonlat(to_wgs84, c)), 1.0)
+    polygon = shapely.set_precision(shapely.transform(ring, lambda c: _lonlat(to_wgs84, c)), 1e-9)
     bbox = [round(v, 9) for v in to_wgs84.transform_bounds(*bounds, densify_pts=21)]
-    return mapping(shapely.set_precision(polygon, 1e-9)), bbox
+    return mapping(orient(polygon, 1.0)), bbox  # after set_precision, which turns rings clockwise
 
 
 def _lonlat(transformer, coords):

@@ -120,6 +120,7 @@ def test_a_folder_run_with_vectors_and_cogs_is_ready_for_a_gis(tmp_path, ckpt, c
         west, south, east, north = item.bbox
         assert 8.99 < west < east < 9.05 and 46.9 < south < north < 47.0  # lon/lat, WGS84
         assert shapely.geometry.shape(item.geometry).within(shapely.box(*item.bbox).buffer(1e-9))
+        assert shapely.geometry.shape(item.geometry).exterior.is_ccw  # RFC 7946's right-hand rule
         assert item.assets["roads"].media_type.endswith("profile=cloud-optimized")
         assert item.assets["lines"].href == f"./{scene}-lines.gpkg"
         source = [link for link in item.links if link.rel == "derived_from"]

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError, Namespace
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
@@ -317,6 +318,14 @@ def _one_line_errors(argv: list[str], config: str | None, run) -> None:
         if err.path is None and culprit:
             raise RoadsegError(str(err), culprit) from err
         raise
+    except MisconfigurationException as err:  # a GPU config where no GPU is usable
+        if not any(word in str(err).lower() for word in ("gpu", "cuda")):
+            raise
+        raise RoadsegError(
+            f"asks for a GPU and none is usable here ({squash(err)}): on a CPU train "
+            "configs/cpu.yaml, or pass --trainer.accelerator cpu",
+            config,
+        ) from err
 
 
 def check_ckpt_path(argv: list[str]) -> None:

@@ -367,3 +367,25 @@ def test_a_lightning_command_that_fails_leaves_nothing_and_keeps_what_was_there(
                  str(trained / "checkpoints" / "bst.ckpt")]) == 2  # fmt: skip
     assert "did you mean" in capsys.readouterr().err
     assert sorted(p.name for p in trained.iterdir()) == ["checkpoints"]
+
+
+GPU_CONFIGS = [c for c in CONFIGS if "accelerator: gpu" in c.read_text()]
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="a GPU is usable here: nothing to refuse"
+)
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=[c.stem for c in GPU_CONFIGS])
+def test_a_gpu_config_without_a_gpu_is_refused_not_trained_on_the_cpu(
+    config, cil_root, tmp_path, capsys
+):
+    """A GPU config says so in one line where no GPU is usable (it trained on the CPU for up
+    to 100 epochs, without a word, with accelerator: auto), and makes no run folder."""
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(config), "--data.root", str(cil_root),
+            "--trainer.default_root_dir", str(run)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"roadseg: error: {config}: asks for a GPU and none is usable here")
+    assert "train configs/cpu.yaml" in err and len(err.splitlines()) == 1
+    assert not run.exists()

@@ -56,11 +56,12 @@ from roadseg.provenance import file_stamps
 EVALUATION_BACKEND = "torch"
 
 
-def evaluation_backend() -> str:
+def evaluation_backend(device: str = "auto") -> str:
     """The backend, precision and device of the evaluation rows, in words."""
     import torch
 
-    where = "bf16 on the GPU" if torch.cuda.is_available() else "fp32 on the CPU"
+    gpu = device != "cpu" and torch.cuda.is_available()
+    where = "bf16 on the GPU" if gpu else "fp32 on the CPU"
     return f"{EVALUATION_BACKEND} (PyTorch), {where}"
 
 
@@ -217,6 +218,8 @@ def load_reproduction(path: str | Path, profile: str) -> dict:
         "methods": list(resolved), "figures": plan.get("figures") or {},
         "labels": {m["name"]: m["label"] for m in [*methods, *evaluations] if m.get("label")},
         "root": chosen.get("root") or plan.get("root") or "data/cil-2022",
+        # a profile trained on the CPU is evaluated there too (fp32), whatever the machine has
+        "device": "cpu" if (chosen.get("budget") or {}).get("trainer.accelerator") == "cpu" else "auto",
     }  # fmt: skip
 
 
@@ -230,7 +233,7 @@ def reproduce(
     plan = load_reproduction(plan_path, profile)
     out = Path(out)
     run_root = out / "runs" / profile
-    env = environment(evaluation_backend())
+    env = environment(evaluation_backend(plan["device"]))
     changes = environment_changes(out, env)
     if changes:  # said first: a reader comparing the tables knows why digits may move
         print(f"note: {out} was written in another environment ({'; '.join(changes)}): "
@@ -241,7 +244,8 @@ def reproduce(
         if run["teacher"]:
             labels = run_root / run["name"] / "pseudo-labels"
             teacher = run_root / run["teacher"] / "checkpoints" / "best.ckpt"
-            make_pseudo_labels(teacher, labels, plan["root"], tta=plan["pseudo_tta"])
+            make_pseudo_labels(teacher, labels, plan["root"], tta=plan["pseudo_tta"],
+                               device=plan["device"])  # fmt: skip
             args["data.pseudo_labels"] = str(labels)
         train_run({**run, "args": args}, {}, run_root / run["name"], in_process=True)
     rows = [
@@ -261,7 +265,7 @@ def reproduce(
                 cache = run_root / "evaluations" / e["name"] / f"{where}.json"
                 size = sum(parameters[f"{m}/{where}"] for m in e["models"])
                 evaluated[e["name"], fold, seed] = evaluation(
-                    ckpts, cache, e, parameters=size, predicted=predicted
+                    ckpts, cache, e, parameters=size, predicted=predicted, device=plan["device"]
                 )
     rows += [
         {"method": e["name"], "fold": fold, "seed": seed, **evaluated[e["name"], fold, seed]}
@@ -284,7 +288,8 @@ def reproduce(
     return runs
 
 
-def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool = True) -> None:
+def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool = True,
+                       device: str = "auto") -> None:  # fmt: skip
     """The teacher's pseudo-labels of the unlabelled tiles of ``root`` (in context, with TTA
     unless ``tta`` is false), unless ``out`` has them from this teacher checkpoint already."""
     done = out / "pseudo.json"
@@ -297,7 +302,7 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
     tiles = unlabelled_tiles(root)
     maps, margin, _ = context_for([root], tiles, CONTEXT_MARGIN)
     predictor = Predictor.from_checkpoints(
-        [teacher], tta=tta, progress=False, backend=EVALUATION_BACKEND
+        [teacher], tta=tta, progress=False, backend=EVALUATION_BACKEND, device=device
     )
     start = time.perf_counter()
     about = write_pseudo_labels(
@@ -310,8 +315,9 @@ def make_pseudo_labels(teacher: Path, out: Path, root: str | Path, *, tta: bool 
 
 
 def evaluation(
-    ckpts: list[Path], cache: Path, spec: dict, *, parameters: int, predicted: dict | None = None
-) -> dict:
+    ckpts: list[Path], cache: Path, spec: dict, *, parameters: int, predicted: dict | None = None,
+    device: str = "auto",
+) -> dict:  # fmt: skip
     """The scores of an evaluation row on one fold: the mean of ``ckpts`` (the fold's runs
     of the methods named, ``parameters`` in all), with TTA, context and post-processing as
     ``spec`` says, on the validation tiles of the first one's split: patch accuracy, road
@@ -338,7 +344,7 @@ def evaluation(
         validation = Validation(contents[0], CONTEXT_MARGIN if spec["context"] else 0)
         predictor = Predictor.from_checkpoints(
             ckpts, contents=contents, tta=bool(spec["tta"]), progress=False,
-            backend=EVALUATION_BACKEND,
+            backend=EVALUATION_BACKEND, device=device,
         )  # fmt: skip
         predicted[key] = validation.scores(predictor)
     decision = Decision(**(spec.get("postprocess") or {}))

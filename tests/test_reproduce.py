@@ -260,3 +260,19 @@ def test_the_cpu_profile_is_three_folds_of_every_method_and_ablation():
     }
     assert names <= set(plan["methods"])
     assert {m for e in plan["evaluations"] for m in e["models"]} <= set(plan["methods"])
+
+
+def test_a_profile_trained_on_the_cpu_is_evaluated_there_whatever_the_machine_has(monkeypatch):
+    """The smoke and cpu profiles train on the CPU and are evaluated there in fp32, also on
+    a machine with a GPU (they evaluated in bf16 on CUDA, changing the committed tables);
+    the paper profile's evaluation takes the GPU when there is one."""
+    import torch
+
+    from roadseg.reproduce import evaluation_backend
+
+    plan = Path(__file__).resolve().parents[1] / "configs" / "plans" / "paper.yaml"
+    assert load_reproduction(plan, "smoke")["device"] == "cpu"
+    assert load_reproduction(plan, "paper")["device"] == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert evaluation_backend("cpu") == "torch (PyTorch), fp32 on the CPU"
+    assert evaluation_backend("auto") == "torch (PyTorch), bf16 on the GPU"

@@ -114,6 +114,9 @@ def task_arguments(ckpt: dict) -> dict:
     if "encoder_weights" in model_args:
         model_args["encoder_weights"] = None
     hparams["model_args"] = model_args
+    # torch.compile is how it trained, not part of the model: a prediction (on a CPU, often
+    # without a compiler toolchain) runs the network as it is
+    hparams["compile"] = False
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 

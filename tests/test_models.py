@@ -113,3 +113,24 @@ def test_context_cnn_sees_a_window_centred_on_its_patch(window, extent):
     rows = torch.nonzero(x.grad[0].abs().sum((0, 2)))[:, 0]
     assert rows.max().item() - rows.min().item() + 1 == extent
     assert (rows.min().item() + rows.max().item()) / 2 == pytest.approx(167.5, abs=0.5)
+
+
+def test_a_checkpoint_trained_compiled_predicts_uncompiled(tmp_path):
+    """model.compile is how a run trained, not part of its model: loaded for prediction the
+    network runs as it is (it was compiled again, on CPUs without a compiler too), with the
+    same probabilities."""
+    from roadseg.task import RoadSegTask
+    from tests.conftest import write_small_checkpoint
+
+    path = write_small_checkpoint(tmp_path / "a.ckpt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["hyper_parameters"]["compile"] = True
+    torch.save(ckpt, path)
+    task = RoadSegTask.from_checkpoint(path)
+    assert getattr(task.model, "_compiled_call_impl", None) is None
+    assert task.hparams.compile is False
+    image = torch.rand(1, 3, 64, 64)
+    plain = create_model("unet", **ckpt["hyper_parameters"]["model_args"])
+    plain.load_state_dict({k[len("model.") :]: v for k, v in ckpt["state_dict"].items()})
+    with torch.no_grad():
+        assert torch.equal(task(image), plain.eval()(image))

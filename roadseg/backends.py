@@ -91,6 +91,14 @@ def pick_device(device: str = "auto", *, exported: bool = False):
     return torch.device(device)
 
 
+def auto_precision(device, models: list | None) -> str:
+    """``auto`` precision: bf16 on CUDA, fp32 on the CPU, and fp32 for scikit-learn's
+    linear baselines anywhere (their coefficients were fit in float64: in bf16 0.4% of
+    their patch labels flip)."""
+    fitted = any(getattr(m, "sklearn_fitted", False) for net in models or [] for m in net.modules())
+    return "bf16" if device.type == "cuda" and not fitted else "fp32"
+
+
 _THREADS: list[int] = []  # set_threads's, for ONNX Runtime sessions made after it
 
 

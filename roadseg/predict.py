@@ -24,7 +24,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from roadseg.backends import OnnxBackend, TorchBackend, choose_backend, pick_device
+from roadseg.backends import OnnxBackend, TorchBackend, auto_precision, choose_backend, pick_device
 from roadseg.console import progress_bar
 from roadseg.errors import RoadsegError
 from roadseg.exported import ExportedModel
@@ -135,7 +135,7 @@ class Predictor:
         self.device = pick_device(device, exported=exported is not None)
         self.window, self.overlap, self.batch_size, self.tta = window, overlap, batch_size, tta
         if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
+            precision = auto_precision(self.device, None if exported else models)
         if precision not in ("bf16", "fp32"):
             raise RoadsegError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
         self.precision = precision

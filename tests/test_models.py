@@ -134,3 +134,19 @@ def test_a_checkpoint_trained_compiled_predicts_uncompiled(tmp_path):
     plain.load_state_dict({k[len("model.") :]: v for k, v in ckpt["state_dict"].items()})
     with torch.no_grad():
         assert torch.equal(task(image), plain.eval()(image))
+
+
+def test_linear_baselines_predict_in_fp32_on_a_gpu_too():
+    """``auto`` precision is bf16 on CUDA but for scikit-learn's baselines (fit in float64:
+    0.4% of their patch labels flipped in bf16), fp32 on the CPU."""
+    from roadseg.backends import auto_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    linear = create_model("patch_logreg")
+    network = create_model("unet", encoder="resnet18", encoder_weights=None, encoder_depth=3,
+                           decoder_channels=[16, 8, 8])  # fmt: skip
+    assert auto_precision(cuda, [network]) == "bf16"
+    assert auto_precision(cuda, [linear]) == "fp32"
+    assert auto_precision(cuda, [network, linear]) == "fp32"
+    assert auto_precision(cpu, [network]) == "fp32"
+    assert auto_precision(cuda, None) == "bf16"  # an exported file: refused on CUDA elsewhere

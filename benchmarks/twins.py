@@ -31,9 +31,10 @@ def main() -> None:
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--tiles", type=int, default=4, help="real tiles in the twin (2 per row)")
+    parser.add_argument("--tta", action="store_true", help="predict every scene with 8-view TTA")
     args = parser.parse_args()
     images = sorted((Path(args.data) / "cil-2022" / "training" / "images").glob("*.png"))
-    options = PredictOptions(ckpt=(args.ckpt,), quiet=True)
+    options = PredictOptions(ckpt=(args.ckpt,), quiet=True, tta=args.tta)
     threshold = options.decision(args.ckpt)[0].pixel
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -41,7 +42,8 @@ def main() -> None:
         twin_pred = folder / "twin-pred.tif"
         with contextlib.redirect_stdout(io.StringIO()):
             predict_scene_run(options, twin, twin_pred, output="prob8")
-        print(f"twin: {args.tiles} cil-2022 tiles, EPSG:32619 0.5 m; pixel threshold {threshold}")
+        print(f"twin: {args.tiles} cil-2022 tiles, EPSG:32619 0.5 m; pixel threshold {threshold}"
+              f"; TTA {'on (8 views)' if args.tta else 'off'}")  # fmt: skip
         print("| variant | roads IoU | least | length ratio | allowed | roadseg printed |")
         print("|---|---:|---:|---:|---:|---|")
         for k, v in enumerate(VARIANTS):

@@ -274,7 +274,7 @@ class SceneReader:
             valid &= np.isfinite(native).all(axis=0)  # NaN, infinities: no data, tagged or not
         if raw.shape[0] == 1:
             raw = np.repeat(raw, 3, axis=0)
-        return self.radiometry.apply(raw), valid
+        return fill_nodata(self.radiometry.apply(raw), valid), valid
 
     def to_scene(self, prob: np.ndarray, h: int, w: int) -> np.ndarray:
         """Maps ``(K, H, W)`` at the model's resolution -> ``(K, h, w)`` on the scene's grid
@@ -282,6 +282,27 @@ class SceneReader:
         if prob.shape[-2:] == (h, w):
             return prob
         return resize_maps(prob, h, w)
+
+
+def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``image`` ``(3, H, W)`` with its pixels off ``valid`` (on the scene's grid, resized
+    to the image's by nearest) set to the nearest valid pixel's: the network sees the ground
+    go on at a nodata border, as it sees a raster's edge padded by reflection, instead of a
+    black wall (a reprojected scene's nodata wedges cut the centre lines of the roads that
+    reach them short). Unchanged when every pixel is valid or none is."""
+    if valid.all() or not valid.any():
+        return image
+    h, w = image.shape[1:]
+    if valid.shape != (h, w):
+        rows = np.minimum((np.arange(h) + 0.5) * valid.shape[0] / h, valid.shape[0] - 1)
+        cols = np.minimum((np.arange(w) + 0.5) * valid.shape[1] / w, valid.shape[1] - 1)
+        valid = valid[rows.astype(int)[:, None], cols.astype(int)[None]]
+        if valid.all() or not valid.any():
+            return image
+    from scipy.ndimage import distance_transform_edt  # imported where there is nodata
+
+    near = distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return image[:, near[0], near[1]]
 
 
 def aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:

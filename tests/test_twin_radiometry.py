@@ -112,7 +112,10 @@ def test_float_scenes_are_stretched_alike_and_nan_is_no_data_without_a_tag(rgb, 
         assert "stretched onto the model's training imagery's" in reader.radiometry.how
         assert reader.warning is None
         np.testing.assert_array_equal(valid, ~holes if name.startswith(("nan", "inf")) else True)
-        assert (image[:, ~valid] == 0).all()
+        # no data is filled with the nearest valid pixel's value: finite, as the ground beside
+        assert np.isfinite(image).all()
+        if not valid.all():
+            np.testing.assert_array_equal(image[:, 140, 201], image[:, 140, 199])
         images[name] = image
     # one stretch whatever the scale or the marking of the holes: the same image
     for a, b in [("reflectance10000", "float01"), ("reflectance03", "float01"),
@@ -162,4 +165,25 @@ def test_bgr_with_band_interpretation_and_alpha_map_as_the_rgb_twin(rgb, tmp_pat
     image, valid, reader = mapped(path)
     assert reader.bands == (3, 2, 1)
     np.testing.assert_array_equal(valid, alpha[0] > 0)
-    np.testing.assert_array_equal(image, twin)
+    np.testing.assert_array_equal(image[:, valid], twin[:, valid])  # no data: nearest filled
+
+
+def test_no_data_is_filled_with_the_nearest_ground_not_black():
+    """The network sees the ground go on at a nodata border (a reprojected scene's wedges),
+    as at a raster's edge, instead of a black wall: each pixel off the valid mask takes the
+    nearest valid pixel's value, on the model's grid when the scene is resampled."""
+    from roadseg.reading import fill_nodata
+
+    image = np.arange(3 * 6 * 8, dtype=np.float32).reshape(3, 6, 8) / 200
+    valid = np.ones((6, 8), bool)
+    assert fill_nodata(image, valid) is image  # nothing to fill: the same array
+    assert fill_nodata(image, ~valid) is image  # nothing to fill from
+    valid[:, 5:] = False  # a wedge of no data on the right
+    filled = fill_nodata(image, valid)
+    np.testing.assert_array_equal(filled[:, :, :5], image[:, :, :5])
+    for col in (5, 6, 7):
+        np.testing.assert_array_equal(filled[:, :, col], image[:, :, 4])
+    big = np.repeat(np.repeat(image, 2, axis=1), 2, axis=2)  # the image at twice the scene's scale
+    filled = fill_nodata(big, valid)
+    np.testing.assert_array_equal(filled[:, :, :10], big[:, :, :10])
+    np.testing.assert_array_equal(filled[:, :, 15], big[:, :, 9])

@@ -36,7 +36,7 @@ STAMP := $(VENV)/.installed
 # A PREDICT options file may name its own checkpoints (an ensemble); CKPT=... still wins.
 CKPT_ARG := $(if $(and $(PREDICT),$(filter file,$(origin CKPT))),,--ckpt $(CKPT))
 
-.PHONY: help install data train submit selftrain region-demo smoke check-config reproduce test bench gpu-check lint format clean
+.PHONY: help install data train submit selftrain region-demo smoke check-config reproduce test bench gpu-check gpu-wheels lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -112,8 +112,11 @@ test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shar
 bench: $(STAMP)  ## benchmarks: data pipeline, training vs bare loop, inference, scenes (prints, writes JSON)
 	$(BIN)/python benchmarks/bench.py --data $(SHARED)
 
-gpu-check: $(STAMP)  ## on a GPU, < 8 min: train unet.yaml briefly, submit with TTA, GPU benchmarks -> gpu_check/figures.md
+gpu-check: $(STAMP)  ## on a GPU: environment, network and scene throughput, 3 min of unet.yaml, submit with TTA, compile -> gpu_check/figures.md
 	$(BIN)/python benchmarks/gpu_check.py --data $(SHARED) --out gpu_check
+
+gpu-wheels: $(STAMP)  ## wheels a registry-less GPU machine lacks (Python 3.12) -> gpu_wheels/ (see benchmarks/gpu_wheels.sh)
+	bash benchmarks/gpu_wheels.sh gpu_wheels
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check roadseg tests benchmarks

@@ -296,15 +296,18 @@ def bench_paper(device: str, profile: str = "paper") -> list[dict]:
     return rows
 
 
-def write_scene(path: Path, size: int, dtype: str = "uint8") -> None:
+def write_scene(path: Path, size: int, dtype: str = "uint8", *, georeferenced: bool = True) -> None:
     """A synthetic RGB GeoTIFF of ``size`` x ``size``, written strip by strip (flat memory);
-    ``uint16``: the same scene as 12-bit values (x 16, up to 4,095)."""
+    ``uint16``: the same scene as 12-bit values (x 16, up to 4,095); without
+    ``georeferenced``, no CRS or transform (predicted with ``--resolution 0.5``)."""
     import rasterio
     from rasterio.transform import from_origin
 
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": dtype,
                "crs": "EPSG:2056", "transform": from_origin(2_600_000, 1_200_000, 0.5, 0.5),
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}  # fmt: skip
+    if not georeferenced:
+        del profile["crs"], profile["transform"]
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, size, 512):

@@ -112,10 +112,11 @@ def test_float_scenes_are_stretched_alike_and_nan_is_no_data_without_a_tag(rgb, 
         assert "stretched onto the model's training imagery's" in reader.radiometry.how
         assert reader.warning is None
         np.testing.assert_array_equal(valid, ~holes if name.startswith(("nan", "inf")) else True)
-        # no data is filled with the nearest valid pixel's value: finite, as the ground beside
+        # no data is filled with a nearby valid pixel's value: finite, as the ground beside
         assert np.isfinite(image).all()
         if not valid.all():
-            np.testing.assert_array_equal(image[:, 140, 201], image[:, 140, 199])
+            beside = image[:, 136:145, 192:200].reshape(3, -1)  # valid, left of the hole
+            assert (beside == image[:, 140, 201][:, None]).all(axis=0).any()
         images[name] = image
     # one stretch whatever the scale or the marking of the holes: the same image
     for a, b in [("reflectance10000", "float01"), ("reflectance03", "float01"),

@@ -301,10 +301,10 @@ def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
             return image
     from scipy.ndimage import distance_transform_edt  # imported where there is nodata
 
-    # nearest on every FILL_STEP-th pixel (16 times less work): each hole pixel takes the
-    # value of the valid sample nearest to its own sample cell (a pixel within a few of the
+    # nearest on every FILL_STEP-th pixel (4 times less work): each hole pixel takes the
+    # value of the valid sample nearest to its own sample cell (a pixel within one or two of the
     # nearest valid one), up to FILL_BAND px from the ground: farther, nothing the network
-    # sees of valid ground changes (0.7 s -> 0.1 s for a 2,200 px chunk a fifth no data)
+    # sees of valid ground changes (0.7 s -> 0.23 s for a 2,200 px chunk a fifth no data)
     step = FILL_STEP if min(h, w) >= 16 * FILL_STEP else 1
     samples = valid[::step, ::step]
     if not samples.any():
@@ -318,7 +318,7 @@ def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-FILL_STEP, FILL_BAND = 4, 128
+FILL_STEP, FILL_BAND = 2, 128
 
 
 def aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:

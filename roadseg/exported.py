@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import threading
@@ -207,7 +208,6 @@ def _is_number(value) -> bool:
 def _check_values(metadata: dict, path: str) -> None:
     """The recorded values a prediction uses, of the types and ranges export writes: one
     line naming the key otherwise (a file edited by hand, or damaged)."""
-    from roadseg.imagery import Imagery
 
     def bad(key: str, why: str) -> RoadsegError:
         return RoadsegError(f"{key} in its metadata {why} (an edited file?): export it again "
@@ -215,24 +215,43 @@ def _check_values(metadata: dict, path: str) -> None:
 
     for key in ("roadseg_decision", "roadseg_decision_tta"):
         entry = metadata[key]
-        entries = [entry, *(entry.get("members") or [])] if isinstance(entry, dict) else [entry]
-        for e in entries:
+        members = entry.get("members") if isinstance(entry, dict) else None
+        if members is not None and not isinstance(members, list):
+            raise bad(key, f"has members {members!r}, not a list of decisions")
+        if isinstance(entry, dict) and not isinstance(entry.get("origin", ""), str):
+            raise bad(key, f"has origin {entry['origin']!r}, not text")
+        for e in [entry, *(members or [])] if isinstance(entry, dict) else [entry]:
             why = _bad_decision(e)
             if why:
                 raise bad(key, why)
-    try:
-        imagery = Imagery.from_dict(metadata["roadseg_imagery"])
-        ok = len(imagery.low) == len(imagery.high) == 3 and len(imagery.pooled) == 2
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise bad("roadseg_imagery", f"is incomplete ({type(err).__name__}: {err})") from None
-    resolution = imagery.resolution
-    if not ok or (resolution is not None and (not _is_number(resolution) or resolution <= 0)):
-        raise bad("roadseg_imagery", f"has resolution {resolution!r} or ranges of other lengths")
+    why = _bad_imagery(metadata["roadseg_imagery"])
+    if why:
+        raise bad("roadseg_imagery", why)
     side = metadata["roadseg_min_side"]
     if not _is_int(side) or side < 1:
         raise bad("roadseg_min_side", f"is {side!r}, not a positive whole number of pixels")
     if metadata["roadseg_merge"] not in ("mean", "vote"):
         raise bad("roadseg_merge", f"is {metadata['roadseg_merge']!r}, not mean or vote")
+
+
+def _bad_imagery(value) -> str | None:
+    """What is wrong with recorded imagery (2-98% ranges of 3 + 3 + 2 finite numbers, low
+    below high; a positive resolution or none), or None."""
+    from roadseg.imagery import Imagery
+
+    try:
+        imagery = Imagery.from_dict(value)
+        lows, highs = [*imagery.low, imagery.pooled[0]], [*imagery.high, imagery.pooled[1]]
+        shaped = len(imagery.low) == len(imagery.high) == 3 and len(imagery.pooled) == 2
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        return f"is incomplete ({type(err).__name__}: {err})"
+    finite = all(_is_number(v) and math.isfinite(v) for v in [*lows, *highs])
+    if not (shaped and finite and all(a < b for a, b in zip(lows, highs, strict=True))):
+        return "has 2-98% ranges that are not 3 + 3 + 2 finite numbers, low below high"
+    res = imagery.resolution
+    if res is not None and not (_is_number(res) and math.isfinite(res) and res > 0):
+        return f"has resolution {res!r}, not a positive number of metres"
+    return None
 
 
 def _bad_decision(entry) -> str | None:

@@ -286,31 +286,26 @@ def run_products(folder: Path, done: list[Done], spec: VectorSpec | None, option
 
 
 def _stale_vectors(folder: Path, done: list[Done], spec: VectorSpec) -> list[str]:
-    """Vector files an earlier run wrote with other ``--vector``/``--vector-kind`` options:
-    each scene's (known as roadseg's by their identity) removed with their styles, so no
-    stale file sits beside the current ones; merged layers of another kind named (they
-    record no identity), not removed."""
+    """Vector files an earlier run wrote with other ``--vector``/``--vector-kind`` options,
+    named (not this run's, not in its STAC), never removed: a file roadseg wrote may have
+    been edited since (a GIS keeps its identity tag)."""
     from roadseg.vectorfiles import file_identity
 
-    removed = 0
+    stale = []
     for scene in done:
         current = set(scene_vector_paths(folder, scene.id, spec).values())
-        styles = {path.with_suffix(".qml") for path in current}  # x.gpkg and x.geojson share one
         for kind in MERGED:
-            for suffix in set(FORMATS.values()):
+            for suffix in sorted(set(FORMATS.values())):
                 path = folder / f"{scene.id}-{kind}{suffix}"
                 if path not in current and file_identity(path) is not None:
-                    path.unlink()
-                    if path.with_suffix(".qml") not in styles:
-                        path.with_suffix(".qml").unlink(missing_ok=True)
-                    removed += 1
-    said = [f"removed {removed} vector files of these scenes written with other vector "
-            "options by an earlier run"] if removed else []  # fmt: skip
-    said += [f"{folder / name}: from an earlier run with --vector-kind {kind}, not this run's "
-             "(not in its STAC); delete it if it is not wanted"
-             for kind, name in MERGED.items()
-             if kind not in spec.kinds and (folder / name).is_file()]  # fmt: skip
-    return said
+                    stale.append(path.name)
+    stale += [name for kind, name in MERGED.items()
+              if kind not in spec.kinds and (folder / name).is_file()]  # fmt: skip
+    if not stale:
+        return []
+    shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+    return [f"{len(stale)} vector files in {folder} are from an earlier run with other vector "
+            f"options, not this run's (not in its STAC): {shown}; delete them if not wanted"]  # fmt: skip
 
 
 def _current_vectors(done: list[Done], spec: VectorSpec, decision: str) -> dict:

@@ -272,9 +272,12 @@ class SceneReader:
                 raw if raw.shape[1:] == (h, w) else self.src.read(list(self.bands), window=window)
             )
             valid &= np.isfinite(native).all(axis=0)  # NaN, infinities: no data, tagged or not
+        # resampled floats: NaN spread by the cubic filter into pixels next to a hole (read
+        # as 0 by the radiometry) is no ground to fill the hole with
+        usable = np.isfinite(raw).all(axis=0) if raw.dtype.kind == "f" else None
         if raw.shape[0] == 1:
             raw = np.repeat(raw, 3, axis=0)
-        return fill_nodata(self.radiometry.apply(raw), valid), valid
+        return fill_nodata(self.radiometry.apply(raw), valid, usable), valid
 
     def to_scene(self, prob: np.ndarray, h: int, w: int) -> np.ndarray:
         """Maps ``(K, H, W)`` at the model's resolution -> ``(K, h, w)`` on the scene's grid
@@ -284,12 +287,15 @@ class SceneReader:
         return resize_maps(prob, h, w)
 
 
-def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def fill_nodata(
+    image: np.ndarray, valid: np.ndarray, usable: np.ndarray | None = None
+) -> np.ndarray:
     """``image`` ``(3, H, W)`` with its pixels off ``valid`` (on the scene's grid, resized
     to the image's by nearest) set to the nearest valid pixel's: the network sees the ground
     go on at a nodata border, as it sees a raster's edge padded by reflection, instead of a
     black wall (a reprojected scene's nodata wedges cut the centre lines of the roads that
-    reach them short). Unchanged when every pixel is valid or none is."""
+    reach them short). ``usable``: pixels of the image (its grid) that may be copied, when
+    not all valid ones may. Unchanged when every pixel is valid or none is."""
     if valid.all() or not valid.any():
         return image
     h, w = image.shape[1:]
@@ -297,8 +303,10 @@ def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         rows = np.minimum((np.arange(h) + 0.5) * valid.shape[0] / h, valid.shape[0] - 1)
         cols = np.minimum((np.arange(w) + 0.5) * valid.shape[1] / w, valid.shape[1] - 1)
         valid = valid[rows.astype(int)[:, None], cols.astype(int)[None]]
-        if valid.all() or not valid.any():
-            return image
+    if usable is not None:
+        valid = valid & usable
+    if valid.all() or not valid.any():
+        return image
     from scipy.ndimage import distance_transform_edt  # imported where there is nodata
 
     # nearest on every FILL_STEP-th pixel (4 times less work): each hole pixel takes the

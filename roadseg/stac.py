@@ -62,6 +62,21 @@ def footprint(crs, bounds) -> tuple[dict, list[float]]:
     return mapping(orient(polygon, 1.0)), bbox  # after set_precision, which turns rings clockwise
 
 
+def _placed_footprint(src, entry) -> tuple[dict | None, list[float] | None]:
+    """:func:`footprint`, or none (said on stderr) for a scene whose footprint is no simple
+    lon/lat polygon: one across the antimeridian or around a pole (GEOS refused it)."""
+    import sys
+
+    from shapely.errors import GEOSException
+
+    try:
+        return footprint(src.crs, src.bounds)
+    except GEOSException as err:
+        print(f"roadseg: warning: {entry.raster}: its STAC item has no footprint (crosses "
+              f"the antimeridian or holds a pole: {err})", file=sys.stderr)  # fmt: skip
+        return None, None
+
+
 def _lonlat(transformer, coords):
     import numpy as np
 
@@ -144,7 +159,7 @@ def scene_item(entry: Entry, folder: Path) -> dict:
         with rasterio.open(entry.raster) as src:
             tags = src.tags()
             placed = src.crs is not None and not src.transform.is_identity
-            geometry, bbox = footprint(src.crs, src.bounds) if placed else (None, None)
+            geometry, bbox = _placed_footprint(src, entry) if placed else (None, None)
             projection, assets = _projection(src), _assets(entry, src, folder)
     when = _when(entry.raster)
     properties = {"datetime": when, "created": when,

@@ -437,6 +437,16 @@ def with_metadata(model: Path, out: Path, **values: str) -> Path:
         ({"roadseg_min_side": '"abc"'}, "roadseg_min_side in its metadata is 'abc'"),
         ({"roadseg_merge": '"max"'}, "roadseg_merge in its metadata is 'max'"),
         ({"roadseg_format": '"1"'}, "roadseg_format '1' in its metadata is not a format number"),
+        ({"roadseg_imagery": '{"low": [0, 0, 0], "high": [1, 1, 1], "pooled": [0, 1], '
+                             '"resolution": NaN}'}, "roadseg_imagery in its metadata has resolution nan"),
+        ({"roadseg_imagery": '{"low": ["a", "b", "c"], "high": [1, 1, 1], "pooled": [0, 1]}'},
+         "roadseg_imagery in its metadata has 2-98% ranges that are not"),
+        ({"roadseg_imagery": '{"low": [1, 1, 1], "high": [1, 1, 1], "pooled": [0, 1]}'},
+         "roadseg_imagery in its metadata has 2-98% ranges that are not"),
+        ({"roadseg_decision": '{"pixel": 0.5, "patch": 0.25, "close_gaps": 0, "min_area": 0, '
+                              '"members": 2}'}, "roadseg_decision in its metadata has members 2"),
+        ({"roadseg_decision": '{"pixel": 0.5, "patch": 0.25, "close_gaps": 0, "min_area": 0, '
+                              '"origin": 5}'}, "roadseg_decision in its metadata has origin 5"),
     ],
 )  # fmt: skip
 def test_an_edited_file_is_refused_in_one_line_naming_the_key_and_exits_cleanly(

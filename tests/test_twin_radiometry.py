@@ -188,3 +188,20 @@ def test_no_data_is_filled_with_the_nearest_ground_not_black():
     filled = fill_nodata(big, valid)
     np.testing.assert_array_equal(filled[:, :, :10], big[:, :, :10])
     np.testing.assert_array_equal(filled[:, :, 15], big[:, :, 9])
+
+
+def test_the_fill_copies_no_pixel_the_resampling_spoiled():
+    """A resampled float scene's NaN spreads (cubic) into pixels beside a hole, read as 0:
+    those are no ground to fill the hole with (break-test: holes of resampled NaN scenes
+    were filled with 0, the black wall the fill removes)."""
+    from roadseg.reading import fill_nodata
+
+    image = np.arange(3 * 6 * 8, dtype=np.float32).reshape(3, 6, 8) / 200
+    valid = np.ones((6, 8), bool)
+    valid[:, 6:] = False
+    usable = np.ones((6, 8), bool)
+    usable[:, 5] = False  # spoiled by the resampling: valid, not to be copied
+    filled = fill_nodata(image, valid, usable)
+    np.testing.assert_array_equal(filled[:, :, :5], image[:, :, :5])
+    for col in (5, 6, 7):
+        np.testing.assert_array_equal(filled[:, :, col], image[:, :, 4])

@@ -119,8 +119,13 @@ class PredictOptions:
             return pick_device(self.device, exported=True).type, "fp32", "onnx"
         device = pick_device(self.device)
         precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
+        if precision == "auto":  # as backends.auto_precision: fp32 for linear baselines
+            precision = "fp32"
+            if device.type == "cuda":
+                from roadseg.models import SKLEARN_FITTED
+
+                names = {c["hyper_parameters"].get("model") for c in self.read_checkpoints()}
+                precision = "fp32" if names & SKLEARN_FITTED else "bf16"
         backend = "torch" if self.backend == "auto" and precision == "bf16" else self.backend
         return device.type, precision, choose_backend(backend, device)[0]
 

@@ -150,3 +150,17 @@ def test_linear_baselines_predict_in_fp32_on_a_gpu_too():
     assert auto_precision(cuda, [network, linear]) == "fp32"
     assert auto_precision(cpu, [network]) == "fp32"
     assert auto_precision(cuda, None) == "bf16"  # an exported file: refused on CUDA elsewhere
+
+
+def test_the_run_identity_records_the_precision_that_runs(tmp_path, monkeypatch):
+    """On CUDA a linear baseline runs in fp32 (auto_precision): the options say so too, so
+    its outputs' identity does not claim bf16 (break-test)."""
+    import roadseg.backends
+    from roadseg.options import PredictOptions
+
+    path = tmp_path / "linear.ckpt"
+    model = create_model("patch_logreg")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": "patch_logreg", "model_args": {}}}, path)  # fmt: skip
+    monkeypatch.setattr(roadseg.backends, "pick_device", lambda *a, **k: torch.device("cuda"))
+    assert PredictOptions(ckpt=(str(path),)).engine()[:2] == ("cuda", "fp32")

@@ -67,6 +67,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# models fit by scikit-learn (float64 coefficients): predicted in fp32 on any device
+SKLEARN_FITTED = frozenset({"patch_logreg", "patch_svm"})
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model by name."""
     if name not in MODELS:

@@ -187,30 +187,22 @@ def environment(args, rows: list) -> dict:
     return info
 
 
-def unet_network(smoke: bool):
-    """``configs/unet.yaml``'s model (random weights: throughput does not depend on them),
-    as ``(model name, model_args)``; smoke: the Lite0 encoder."""
+def unet_checkpoint(out: Path, smoke: bool) -> Path:
+    """``configs/unet.yaml``'s U-Net with random weights (throughput does not depend on
+    them) as a checkpoint in ``out``, made once by :func:`benchmarks.bench.random_checkpoint`;
+    smoke: the Lite0 encoder."""
     import yaml
 
-    model = yaml.safe_load((REPO / "configs" / "unet.yaml").read_text())["model"]
-    model_args = {**model["model_args"], "encoder_weights": None}
-    if smoke:
-        model_args["encoder"] = "tu-tf_efficientnet_lite0"
-    return model["model"], model_args
+    from benchmarks.bench import random_checkpoint
 
-
-def random_checkpoint(path: Path, smoke: bool) -> Path:
-    """A roadseg checkpoint of the unet.yaml network with random weights."""
-    import torch
-
-    from roadseg.models import create_model
-
-    name, model_args = unet_network(smoke)
+    path = out / "random-unet.ckpt"
     if not path.is_file():
-        weights = create_model(name, **model_args).state_dict()
-        torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()},
-                    "hyper_parameters": {"model": name, "model_args": model_args,
-                                         "channels_last": True}}, path)  # fmt: skip
+        model = yaml.safe_load((REPO / "configs" / "unet.yaml").read_text())["model"]
+        assert model["model"] == "unet", "bench.random_checkpoint makes U-Nets"
+        model_args = {**model["model_args"], "encoder_weights": None}
+        if smoke:
+            model_args["encoder"] = "tu-tf_efficientnet_lite0"
+        random_checkpoint(path, model_args, channels_last=True)
     return path
 
 
@@ -225,7 +217,7 @@ def network(args, rows: list) -> None:
     device = torch.device(args.device)
     side, batch = (256, 2) if args.smoke else (1024, 8)
     x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
-    ckpt = random_checkpoint(args.out / "random-unet.ckpt", args.smoke)
+    ckpt = unet_checkpoint(args.out, args.smoke)
 
     def measure(name: str, run, images: int, repeat: int) -> None:
         run()  # warm-up: kernels chosen, memory allocated
@@ -263,7 +255,7 @@ def compiled(args, rows: list) -> None:
     device = torch.device(args.device)
     side, batch = (256, 2) if args.smoke else (1024, 8)
     x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
-    task = RoadSegTask.from_checkpoint(random_checkpoint(args.out / "random-unet.ckpt", args.smoke))
+    task = RoadSegTask.from_checkpoint(unet_checkpoint(args.out, args.smoke))
     task.model = torch.compile(task.model.to(device))
     backend = TorchBackend([task], device, "bf16" if device.type == "cuda" else "fp32")
     start = time.perf_counter()
@@ -288,7 +280,7 @@ def scene(args, rows: list) -> None:
     path = args.out / f"scene_{side}.tif"
     if not path.is_file():  # no CRS: pyproj (9 MB) does not travel (gpu_wheels.sh)
         write_scene(path, side, georeferenced=False)
-    ckpt = random_checkpoint(args.out / "random-unet.ckpt", args.smoke)
+    ckpt = unet_checkpoint(args.out, args.smoke)
     for backend, device in (("torch", args.device), ("onnx", "cpu")):
         out = args.out / f"scene_{backend}.tif"
         out.unlink(missing_ok=True)

@@ -91,11 +91,16 @@ def pick_device(device: str = "auto", *, exported: bool = False):
     return torch.device(device)
 
 
-def auto_precision(device, models: list | None) -> str:
+def auto_precision(device, models: list | None = None, *, names=()) -> str:
     """``auto`` precision: bf16 on CUDA, fp32 on the CPU, and fp32 for scikit-learn's
     linear baselines anywhere (their coefficients were fit in float64: in bf16 0.4% of
-    their patch labels flip)."""
+    their patch labels flip), known from the networks ``models`` or the model ``names``
+    checkpoints record (:data:`roadseg.models.SKLEARN_FITTED`)."""
     fitted = any(getattr(m, "sklearn_fitted", False) for net in models or [] for m in net.modules())
+    if names and not fitted:
+        from roadseg.models import SKLEARN_FITTED
+
+        fitted = bool(set(names) & SKLEARN_FITTED)
     return "bf16" if device.type == "cuda" and not fitted else "fp32"
 
 

@@ -113,19 +113,17 @@ class PredictOptions:
     def engine(self) -> tuple[str, str, str]:
         """(device, precision, backend) that actually run for these options (``auto``
         resolved as the Predictor resolves it): what changes pixels, not what was asked."""
-        from roadseg.backends import choose_backend, pick_device
+        from roadseg.backends import auto_precision, choose_backend, pick_device
 
         if self.exported:  # ONNX Runtime, fp32, on the CPU (the Predictor refuses others)
             return pick_device(self.device, exported=True).type, "fp32", "onnx"
         device = pick_device(self.device)
         precision = self.precision
-        if precision == "auto":  # as backends.auto_precision: fp32 for linear baselines
-            precision = "fp32"
+        if precision == "auto":  # the checkpoints' models are read only where it can matter
+            names = []
             if device.type == "cuda":
-                from roadseg.models import SKLEARN_FITTED
-
-                names = {c["hyper_parameters"].get("model") for c in self.read_checkpoints()}
-                precision = "fp32" if names & SKLEARN_FITTED else "bf16"
+                names = [c["hyper_parameters"].get("model") for c in self.read_checkpoints()]
+            precision = auto_precision(device, names=names)
         backend = "torch" if self.backend == "auto" and precision == "bf16" else self.backend
         return device.type, precision, choose_backend(backend, device)[0]
 

@@ -272,9 +272,11 @@ class SceneReader:
                 raw if raw.shape[1:] == (h, w) else self.src.read(list(self.bands), window=window)
             )
             valid &= np.isfinite(native).all(axis=0)  # NaN, infinities: no data, tagged or not
-        # resampled floats: NaN spread by the cubic filter into pixels next to a hole (read
-        # as 0 by the radiometry) is no ground to fill the hole with
-        usable = np.isfinite(raw).all(axis=0) if raw.dtype.kind == "f" else None
+        # resampled floats next to a hole: NaN spread by the cubic filter into pixels beside
+        # it (read as 0 by the radiometry) is no ground to fill it with. Read natively, those
+        # are invalid already; with no hole there is nothing to fill (no work per chunk)
+        resampled_float = raw.dtype.kind == "f" and raw.shape[1:] != (h, w)
+        usable = np.isfinite(raw).all(axis=0) if resampled_float and not valid.all() else None
         if raw.shape[0] == 1:
             raw = np.repeat(raw, 3, axis=0)
         return fill_nodata(self.radiometry.apply(raw), valid, usable), valid

@@ -116,26 +116,36 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when it is a positive whole number (PyTorch reads it when loaded;
+    ONNX Runtime does not, so an exported file's session follows it here)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def get_threads() -> int:
     """Threads a network uses in this process: :func:`set_threads`'s, else PyTorch's
-    default when it is loaded, else the CPUs this process may run on (torch is not imported
-    for it: an exported file predicts without)."""
+    default when it is loaded, else ``OMP_NUM_THREADS``, else the CPUs this process may run
+    on (torch is not imported for it: an exported file predicts without)."""
     if _THREADS:
         return _THREADS[0]
     torch = sys.modules.get("torch")
     if torch is not None:
         return torch.get_num_threads()
+    if _omp_threads():
+        return _omp_threads()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def onnx_threads() -> int | None:
     """ONNX Runtime's threads for an exported file: :func:`set_threads`'s (processes and Ray
     workers share the cores), else PyTorch's when it is loaded (what the torch backend
-    uses), else ONNX Runtime's own default (the physical cores)."""
+    uses), else ``OMP_NUM_THREADS`` (as PyTorch would), else ONNX Runtime's own default (the
+    physical cores)."""
     if _THREADS:
         return _THREADS[0]
     torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else None
+    return torch.get_num_threads() if torch is not None else _omp_threads()
 
 
 def choose_backend(backend: str, device) -> tuple[str, str]:

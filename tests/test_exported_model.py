@@ -3,6 +3,7 @@ as its checkpoint does, from its metadata, without importing torch; what it cann
 refused in one line."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -496,6 +497,26 @@ def test_counting_threads_for_processes_never_imports_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 1
+
+
+def test_an_exported_file_follows_omp_num_threads_without_torch():
+    """``OMP_NUM_THREADS=1`` (a Ray worker's, a laptop's) holds for an exported file's
+    session as it does for PyTorch's; a value that is not a positive number is ignored."""
+    code = ("import sys; from roadseg.backends import get_threads, onnx_threads; "
+            "assert 'torch' not in sys.modules; print(get_threads(), onnx_threads())")  # fmt: skip
+
+    def threads(value: str) -> str:
+        env = {**os.environ, "OMP_NUM_THREADS": value}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=REPO, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert threads("1") == ["1", "1"]
+    assert threads("3") == ["3", "3"]
+    for bad in ("0", "two", ""):
+        count, onnx = threads(bad)
+        assert int(count) >= 1 and onnx == "None"
 
 
 def test_thresholds_say_whether_they_were_tuned_on_tta_maps():

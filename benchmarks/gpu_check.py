@@ -62,13 +62,38 @@ class Figures:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(exist_ok=True)
-        path = out / "figures.json"
-        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        earlier = self._earlier(out / "figures.json")
+        for key in ("smoke", "device"):  # a rerun continues the same kind of run only
+            if key in earlier.get("meta", {}) and key in meta and earlier["meta"][key] != meta[key]:
+                sys.exit(f"gpu_check: {out} holds figures of a run with {key} "
+                         f"{earlier['meta'][key]!r}, not {meta[key]!r}: give another --out "
+                         "(its checkpoints would be reused too)")  # fmt: skip
         self.data = {"meta": {**earlier.get("meta", {}), **meta}, "steps": earlier.get("steps", {})}
+
+    @staticmethod
+    def _earlier(path: Path) -> dict:
+        """An earlier run's figures; a file that cannot be continued is kept aside, said."""
+        if not path.is_file():
+            return {}
+        try:
+            earlier = json.loads(path.read_text())
+            if isinstance(earlier.get("meta", {}), dict) and isinstance(
+                earlier.get("steps", {}), dict
+            ):
+                return earlier
+        except (ValueError, AttributeError):
+            pass
+        aside = path.with_name(f"figures.unreadable-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        path.replace(aside)
+        print(f"gpu_check: {path} could not be continued; kept as {aside.name}, starting afresh")
+        return {}
 
     def done(self, name: str) -> bool:
         step = self.data["steps"].get(name)
-        return step is not None and not step.get("failed") and not step.get("running")
+        if not isinstance(step, dict) or step.get("failed") or step.get("running"):
+            return False
+        result = step.get("result")  # an early layout kept a failure as a result's error
+        return not (isinstance(result, dict) and "error" in result)
 
     def step(self, name: str, fn, timeout: int | None) -> None:
         """Run ``fn(rows)`` (rows it measures are appended to ``rows`` and kept even when it
@@ -118,27 +143,33 @@ class Rows(list):
         self._write()
 
 
-class StepTimeout(Exception):
-    pass
+class StepTimeout(BaseException):
+    """Not an ``Exception``: a step's own ``except Exception`` (a retry, a library's) must
+    not swallow its time limit."""
 
 
 @contextlib.contextmanager
-def _alarm(seconds: int | None):
-    """Raise StepTimeout in this (main) thread after ``seconds``."""
+def _alarm(seconds: float | None):
+    """Raise StepTimeout in this (main) thread after ``seconds``; a timer set outside (a
+    test runner's) is put back, less the time spent, when the step ends."""
     if not seconds:
         yield
         return
 
     def ring(signum, frame):
-        raise StepTimeout(f"timed out after {seconds} s")
+        raise StepTimeout(f"timed out after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(seconds)
+    start = time.monotonic()
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            left = max(outer - (time.monotonic() - start), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
 def roadseg(out: Path, log: str, *args: str, timeout: float) -> float:
@@ -375,7 +406,7 @@ def main() -> None:
         sys.exit("gpu_check: no usable CUDA device here (run it where a GPU is, or --device cpu "
                  "--smoke to rehearse the steps)")  # fmt: skip
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
-    figures = Figures(args.out, {"device_name": name, "smoke": args.smoke,
+    figures = Figures(args.out, {"device_name": name, "smoke": args.smoke, "device": args.device,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
     for step in args.redo:
         figures.data["steps"].pop(step, None)

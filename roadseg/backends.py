@@ -120,7 +120,12 @@ def _omp_threads() -> int | None:
     """``OMP_NUM_THREADS`` when it is a positive whole number (PyTorch reads it when loaded;
     ONNX Runtime does not, so an exported file's session follows it here)."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit to isdigit
+        return None
+    return int(value) if 0 < int(value) <= MAX_THREADS else None
+
+
+MAX_THREADS = 4096  # more is a typo (ONNX Runtime takes a 32-bit count)
 
 
 def get_threads() -> int:

@@ -514,7 +514,7 @@ def test_an_exported_file_follows_omp_num_threads_without_torch():
 
     assert threads("1") == ["1", "1"]
     assert threads("3") == ["3", "3"]
-    for bad in ("0", "two", ""):
+    for bad in ("0", "two", "", "²", "2147483648"):
         count, onnx = threads(bad)
         assert int(count) >= 1 and onnx == "None"
 

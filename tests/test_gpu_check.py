@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,10 +55,39 @@ def test_a_hanging_step_is_stopped_by_its_timeout(gpu_check, tmp_path):
         rows.append({"measured": True})
         time.sleep(60)
 
-    figures.step("hangs", hangs, timeout=1)
-    step = _figures(tmp_path)["steps"]["hangs"]
-    assert step["failed"] and step["error"] == "StepTimeout: timed out after 1 s"
-    assert step["rows"] == [{"measured": True}]
+    def retries(rows):  # a step (or a library) that catches Exception and tries again
+        for _ in range(60):
+            try:
+                time.sleep(1)
+            except Exception:  # noqa: BLE001, S112
+                continue
+
+    handler = signal.getsignal(signal.SIGALRM)
+    signal.setitimer(signal.ITIMER_REAL, 600)  # a timer set outside (pytest-timeout's)
+    try:
+        figures.step("hangs", hangs, timeout=1)
+        figures.step("retries", retries, timeout=0.5)
+        outer = signal.getitimer(signal.ITIMER_REAL)[0]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    steps = _figures(tmp_path)["steps"]
+    assert (
+        steps["hangs"]["failed"] and steps["hangs"]["error"] == "StepTimeout: timed out after 1 s"
+    )
+    assert steps["hangs"]["rows"] == [{"measured": True}]
+    assert steps["retries"]["failed"] and "timed out after 0.5 s" in steps["retries"]["error"]
+    assert 500 < outer < 600  # put back, less the steps' time
+    assert signal.getsignal(signal.SIGALRM) == handler
+
+
+def test_ctrl_c_stops_the_check_instead_of_being_recorded(gpu_check, tmp_path):
+    def interrupted(rows):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.Figures(tmp_path, {}).step("step", interrupted, timeout=30)
+    left = signal.getitimer(signal.ITIMER_REAL)[0]  # 0, or pytest-timeout's own timer
+    assert not 0 < left <= 30  # the step's timer is not left running
 
 
 def test_a_command_that_fails_or_hangs_names_its_log(gpu_check, tmp_path):
@@ -99,17 +130,28 @@ def test_a_rerun_continues_where_the_last_one_stopped(gpu_check, tmp_path, monke
     steps = _figures(tmp_path)["steps"]
     assert steps["steady"]["result"] == {"value": 1} and steps["flaky"]["result"] == {"value": 2}
     assert run("--redo", "steady") == 0 and calls[-1] == "steady" and len(calls) == 4
-    # a step killed mid-way (the machine taken back) is measured again
+    # a step killed mid-way (the machine taken back), or failed in an early layout of the
+    # file, is measured again; a skipped one is not, though it is due
     figures = _figures(tmp_path)
     figures["steps"]["flaky"] = {"rows": [], "running": True}
+    figures["steps"]["steady"] = {"rows": [], "result": {"error": "RuntimeError: old layout"}}
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     assert run("--skip", "steady") == 0 and calls[-1] == "flaky" and len(calls) == 5
+    assert run() == 0 and calls[-1] == "steady" and len(calls) == 6
+    # a smoke run into the same folder would reuse these figures and checkpoints: refused
+    with pytest.raises(SystemExit, match="holds figures of a run with smoke False, not True"):
+        gpu_check.Figures(tmp_path, {"smoke": True, "device": "cpu"})
+    # a file that cannot be continued is kept aside, not lost
+    (tmp_path / "figures.json").write_text('{"meta": {}, "steps": [')
+    assert run() == 0 and len(calls) == 8
+    (aside,) = tmp_path.glob("figures.unreadable-*.json")
+    assert aside.read_text() == '{"meta": {}, "steps": ['
 
 
 def test_without_a_gpu_the_gpu_command_says_so_in_one_line(tmp_path):
-    # the suite hides CUDA (conftest), as on a machine without one
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # as on a machine without one
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "gpu_check: no usable CUDA device here (run it where a GPU is, or --device cpu --smoke "

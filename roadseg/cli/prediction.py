@@ -238,7 +238,8 @@ def _cmd_predict(args: argparse.Namespace) -> int | None:
         (args.png is not None and args.vector is None, "--png",
          "--vector LINES.gpkg (it draws those centre lines)"),
         (args.threads is not None and args.processes == 1, "--threads",
-         "--processes N (the threads of each of them; one process uses every core)"),
+         "--processes N (the threads of each of them; one process uses every core, or "
+         "OMP_NUM_THREADS)"),
     )  # fmt: skip
     refuse_vector_options(args)
     options = predict_options(args)
@@ -379,7 +380,8 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="CPU threads of each of the --processes (default: this machine's shared out)",
+        help="CPU threads of each of the --processes (default: OMP_NUM_THREADS when set, else "
+        "this machine's cores, shared out)",
     )
     p.add_argument(
         "--vector",

@@ -40,8 +40,9 @@ def predict_scene_run(
     overwrite: bool = False,
 ) -> SceneRun:  # fmt: skip
     """Predict ``scene`` into the GeoTIFF ``out`` with ``processes`` local processes (each
-    ``threads`` CPU threads, default: ``OMP_NUM_THREADS`` or this machine's cores, shared out), or as this rank's share
-    when started by torchrun (``WORLD_SIZE`` set). ``output``: ``prob`` or ``mask``."""
+    ``threads`` CPU threads, default: ``OMP_NUM_THREADS`` or this machine's cores, shared
+    out), or as this rank's share when started by torchrun (``WORLD_SIZE`` set).
+    ``output``: ``prob`` or ``mask``."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if processes < 1:
         raise RoadsegError(f"--processes must be at least 1, got {processes}")

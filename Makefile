@@ -112,7 +112,7 @@ test: $(STAMP)  ## run the test suite (unit tests and end-to-end runs on ../shar
 bench: $(STAMP)  ## benchmarks: data pipeline, training vs bare loop, inference, scenes (prints, writes JSON)
 	$(BIN)/python benchmarks/bench.py --data $(SHARED)
 
-gpu-check: $(STAMP)  ## on a GPU: environment, network and scene throughput, 3 min of unet.yaml, submit with TTA, compile -> gpu_check/figures.md
+gpu-check: $(STAMP)  ## on a GPU: environment, network and scene throughput, 2 min of unet.yaml, submit with TTA, compile -> gpu_check/figures.md
 	$(BIN)/python benchmarks/gpu_check.py --data $(SHARED) --out gpu_check
 
 gpu-wheels: $(STAMP)  ## wheels a registry-less GPU machine lacks (Python 3.12) -> gpu_wheels/ (see benchmarks/gpu_wheels.sh)

@@ -237,29 +237,27 @@ def unet_checkpoint(out: Path, smoke: bool) -> Path:
     return path
 
 
+def windows(args) -> tuple[int, int, np.ndarray]:
+    """(side, batch, a batch of random windows) the network steps time."""
+    side, batch = (256, 2) if args.smoke else (1024, 8)
+    return side, batch, np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
+
+
 def network(args, rows: list) -> None:
     """Megapixels per second of the network per precision and memory format (both the
     weights and the input converted), and ONNX Runtime on the CPU."""
     import torch
 
+    from benchmarks.bench import timed
     from roadseg.backends import OnnxBackend, TorchBackend
     from roadseg.task import RoadSegTask
 
     device = torch.device(args.device)
-    side, batch = (256, 2) if args.smoke else (1024, 8)
-    x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
+    side, batch, x = windows(args)
     ckpt = unet_checkpoint(args.out, args.smoke)
 
     def measure(name: str, run, images: int, repeat: int) -> None:
-        run()  # warm-up: kernels chosen, memory allocated
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / repeat
+        seconds = timed(run, warmup=1, repeat=repeat)  # warm-up: kernels chosen, memory taken
         rows.append({"setting": name, "window": f"{side}² x {images}",
                      "megapixels_per_s": round(images * side * side / 1e6 / seconds, 2)})  # fmt: skip
 
@@ -280,26 +278,18 @@ def network(args, rows: list) -> None:
 def compiled(args, rows: list) -> None:
     import torch
 
+    from benchmarks.bench import timed
     from roadseg.backends import TorchBackend
     from roadseg.task import RoadSegTask
 
     device = torch.device(args.device)
-    side, batch = (256, 2) if args.smoke else (1024, 8)
-    x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
+    side, batch, x = windows(args)
     task = RoadSegTask.from_checkpoint(unet_checkpoint(args.out, args.smoke))
     task.model = torch.compile(task.model.to(device))
     backend = TorchBackend([task], device, "bf16" if device.type == "cuda" else "fp32")
-    start = time.perf_counter()
-    backend(x, 1, False)
-    rows.append(
-        {"setting": "first call (compile)", "seconds": round(time.perf_counter() - start, 1)}
-    )
-    start = time.perf_counter()
-    for _ in range(3):
-        backend(x, 1, False)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    mpx = 3 * batch * side * side / 1e6 / (time.perf_counter() - start)
+    first = timed(lambda: backend(x, 1, False), warmup=0, repeat=1)
+    rows.append({"setting": "first call (compile)", "seconds": round(first, 1)})
+    mpx = batch * side * side / 1e6 / timed(lambda: backend(x, 1, False), warmup=0, repeat=3)
     rows.append({"setting": "torch.compile", "window": f"{side}² x {batch}",
                  "megapixels_per_s": round(mpx, 2)})  # fmt: skip
 

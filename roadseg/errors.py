@@ -11,6 +11,16 @@ def squash(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def is_int(value) -> bool:
+    """A whole number as a user's file or option gives one (``True`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A number as a user's file or option gives one (``True`` is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class RoadsegError(Exception):
     """A problem with the user's input, configuration or environment.
 

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from roadseg.errors import RoadsegError
+from roadseg.errors import RoadsegError, is_int, is_number
 
 # what a file must hold to be predicted with as roadseg predicts (export's FORMAT 1)
 REQUIRED = (
@@ -176,7 +176,7 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
     except json.JSONDecodeError as err:
         raise RoadsegError(f"roadseg metadata that is not JSON ({err})", path) from err
     fmt = metadata["roadseg_format"]
-    if not _is_int(fmt) or fmt < 1:
+    if not is_int(fmt) or fmt < 1:
         raise RoadsegError(f"roadseg_format {fmt!r} in its metadata is not a format number "
                            "(an edited file?): export it again from its checkpoint", path)  # fmt: skip
     if fmt > FORMAT:
@@ -195,14 +195,6 @@ def _read(path: str, size: int, mtime: int) -> ExportedModel:
     if not isinstance(members, int) or members < 1:  # a free (named or -1) dimension
         members = len(metadata["roadseg_decision"].get("members") or [None])
     return ExportedModel(path, metadata, members)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_values(metadata: dict, path: str) -> None:
@@ -228,7 +220,7 @@ def _check_values(metadata: dict, path: str) -> None:
     if why:
         raise bad("roadseg_imagery", why)
     side = metadata["roadseg_min_side"]
-    if not _is_int(side) or side < 1:
+    if not is_int(side) or side < 1:
         raise bad("roadseg_min_side", f"is {side!r}, not a positive whole number of pixels")
     if metadata["roadseg_merge"] not in ("mean", "vote"):
         raise bad("roadseg_merge", f"is {metadata['roadseg_merge']!r}, not mean or vote")
@@ -245,11 +237,11 @@ def _bad_imagery(value) -> str | None:
         shaped = len(imagery.low) == len(imagery.high) == 3 and len(imagery.pooled) == 2
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         return f"is incomplete ({type(err).__name__}: {err})"
-    finite = all(_is_number(v) and math.isfinite(v) for v in [*lows, *highs])
+    finite = all(is_number(v) and math.isfinite(v) for v in [*lows, *highs])
     if not (shaped and finite and all(a < b for a, b in zip(lows, highs, strict=True))):
         return "has 2-98% ranges that are not 3 + 3 + 2 finite numbers, low below high"
     res = imagery.resolution
-    if res is not None and not (_is_number(res) and math.isfinite(res) and res > 0):
+    if res is not None and not (is_number(res) and math.isfinite(res) and res > 0):
         return f"has resolution {res!r}, not a positive number of metres"
     return None
 
@@ -261,11 +253,11 @@ def _bad_decision(entry) -> str | None:
         return f"is {type(entry).__name__}, not a decision"
     for field in ("pixel", "patch"):
         value = entry.get(field)
-        if not _is_number(value) or not 0 <= value <= 1:
+        if not is_number(value) or not 0 <= value <= 1:
             return f"has {field} {value!r}, not a threshold in [0, 1]"
     for field in ("close_gaps", "min_area"):
         value = entry.get(field)
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             return f"has {field} {value!r}, not a whole number of pixels"
     return None
 

@@ -17,7 +17,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from roadseg.errors import RoadsegError
+from roadseg.errors import RoadsegError, is_int
 from roadseg.io import atomic_path
 from roadseg.patches import PATCH_SIZE
 
@@ -46,7 +46,7 @@ def check_windows(window: int, overlap: int, batch_size: int) -> None:
         raise RoadsegError(
             f"overlap ({overlap}) must be at least 0 and smaller than the window ({window})"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise RoadsegError(f"batch size (--batch-size) must be at least 1, got {batch_size}")
 
 

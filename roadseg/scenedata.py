@@ -31,7 +31,7 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from roadseg.errors import RoadsegError
+from roadseg.errors import RoadsegError, is_number
 from roadseg.labels import IGNORE, ROAD, RasterLabels, VectorLabels, Widths, open_raster
 from roadseg.transforms import build_transform
 
@@ -98,8 +98,7 @@ def _entry(entry, base: Path, where: str) -> SceneSpec:
         ):
             raise RoadsegError(f"{where}: {key} must be a path or a name, got {value!r}")
     width = entry.get("width")
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int | float)
-                              or not 0 < width < float("inf")):  # fmt: skip
+    if width is not None and (not is_number(width) or not 0 < width < float("inf")):
         raise RoadsegError(f"{where}: width must be positive metres (a number), got {width!r}")
     paths = {
         k: str((base / entry[k]).resolve()) for k in ("image", "labels", "aoi") if entry.get(k)
@@ -378,7 +377,7 @@ class SceneData:
 
         for name, value, ok in (("block", block, lambda v: 0 < v < float("inf")),
                                 ("val_fraction", val_fraction, lambda v: 0 <= v < 1)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            if not is_number(value) or not ok(value):
                 raise RoadsegError(f"data.{name}: {value!r} is out of range "
                                    f"({'positive metres' if name == 'block' else '0 to < 1'})")  # fmt: skip
         self.specs = scene_specs(scenes)
